@@ -1,0 +1,7 @@
+//! One module per subcommand. Each has an `Args` (clap) and a `run(Args) -> anyhow::Result<()>`.
+
+pub mod bootstrap;
+pub mod create;
+pub mod demo;
+pub mod get;
+pub mod seed;
