@@ -1,1 +1,184 @@
-//! Shared helpers for the integration tests (process spawning, loopback addresses, libtorrent detection).
+//! Shared helpers for the integration tests: the `swarm` binary under test, libtorrent
+//! detection (skip with a reason, or fail under `REQUIRE_INTEROP=1`), running Python
+//! scripts against libtorrent, loopback addresses, and waiting for a condition with a
+//! deadline instead of sleeping.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Path of the `swarm` binary (built in this package from the same code). A macro because
+/// cargo only tells integration tests, not this library, where the binary is.
+#[macro_export]
+macro_rules! swarm_bin {
+    () => {
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_swarm-under-test"))
+    };
+}
+
+/// A `Command` for the `swarm` binary: `swarm_command(swarm_bin!())`, stdin closed.
+pub fn swarm_command(bin: PathBuf) -> Command {
+    let mut c = Command::new(bin);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Debian's python, where `python3-libtorrent` is importable (the pyenv one on PATH is not).
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// True when `REQUIRE_INTEROP=1`: missing interop dependencies fail instead of skip.
+pub fn interop_required() -> bool {
+    std::env::var("REQUIRE_INTEROP").is_ok_and(|v| v == "1")
+}
+
+/// Returns the python interpreter that can `import libtorrent`, or `None` after printing why
+/// the test is skipped. Panics under `REQUIRE_INTEROP=1` when libtorrent is missing.
+pub fn libtorrent_python(test: &str) -> Option<&'static str> {
+    let ok = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import libtorrent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(SYSTEM_PYTHON);
+    }
+    let reason = format!(
+        "{test}: skipped: python3-libtorrent is not importable by {SYSTEM_PYTHON} \
+         (apt-get install -y python3-libtorrent)"
+    );
+    if interop_required() {
+        panic!("{reason}, and REQUIRE_INTEROP=1 requires it");
+    }
+    eprintln!("{reason}");
+    None
+}
+
+/// Skips the calling test (returns early) when libtorrent is missing; see
+/// [`libtorrent_python`].
+#[macro_export]
+macro_rules! require_libtorrent {
+    () => {
+        match $crate::libtorrent_python(module_path!()) {
+            Some(p) => p,
+            None => return,
+        }
+    };
+}
+
+/// Runs a Python script with the given interpreter and arguments, with a time limit, and
+/// returns its output. Panics with the script's stderr if it fails or runs too long.
+pub fn run_python(python: &str, script: &str, args: &[&str], limit: Duration) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("script.py");
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(script.as_bytes()))
+        .expect("write script");
+    let child = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    let out = wait_with_limit(child, limit);
+    if !out.status.success() {
+        panic!(
+            "python script failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Waits for a child with a deadline; kills it and panics when the deadline passes.
+pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("try_wait") {
+            Some(_) => return child.wait_with_output().expect("wait_with_output"),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("wait_with_output");
+                panic!(
+                    "process ran longer than {limit:?}:\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it returns true or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A fresh loopback address 127.0.x.y for this test process, so nodes can each bind their
+/// own IP. Spread by process id so concurrently running test binaries rarely collide.
+pub fn next_loopback_ip() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = (std::process::id() % 200) * 256;
+    let v = base + n % (256 * 50) + 2;
+    Ipv4Addr::new(127, ((v >> 8) % 250 + 1) as u8, (v & 0xff) as u8, 1)
+}
+
+/// A free UDP+TCP port on `ip` (bound then released; the caller binds it right after).
+pub fn free_port(ip: Ipv4Addr) -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind((ip, 0)).expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}");
+}
+
+/// A free socket address on a fresh loopback IP.
+pub fn free_addr() -> SocketAddr {
+    let ip = next_loopback_ip();
+    SocketAddr::from((ip, free_port(ip)))
+}
+
+/// Deterministic pseudo-random content of `len` bytes (xorshift), for test payloads.
+pub fn test_payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `data` to `dir/name`, creating parent directories.
+pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("create dirs");
+    }
+    std::fs::write(&p, data).expect("write file");
+    p
+}

@@ -144,10 +144,7 @@ mod tests {
             .int(i64::MIN)
             .end()
             .end();
-        assert_eq!(
-            out,
-            b"d1:ai-7e1:bl2:xyi0ei-9223372036854775808eee".to_vec()
-        );
+        assert_eq!(out, b"d1:ai-7e1:bl2:xyi0ei-9223372036854775808eee".to_vec());
         assert_eq!(decode(&out).unwrap().to_bencode(), out);
     }
 }

@@ -76,10 +76,7 @@ impl<'a> Value<'a> {
 impl<'a> Dict<'a> {
     /// The value stored under `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<&Value<'a>> {
-        self.entries
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
+        self.entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     pub fn get_int(&self, key: &[u8]) -> Option<i64> {

@@ -55,8 +55,7 @@ fn same(a: &Value<'_>, b: &Value<'_>) -> bool {
         }
         (Value::Dict(x), Value::Dict(y)) => {
             x.entries.len() == y.entries.len()
-                && x
-                    .entries
+                && x.entries
                     .iter()
                     .zip(&y.entries)
                     .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))

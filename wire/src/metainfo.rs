@@ -1,0 +1,1 @@
+//! Metainfo (.torrent) files (BEP 3).
