@@ -4,6 +4,9 @@
 //! Protocol decisions live in sans-IO state machines (no sockets, no clock, no global RNG);
 //! the tokio drivers around them are thin. Codecs are pure functions over bytes.
 
+pub mod extension;
 pub mod infohash;
 pub mod magnet;
 pub mod metainfo;
+pub mod peer;
+pub mod storage;

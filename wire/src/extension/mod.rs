@@ -1,0 +1,1 @@
+//! BEP 10 extensions.
