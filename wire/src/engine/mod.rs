@@ -1,0 +1,1267 @@
+//! The per-torrent piece-exchange engine, with no I/O (the quinn-proto shape).
+//!
+//! The driver feeds it peer events, decoded messages, hash results and time; it answers
+//! with [`Action`]s (messages to send, blocks to read/write, pieces to verify, peers to
+//! drop) polled with [`Engine::poll_action`], and a wake-up time from
+//! [`Engine::poll_timeout`]. No sockets, no clock, no global RNG: the simulator drives the
+//! same code in virtual time.
+//!
+//! What it decides: peer states (choked/interested both ways), availability, which blocks
+//! to request ([`picker`]: rarest-first, whole pieces, endgame), how many requests to keep
+//! in flight per peer, who gets upload slots ([`choker`]), rate limits ([`rate`]),
+//! snubbing, bad-piece strikes and bans, and BEP 6 (Fast) semantics.
+
+pub mod bitfield;
+pub mod choker;
+pub mod peer_state;
+pub mod picker;
+pub mod rate;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use bitfield::{Bitfield, BitfieldError};
+use peer_state::{Outstanding, Peer, Unchoke};
+use picker::{PeerView, PickPolicy, Picker, PieceState, Received};
+use rate::TokenBucket;
+
+/// The block size everyone uses (BEP 3: 16 KiB).
+pub const BLOCK_LEN: u32 = 16 * 1024;
+
+/// Identifies a connected peer. Slots are reused with a new generation, so a stale slot
+/// from a departed peer never reaches the peer that took its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerSlot {
+    index: u32,
+    generation: u32,
+}
+
+impl PeerSlot {
+    #[cfg(test)]
+    pub(crate) fn for_tests(index: u32) -> Self {
+        PeerSlot {
+            index,
+            generation: 0,
+        }
+    }
+
+    /// A small number, unique among connected peers (for tables and logs).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+impl fmt::Display for PeerSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer#{}.{}", self.index, self.generation)
+    }
+}
+
+/// A block: `length` bytes at `begin` within `piece`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockRef {
+    pub piece: u32,
+    pub begin: u32,
+    pub length: u32,
+}
+
+/// Piece and block sizes of a torrent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub piece_count: u32,
+    pub piece_length: u32,
+    pub total_length: u64,
+    pub block_len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GeometryError {
+    #[error("total length is zero")]
+    Empty,
+    #[error("piece length {0} is zero or over 2^30")]
+    PieceLength(u64),
+    #[error("torrent has more than 2^31 pieces")]
+    TooManyPieces,
+}
+
+impl Geometry {
+    pub fn new(total_length: u64, piece_length: u64) -> Result<Self, GeometryError> {
+        if total_length == 0 {
+            return Err(GeometryError::Empty);
+        }
+        if piece_length == 0 || piece_length > 1 << 30 {
+            return Err(GeometryError::PieceLength(piece_length));
+        }
+        let count = total_length.div_ceil(piece_length);
+        if count > 1 << 31 {
+            return Err(GeometryError::TooManyPieces);
+        }
+        Ok(Geometry {
+            piece_count: count as u32,
+            piece_length: piece_length as u32,
+            total_length,
+            block_len: BLOCK_LEN,
+        })
+    }
+
+    pub fn piece_len(&self, piece: u32) -> u32 {
+        if piece + 1 == self.piece_count {
+            (self.total_length - piece as u64 * self.piece_length as u64) as u32
+        } else {
+            self.piece_length
+        }
+    }
+
+    pub fn blocks_in(&self, piece: u32) -> u32 {
+        self.piece_len(piece).div_ceil(self.block_len)
+    }
+
+    pub fn block(&self, piece: u32, index: u32) -> BlockRef {
+        let begin = index * self.block_len;
+        BlockRef {
+            piece,
+            begin,
+            length: self.block_len.min(self.piece_len(piece) - begin),
+        }
+    }
+}
+
+/// Peer wire messages the engine reads and writes (BEP 3 and BEP 6). Extension, port and
+/// keep-alive messages are the driver's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    Choke,
+    Unchoke,
+    Interested,
+    NotInterested,
+    Have(u32),
+    Bitfield(Bytes),
+    Request(BlockRef),
+    Piece { piece: u32, begin: u32, data: Bytes },
+    Cancel(BlockRef),
+    Suggest(u32),
+    HaveAll,
+    HaveNone,
+    Reject(BlockRef),
+    AllowedFast(u32),
+}
+
+/// Why the engine dropped a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// A bitfield of the wrong length or with spare bits set.
+    BadBitfield(BitfieldError),
+    /// Bitfield, have-all or have-none after other messages.
+    LateBitfield,
+    /// A piece index past the end of the torrent.
+    PieceOutOfRange(u32),
+    /// A request outside the piece, of length 0 or over 16 KiB.
+    BadRequest(BlockRef),
+    /// A request for a piece we never announced (peer without the Fast extension).
+    RequestedMissingPiece(u32),
+    /// A Fast-extension message from a peer that did not negotiate it.
+    FastNotNegotiated(&'static str),
+    /// Too many blocks we never asked for.
+    UnrequestedData,
+    /// Sent data that failed the hash check (too often, or as the only source).
+    BadData,
+    /// Nothing received for a long time while we wanted data.
+    Unresponsive,
+    /// Both sides have everything.
+    BothSeeds,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::BadBitfield(e) => write!(f, "bad bitfield: {e}"),
+            DisconnectReason::LateBitfield => f.write_str("bitfield/have-all/have-none not first"),
+            DisconnectReason::PieceOutOfRange(p) => write!(f, "piece index {p} out of range"),
+            DisconnectReason::BadRequest(b) => write!(
+                f,
+                "invalid request: piece {} begin {} length {}",
+                b.piece, b.begin, b.length
+            ),
+            DisconnectReason::RequestedMissingPiece(p) => {
+                write!(f, "requested piece {p}, which we do not have")
+            }
+            DisconnectReason::FastNotNegotiated(m) => {
+                write!(f, "{m} without the Fast extension")
+            }
+            DisconnectReason::UnrequestedData => f.write_str("too many unrequested blocks"),
+            DisconnectReason::BadData => f.write_str("sent pieces that failed the hash check"),
+            DisconnectReason::Unresponsive => f.write_str("no data while we wanted some"),
+            DisconnectReason::BothSeeds => f.write_str("both sides are seeds"),
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send {
+        slot: PeerSlot,
+        message: PeerMessage,
+    },
+    /// Read the block from storage and send it to `slot` as a piece message, then call
+    /// [`Engine::block_sent`].
+    ReadBlock { slot: PeerSlot, block: BlockRef },
+    /// Write received data to storage.
+    WriteBlock { block: BlockRef, data: Bytes },
+    /// Every block of `piece` has been handed out for writing: hash it (after those
+    /// writes) and report with [`Engine::piece_verified`].
+    VerifyPiece { piece: u32 },
+    /// Close the connection. The engine has already forgotten the peer.
+    Disconnect {
+        slot: PeerSlot,
+        reason: DisconnectReason,
+    },
+    /// Every piece is verified (emitted once).
+    Completed,
+}
+
+/// Why a new peer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("peer limit reached")]
+    TooManyPeers,
+    #[error("peer is banned")]
+    Banned,
+}
+
+/// What the driver knows about a peer when it connects.
+#[derive(Debug, Clone, Default)]
+pub struct PeerInfo {
+    pub addr: Option<SocketAddr>,
+    /// Both sides set the Fast bit (BEP 6).
+    pub fast: bool,
+    /// The peer's `reqq` from its extension handshake.
+    pub reqq: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub max_peers: usize,
+    /// Upload slots, including the optimistic one.
+    pub upload_slots: usize,
+    pub choke_interval: Duration,
+    pub optimistic_interval: Duration,
+    /// No block for this long while requests are out: snubbed, requests go elsewhere.
+    pub snub_timeout: Duration,
+    /// Snubbed and still nothing for this long: disconnected.
+    pub unresponsive_timeout: Duration,
+    /// Pieces picked at random before rarest-first takes over.
+    pub random_first_pieces: u32,
+    pub min_pipeline: usize,
+    pub max_pipeline: usize,
+    /// Requests kept in flight cover this much time at the peer's measured rate.
+    pub request_queue_time: Duration,
+    /// Assumed `reqq` of peers that do not send one (libtorrent's default).
+    pub default_peer_reqq: usize,
+    /// Requests we queue from one peer (advertise it as our `reqq`).
+    pub max_incoming_requests: usize,
+    /// Blocks being read/sent to one peer at once.
+    pub max_uploads_in_flight: u32,
+    /// Bytes per second, 0 = unlimited.
+    pub upload_rate_limit: u64,
+    pub download_rate_limit: u64,
+    /// Endgame: at most this many peers asked for one block.
+    pub endgame_max_requesters: u8,
+    /// Hash failures a contributing peer may cause before it is banned.
+    pub ban_strikes: u32,
+    pub max_unwanted_blocks: u32,
+    pub max_request_len: u32,
+    /// When we are a seed, drop peers that are seeds too.
+    pub disconnect_seeds_when_seeding: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_peers: 200,
+            upload_slots: 8,
+            choke_interval: Duration::from_secs(10),
+            optimistic_interval: Duration::from_secs(30),
+            snub_timeout: Duration::from_secs(60),
+            unresponsive_timeout: Duration::from_secs(120),
+            random_first_pieces: 4,
+            min_pipeline: 16,
+            max_pipeline: 1000,
+            request_queue_time: Duration::from_secs(2),
+            default_peer_reqq: 250,
+            max_incoming_requests: 2000,
+            max_uploads_in_flight: 64,
+            upload_rate_limit: 0,
+            download_rate_limit: 0,
+            endgame_max_requesters: 2,
+            ban_strikes: 3,
+            max_unwanted_blocks: 64,
+            max_request_len: BLOCK_LEN,
+            disconnect_seeds_when_seeding: true,
+        }
+    }
+}
+
+/// Torrent-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub piece_count: u32,
+    pub pieces_have: u32,
+    pub bytes_left: u64,
+    /// Payload bytes accepted (written), uploaded (read for sending), and received
+    /// but not needed.
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub wasted: u64,
+    pub peers: usize,
+    pub hash_failures: u32,
+    pub banned: usize,
+}
+
+/// One peer's counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStats {
+    pub addr: Option<SocketAddr>,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub download_rate: f64,
+    pub upload_rate: f64,
+    pub am_choking: bool,
+    pub peer_choking: bool,
+    pub am_interested: bool,
+    pub peer_interested: bool,
+    pub snubbed: bool,
+    pub requests_out: usize,
+    pub is_seed: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("resume bitfield has {got} pieces, torrent has {expected}")]
+    BitfieldLength { expected: u32, got: u32 },
+}
+
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// A peer counts as new (favoured for the optimistic slot) for this long.
+const NEW_PEER: Duration = Duration::from_secs(60);
+const MAX_ALLOWED_FAST: usize = 64;
+const MAX_SUGGESTED: usize = 16;
+
+pub struct Engine {
+    cfg: Config,
+    geo: Geometry,
+    have: Bitfield,
+    picker: Picker,
+    peers: Vec<Option<Peer>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    peer_count: usize,
+    actions: VecDeque<Action>,
+    rng: ChaCha8Rng,
+    upload_bucket: TokenBucket,
+    download_bucket: TokenBucket,
+    upload_queue: VecDeque<PeerSlot>,
+    /// Set while the upload/download bucket is empty: when it has tokens again.
+    upload_wake: Option<Instant>,
+    download_wake: Option<Instant>,
+    next_housekeeping: Instant,
+    next_choke: Instant,
+    next_optimistic: Instant,
+    optimistic: Option<PeerSlot>,
+    banned: BTreeSet<IpAddr>,
+    completed: bool,
+    stats: EngineStats,
+    scratch: Vec<BlockRef>,
+}
+
+impl Engine {
+    /// A torrent of geometry `geo` of which we already have `have` (verified resume data).
+    pub fn new(
+        geo: Geometry,
+        have: Bitfield,
+        cfg: Config,
+        now: Instant,
+        rng_seed: u64,
+    ) -> Result<Self, EngineError> {
+        if have.len() != geo.piece_count {
+            return Err(EngineError::BitfieldLength {
+                expected: geo.piece_count,
+                got: have.len(),
+            });
+        }
+        let burst = |rate: u64| (rate / 4).max(4 * BLOCK_LEN as u64);
+        let completed = have.is_full();
+        let mut e = Engine {
+            picker: Picker::new(geo, &have),
+            upload_bucket: TokenBucket::new(
+                cfg.upload_rate_limit,
+                burst(cfg.upload_rate_limit),
+                now,
+            ),
+            download_bucket: TokenBucket::new(
+                cfg.download_rate_limit,
+                burst(cfg.download_rate_limit),
+                now,
+            ),
+            next_housekeeping: now + HOUSEKEEPING,
+            next_choke: now + cfg.choke_interval,
+            next_optimistic: now + cfg.optimistic_interval,
+            cfg,
+            geo,
+            have,
+            peers: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            peer_count: 0,
+            actions: VecDeque::new(),
+            rng: ChaCha8Rng::seed_from_u64(rng_seed),
+            upload_queue: VecDeque::new(),
+            upload_wake: None,
+            download_wake: None,
+            optimistic: None,
+            banned: BTreeSet::new(),
+            completed,
+            stats: EngineStats::default(),
+            scratch: Vec::new(),
+        };
+        e.stats.piece_count = geo.piece_count;
+        Ok(e)
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut s = self.stats.clone();
+        s.pieces_have = self.have.count_ones();
+        s.bytes_left = (0..self.geo.piece_count)
+            .filter(|&p| !self.have.get(p))
+            .map(|p| self.geo.piece_len(p) as u64)
+            .sum();
+        s.peers = self.peer_count;
+        s.banned = self.banned.len();
+        s
+    }
+
+    pub fn peer_stats(&self, slot: PeerSlot) -> Option<PeerStats> {
+        let p = self.peer(slot)?;
+        Some(PeerStats {
+            addr: p.info.addr,
+            downloaded: p.down.total(),
+            uploaded: p.up.total(),
+            download_rate: p.down.last_rate(),
+            upload_rate: p.up.last_rate(),
+            am_choking: p.am_choking(),
+            peer_choking: p.peer_choking,
+            am_interested: p.am_interested,
+            peer_interested: p.peer_interested,
+            snubbed: p.snubbed,
+            requests_out: p.outstanding.len(),
+            is_seed: p.is_seed,
+        })
+    }
+
+    /// Every connected peer's slot.
+    pub fn peer_slots(&self) -> Vec<PeerSlot> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                p.as_ref().map(|p| PeerSlot {
+                    index: i as u32,
+                    generation: p.generation,
+                })
+            })
+            .collect()
+    }
+
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.banned.contains(&ip)
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When to call [`Engine::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self
+            .next_housekeeping
+            .min(self.next_choke)
+            .min(self.next_optimistic);
+        for at in [self.upload_wake, self.download_wake].into_iter().flatten() {
+            t = t.min(at);
+        }
+        Some(t)
+    }
+
+    fn peer(&self, slot: PeerSlot) -> Option<&Peer> {
+        self.peers
+            .get(slot.index as usize)?
+            .as_ref()
+            .filter(|p| p.generation == slot.generation)
+    }
+
+    fn peer_mut(&mut self, slot: PeerSlot) -> Option<&mut Peer> {
+        self.peers
+            .get_mut(slot.index as usize)?
+            .as_mut()
+            .filter(|p| p.generation == slot.generation)
+    }
+
+    fn send(&mut self, slot: PeerSlot, message: PeerMessage) {
+        self.actions.push_back(Action::Send { slot, message });
+    }
+
+    // ---- peer lifecycle -------------------------------------------------------------
+
+    /// A handshake completed. Sends our bitfield (or have-all / have-none).
+    pub fn peer_connected(&mut self, now: Instant, info: PeerInfo) -> Result<PeerSlot, Refused> {
+        if info.addr.is_some_and(|a| self.banned.contains(&a.ip())) {
+            return Err(Refused::Banned);
+        }
+        if self.peer_count >= self.cfg.max_peers {
+            return Err(Refused::TooManyPeers);
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.peers.push(None);
+                self.generations.push(0);
+                (self.peers.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[index as usize];
+        let fast = info.fast;
+        self.peers[index as usize] = Some(Peer::new(
+            info,
+            generation,
+            self.geo.piece_count,
+            now,
+            &self.cfg,
+        ));
+        self.peer_count += 1;
+        let slot = PeerSlot { index, generation };
+        if fast && self.have.is_full() {
+            self.send(slot, PeerMessage::HaveAll);
+        } else if fast && self.have.none_set() {
+            self.send(slot, PeerMessage::HaveNone);
+        } else if !self.have.none_set() {
+            self.send(
+                slot,
+                PeerMessage::Bitfield(Bytes::from(self.have.to_bytes())),
+            );
+        }
+        Ok(slot)
+    }
+
+    /// The peer's extension handshake told us its `reqq`.
+    pub fn set_peer_reqq(&mut self, slot: PeerSlot, reqq: u32) {
+        if let Some(p) = self.peer_mut(slot) {
+            p.info.reqq = Some(reqq.max(1));
+        }
+    }
+
+    /// The connection is gone (closed by either side). Its requests go to other peers.
+    pub fn peer_disconnected(&mut self, now: Instant, slot: PeerSlot) {
+        if self.remove_peer(slot) {
+            self.fill_all(now);
+        }
+    }
+
+    fn remove_peer(&mut self, slot: PeerSlot) -> bool {
+        if self.peer(slot).is_none() {
+            return false;
+        }
+        let peer = self.peers[slot.index as usize].take().expect("checked");
+        self.generations[slot.index as usize] = slot.generation.wrapping_add(1);
+        self.free.push(slot.index);
+        self.peer_count -= 1;
+        if peer.is_seed {
+            self.picker.remove_seed();
+        } else {
+            self.picker.remove_bitfield(&peer.has);
+        }
+        for o in &peer.outstanding {
+            self.picker.release(o.block);
+        }
+        self.picker.disown(slot);
+        if self.optimistic == Some(slot) {
+            self.optimistic = None;
+        }
+        if peer.unchoke != Unchoke::Choked {
+            self.fill_upload_slots();
+        }
+        true
+    }
+
+    fn disconnect(&mut self, slot: PeerSlot, reason: DisconnectReason) {
+        if self.remove_peer(slot) {
+            self.actions.push_back(Action::Disconnect { slot, reason });
+        }
+    }
+
+    fn ban(&mut self, slot: PeerSlot) {
+        if let Some(ip) = self.peer(slot).and_then(|p| p.info.addr).map(|a| a.ip()) {
+            self.banned.insert(ip);
+        }
+        self.disconnect(slot, DisconnectReason::BadData);
+    }
+
+    // ---- incoming messages ----------------------------------------------------------
+
+    pub fn handle_message(&mut self, now: Instant, slot: PeerSlot, msg: PeerMessage) {
+        let Some(peer) = self.peer_mut(slot) else {
+            return;
+        };
+        let first = !peer.seen_message;
+        peer.seen_message = true;
+        let fast = peer.info.fast;
+        let n = self.geo.piece_count;
+        match msg {
+            PeerMessage::Choke => self.on_choke(slot),
+            PeerMessage::Unchoke => {
+                if let Some(p) = self.peer_mut(slot) {
+                    p.peer_choking = false;
+                }
+                self.fill_requests(now, slot);
+            }
+            PeerMessage::Interested => {
+                if let Some(p) = self.peer_mut(slot) {
+                    p.peer_interested = true;
+                }
+                self.fill_upload_slots();
+            }
+            PeerMessage::NotInterested => {
+                if let Some(p) = self.peer_mut(slot) {
+                    p.peer_interested = false;
+                }
+            }
+            PeerMessage::Have(i) => {
+                if i >= n {
+                    return self.disconnect(slot, DisconnectReason::PieceOutOfRange(i));
+                }
+                let peer = self.peer_mut(slot).expect("checked");
+                if !peer.is_seed && peer.has.set(i) {
+                    self.picker.add_have(i);
+                    if !self.have.get(i) {
+                        self.set_interest(slot, true);
+                        self.fill_requests(now, slot);
+                    }
+                    self.check_both_seeds(slot);
+                }
+            }
+            PeerMessage::Bitfield(bytes) => {
+                if !first {
+                    return self.disconnect(slot, DisconnectReason::LateBitfield);
+                }
+                match Bitfield::from_bytes(&bytes, n) {
+                    Ok(b) if b.is_full() => self.become_seed(slot),
+                    Ok(b) => {
+                        self.picker.add_bitfield(&b);
+                        self.peer_mut(slot).expect("checked").has = b;
+                    }
+                    Err(e) => return self.disconnect(slot, DisconnectReason::BadBitfield(e)),
+                }
+                self.update_interest(slot);
+                self.check_both_seeds(slot);
+                self.fill_requests(now, slot);
+            }
+            PeerMessage::HaveAll | PeerMessage::HaveNone if !fast => self.disconnect(
+                slot,
+                DisconnectReason::FastNotNegotiated("have-all/have-none"),
+            ),
+            PeerMessage::HaveAll | PeerMessage::HaveNone if !first => {
+                self.disconnect(slot, DisconnectReason::LateBitfield)
+            }
+            PeerMessage::HaveAll => {
+                self.become_seed(slot);
+                self.update_interest(slot);
+                self.check_both_seeds(slot);
+                self.fill_requests(now, slot);
+            }
+            PeerMessage::HaveNone => {}
+            PeerMessage::Request(b) => self.on_request(now, slot, b),
+            PeerMessage::Cancel(b) => {
+                let peer = self.peer_mut(slot).expect("checked");
+                if let Some(pos) = peer.their_requests.iter().position(|&r| r == b) {
+                    peer.their_requests.remove(pos);
+                    // BEP 6: every request gets exactly one answer, a cancelled one too.
+                    if fast {
+                        self.send(slot, PeerMessage::Reject(b));
+                    }
+                }
+            }
+            PeerMessage::Piece { piece, begin, data } => {
+                self.on_block(now, slot, piece, begin, data)
+            }
+            PeerMessage::Reject(_) | PeerMessage::AllowedFast(_) | PeerMessage::Suggest(_)
+                if !fast =>
+            {
+                self.disconnect(slot, DisconnectReason::FastNotNegotiated("fast message"))
+            }
+            PeerMessage::Reject(b) => {
+                let peer = self.peer_mut(slot).expect("checked");
+                // A reject for something we no longer track (cancelled) is harmless.
+                if peer.take_outstanding(b).is_some() {
+                    if peer.peer_choking {
+                        peer.allowed_fast.retain(|&p| p != b.piece);
+                    }
+                    self.picker.release(b);
+                    self.fill_requests(now, slot);
+                }
+            }
+            PeerMessage::AllowedFast(i) => {
+                let peer = self.peer_mut(slot).expect("checked");
+                if i < n
+                    && peer.allowed_fast.len() < MAX_ALLOWED_FAST
+                    && !peer.allowed_fast.contains(&i)
+                {
+                    peer.allowed_fast.push(i);
+                    self.fill_requests(now, slot);
+                }
+            }
+            PeerMessage::Suggest(i) => {
+                let peer = self.peer_mut(slot).expect("checked");
+                if i < n && !peer.suggested.contains(&i) {
+                    if peer.suggested.len() >= MAX_SUGGESTED {
+                        peer.suggested.remove(0);
+                    }
+                    peer.suggested.push(i);
+                }
+            }
+        }
+    }
+
+    fn become_seed(&mut self, slot: PeerSlot) {
+        let n = self.geo.piece_count;
+        let peer = self.peer_mut(slot).expect("checked");
+        if peer.is_seed {
+            return;
+        }
+        let old = std::mem::replace(&mut peer.has, Bitfield::full(n));
+        peer.is_seed = true;
+        self.picker.remove_bitfield(&old);
+        self.picker.add_seed();
+    }
+
+    fn check_both_seeds(&mut self, slot: PeerSlot) {
+        if self.cfg.disconnect_seeds_when_seeding
+            && self.have.is_full()
+            && self.peer(slot).is_some_and(|p| p.has.is_full())
+        {
+            self.disconnect(slot, DisconnectReason::BothSeeds);
+        }
+    }
+
+    fn on_choke(&mut self, slot: PeerSlot) {
+        let peer = self.peer_mut(slot).expect("checked");
+        peer.peer_choking = true;
+        // Without Fast, a choke silently discards our requests; with Fast the peer must
+        // reject each one, so they stay until answered.
+        if !peer.info.fast {
+            let dropped: Vec<_> = peer.outstanding.drain(..).collect();
+            for o in dropped {
+                self.picker.release(o.block);
+            }
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, slot: PeerSlot, b: BlockRef) {
+        let n = self.geo.piece_count;
+        if b.piece >= n
+            || b.length == 0
+            || b.length > self.cfg.max_request_len
+            || b.begin as u64 + b.length as u64 > self.geo.piece_len(b.piece) as u64
+        {
+            return self.disconnect(slot, DisconnectReason::BadRequest(b));
+        }
+        let max_queue = self.cfg.max_incoming_requests;
+        let max_in_flight = self.cfg.max_uploads_in_flight;
+        let have_it = self.have.get(b.piece);
+        let peer = self.peer_mut(slot).expect("checked");
+        let fast = peer.info.fast;
+        if !have_it {
+            if fast {
+                return self.send(slot, PeerMessage::Reject(b));
+            }
+            return self.disconnect(slot, DisconnectReason::RequestedMissingPiece(b.piece));
+        }
+        if peer.am_choking() || peer.their_requests.len() >= max_queue {
+            // Without Fast, requests that crossed our choke are dropped silently.
+            if fast {
+                self.send(slot, PeerMessage::Reject(b));
+            }
+            return;
+        }
+        if peer.their_requests.contains(&b) {
+            return;
+        }
+        peer.their_requests.push_back(b);
+        if !peer.in_upload_queue && peer.uploads_in_flight < max_in_flight {
+            peer.in_upload_queue = true;
+            self.upload_queue.push_back(slot);
+        }
+        self.serve_uploads(now);
+    }
+
+    fn on_block(&mut self, now: Instant, slot: PeerSlot, piece: u32, begin: u32, data: Bytes) {
+        let len = data.len() as u64;
+        let b = BlockRef {
+            piece,
+            begin,
+            length: data.len().min(u32::MAX as usize) as u32,
+        };
+        if piece >= self.geo.piece_count {
+            return self.disconnect(slot, DisconnectReason::PieceOutOfRange(piece));
+        }
+        let peer = self.peer_mut(slot).expect("checked");
+        let requested = peer.take_outstanding(b);
+        if let Some(o) = requested {
+            let sample = now.saturating_duration_since(o.sent_at);
+            peer.rtt = Some(peer.rtt.map_or(sample, |r| (r * 7 + sample) / 8));
+            if peer.down.last_rate() == 0.0 {
+                peer.slow_start_target += 1;
+            }
+        }
+        peer.last_block_at = Some(now);
+        peer.snubbed = false;
+        peer.down.add(now, len);
+        peer.round_down += len;
+        match self.picker.receive(b, slot) {
+            Received::Accepted { piece_complete } => {
+                self.stats.downloaded += len;
+                self.actions
+                    .push_back(Action::WriteBlock { block: b, data });
+                self.cancel_elsewhere(slot, b);
+                if piece_complete {
+                    self.actions.push_back(Action::VerifyPiece { piece });
+                }
+            }
+            Received::Duplicate => self.stats.wasted += len,
+            Received::Unwanted => {
+                self.stats.wasted += len;
+                if requested.is_none() {
+                    let peer = self.peer_mut(slot).expect("checked");
+                    peer.unwanted_blocks += 1;
+                    if peer.unwanted_blocks > self.cfg.max_unwanted_blocks {
+                        return self.disconnect(slot, DisconnectReason::UnrequestedData);
+                    }
+                }
+            }
+        }
+        self.fill_requests(now, slot);
+    }
+
+    /// Endgame: the block arrived from `from`; withdraw the same request from others.
+    fn cancel_elsewhere(&mut self, from: PeerSlot, b: BlockRef) {
+        if !self.picker.in_endgame() {
+            return;
+        }
+        for i in 0..self.peers.len() {
+            let Some(p) = self.peers[i].as_mut() else {
+                continue;
+            };
+            let slot = PeerSlot {
+                index: i as u32,
+                generation: p.generation,
+            };
+            if slot != from && p.take_outstanding(b).is_some() {
+                self.actions.push_back(Action::Send {
+                    slot,
+                    message: PeerMessage::Cancel(b),
+                });
+            }
+        }
+    }
+
+    // ---- storage results ------------------------------------------------------------
+
+    /// The hash check of `piece` finished.
+    pub fn piece_verified(&mut self, now: Instant, piece: u32, ok: bool) {
+        if piece >= self.geo.piece_count || self.picker.state(piece) != PieceState::Verifying {
+            return;
+        }
+        let contributors = self.picker.verified(piece, ok);
+        if ok {
+            self.have.set(piece);
+            for slot in self.peer_slots() {
+                let p = self.peer(slot).expect("listed");
+                let (has_it, interested) = (p.has.get(piece), p.am_interested);
+                if !has_it {
+                    self.send(slot, PeerMessage::Have(piece));
+                }
+                if interested {
+                    self.update_interest(slot);
+                }
+            }
+            if self.have.is_full() && !self.completed {
+                self.completed = true;
+                self.actions.push_back(Action::Completed);
+                for slot in self.peer_slots() {
+                    self.check_both_seeds(slot);
+                }
+            }
+            return;
+        }
+        self.stats.hash_failures += 1;
+        let sole = contributors.len() == 1;
+        for slot in contributors {
+            let Some(p) = self.peer_mut(slot) else {
+                continue;
+            };
+            p.strikes += 1;
+            if sole || p.strikes >= self.cfg.ban_strikes {
+                self.ban(slot);
+            }
+        }
+        self.fill_all(now);
+    }
+
+    /// A block handed out with [`Action::ReadBlock`] has been sent (or dropped).
+    pub fn block_sent(&mut self, now: Instant, slot: PeerSlot) {
+        let max = self.cfg.max_uploads_in_flight;
+        let Some(peer) = self.peer_mut(slot) else {
+            return;
+        };
+        peer.uploads_in_flight = peer.uploads_in_flight.saturating_sub(1);
+        if !peer.in_upload_queue && !peer.their_requests.is_empty() && peer.uploads_in_flight < max
+        {
+            peer.in_upload_queue = true;
+            self.upload_queue.push_back(slot);
+        }
+        self.serve_uploads(now);
+    }
+
+    // ---- time -----------------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.upload_wake.is_some_and(|t| now >= t) {
+            self.upload_wake = None;
+            self.serve_uploads(now);
+        }
+        if now >= self.next_optimistic {
+            self.next_optimistic = now + self.cfg.optimistic_interval;
+            self.rotate_optimistic(now);
+        }
+        if now >= self.next_choke {
+            self.next_choke = now + self.cfg.choke_interval;
+            self.run_choker(now);
+        }
+        if self.download_wake.is_some_and(|t| now >= t) {
+            self.download_wake = None;
+            self.fill_all(now);
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.check_snubs(now);
+            self.download_wake = None;
+            self.fill_all(now);
+        }
+    }
+
+    fn check_snubs(&mut self, now: Instant) {
+        let (snub_timeout, unresponsive_timeout) =
+            (self.cfg.snub_timeout, self.cfg.unresponsive_timeout);
+        for slot in self.peer_slots() {
+            let p = self.peer_mut(slot).expect("listed");
+            p.down.rate(now);
+            p.up.rate(now);
+            let Some(oldest) = p.outstanding.front().map(|o| o.sent_at) else {
+                continue;
+            };
+            let since = p.last_block_at.map_or(oldest, |t| t.max(oldest));
+            let quiet = now.saturating_duration_since(since);
+            let silent_for =
+                now.saturating_duration_since(p.last_block_at.unwrap_or(p.connected_at));
+            if p.snubbed && silent_for >= unresponsive_timeout {
+                self.disconnect(slot, DisconnectReason::Unresponsive);
+                continue;
+            }
+            if !p.snubbed && quiet >= snub_timeout {
+                p.snubbed = true;
+                let dropped: Vec<_> = p.outstanding.drain(..).collect();
+                for o in dropped {
+                    self.picker.release(o.block);
+                    self.send(slot, PeerMessage::Cancel(o.block));
+                }
+                self.picker.disown(slot);
+            }
+        }
+    }
+
+    // ---- requesting -----------------------------------------------------------------
+
+    fn wants_from(&self, p: &Peer) -> bool {
+        !self.have.is_full() && (p.is_seed || self.have.lacks_any_of(&p.has))
+    }
+
+    fn update_interest(&mut self, slot: PeerSlot) {
+        let Some(p) = self.peer(slot) else { return };
+        let want = self.wants_from(p);
+        self.set_interest(slot, want);
+    }
+
+    fn set_interest(&mut self, slot: PeerSlot, want: bool) {
+        let Some(p) = self.peer_mut(slot) else { return };
+        if p.am_interested != want {
+            p.am_interested = want;
+            let msg = if want {
+                PeerMessage::Interested
+            } else {
+                PeerMessage::NotInterested
+            };
+            self.send(slot, msg);
+        }
+    }
+
+    fn fill_all(&mut self, now: Instant) {
+        for slot in self.peer_slots() {
+            self.fill_requests(now, slot);
+        }
+    }
+
+    /// Tops up `slot`'s request pipeline.
+    fn fill_requests(&mut self, now: Instant, slot: PeerSlot) {
+        if self.have.is_full() || self.download_wake.is_some() {
+            return;
+        }
+        let block_len = self.geo.block_len;
+        let Some(peer) = self.peers.get(slot.index as usize).and_then(|p| p.as_ref()) else {
+            return;
+        };
+        if peer.generation != slot.generation || !peer.am_interested {
+            return;
+        }
+        let choked = peer.peer_choking;
+        if choked && (!peer.info.fast || peer.allowed_fast.is_empty()) {
+            return;
+        }
+        let target = peer.pipeline_target(&self.cfg, block_len);
+        if peer.outstanding.len() >= target {
+            return;
+        }
+        let want = target - peer.outstanding.len();
+        let view = PeerView {
+            slot,
+            has: (!peer.is_seed).then_some(&peer.has),
+            only: choked.then_some(peer.allowed_fast.as_slice()),
+            suggested: &peer.suggested,
+            may_own: !peer.snubbed,
+        };
+        let mut picked = std::mem::take(&mut self.scratch);
+        picked.clear();
+        self.picker.pick(
+            &view,
+            want,
+            PickPolicy {
+                random_first_pieces: self.cfg.random_first_pieces,
+                endgame_max_requesters: self.cfg.endgame_max_requesters,
+            },
+            &mut self.rng,
+            &|b| peer.is_outstanding(b),
+            &mut picked,
+        );
+        let peer = self.peers[slot.index as usize].as_mut().expect("checked");
+        for (k, &b) in picked.iter().enumerate() {
+            if !self.download_bucket.try_take(now, b.length as u64) {
+                for &rest in &picked[k..] {
+                    self.picker.release(rest);
+                }
+                self.download_wake = Some(self.download_bucket.ready_at(now).unwrap_or(now));
+                break;
+            }
+            peer.outstanding.push_back(Outstanding {
+                block: b,
+                sent_at: now,
+            });
+            self.actions.push_back(Action::Send {
+                slot,
+                message: PeerMessage::Request(b),
+            });
+        }
+        self.scratch = picked;
+    }
+
+    // ---- uploading ------------------------------------------------------------------
+
+    /// Hands out block reads, round-robin over peers, as the upload bucket allows.
+    fn serve_uploads(&mut self, now: Instant) {
+        let max = self.cfg.max_uploads_in_flight;
+        let mut budget = self.upload_queue.len() * max as usize + 1;
+        while let Some(slot) = self.upload_queue.pop_front() {
+            budget -= 1;
+            if budget == 0 {
+                self.upload_queue.push_front(slot);
+                break;
+            }
+            let Some(peer) = self
+                .peers
+                .get_mut(slot.index as usize)
+                .and_then(|p| p.as_mut())
+            else {
+                continue;
+            };
+            if peer.generation != slot.generation {
+                continue;
+            }
+            let Some(&b) = peer.their_requests.front() else {
+                peer.in_upload_queue = false;
+                continue;
+            };
+            if peer.uploads_in_flight >= max {
+                peer.in_upload_queue = false;
+                continue;
+            }
+            if !self.upload_bucket.try_take(now, b.length as u64) {
+                self.upload_queue.push_front(slot);
+                self.upload_wake = Some(self.upload_bucket.ready_at(now).unwrap_or(now));
+                break;
+            }
+            peer.their_requests.pop_front();
+            peer.uploads_in_flight += 1;
+            peer.up.add(now, b.length as u64);
+            peer.round_up += b.length as u64;
+            self.stats.uploaded += b.length as u64;
+            if peer.their_requests.is_empty() || peer.uploads_in_flight >= max {
+                peer.in_upload_queue = false;
+            } else {
+                self.upload_queue.push_back(slot);
+            }
+            self.actions.push_back(Action::ReadBlock { slot, block: b });
+        }
+    }
+
+    // ---- choking --------------------------------------------------------------------
+
+    fn unchoke(&mut self, slot: PeerSlot, kind: Unchoke) {
+        let Some(p) = self.peer_mut(slot) else { return };
+        let was = p.unchoke;
+        p.unchoke = kind;
+        if was == Unchoke::Choked {
+            self.send(slot, PeerMessage::Unchoke);
+        }
+    }
+
+    fn choke(&mut self, slot: PeerSlot) {
+        let Some(p) = self.peer_mut(slot) else { return };
+        if p.unchoke == Unchoke::Choked {
+            return;
+        }
+        p.unchoke = Unchoke::Choked;
+        let fast = p.info.fast;
+        let pending: Vec<_> = p.their_requests.drain(..).collect();
+        self.send(slot, PeerMessage::Choke);
+        if fast {
+            for b in pending {
+                self.send(slot, PeerMessage::Reject(b));
+            }
+        }
+        if self.optimistic == Some(slot) {
+            self.optimistic = None;
+        }
+    }
+
+    /// Unchokes interested peers while upload slots are free, so a new peer does not wait
+    /// for the next choke round.
+    fn fill_upload_slots(&mut self) {
+        let used = self
+            .peers
+            .iter()
+            .flatten()
+            .filter(|p| p.unchoke != Unchoke::Choked && p.peer_interested)
+            .count();
+        let mut free = self.cfg.upload_slots.saturating_sub(used);
+        if free == 0 {
+            return;
+        }
+        for slot in self.peer_slots() {
+            if free == 0 {
+                break;
+            }
+            let p = self.peer(slot).expect("listed");
+            if p.peer_interested && p.am_choking() {
+                self.unchoke(slot, Unchoke::Regular);
+                free -= 1;
+            }
+        }
+    }
+
+    fn candidates(&self, now: Instant) -> Vec<choker::Candidate> {
+        let seeding = self.have.is_full();
+        self.peer_slots()
+            .into_iter()
+            .filter_map(|slot| {
+                let p = self.peer(slot)?;
+                (p.peer_interested && (!p.snubbed || seeding)).then(|| choker::Candidate {
+                    slot,
+                    score: if seeding { p.round_up } else { p.round_down },
+                    is_new: now.saturating_duration_since(p.connected_at) < NEW_PEER,
+                })
+            })
+            .collect()
+    }
+
+    /// Every choke interval: the best reciprocating peers keep (or get) the regular slots.
+    fn run_choker(&mut self, now: Instant) {
+        let regular_slots = self.cfg.upload_slots.saturating_sub(1).max(1);
+        let cands: Vec<_> = self
+            .candidates(now)
+            .into_iter()
+            .filter(|c| Some(c.slot) != self.optimistic)
+            .collect();
+        let keep = choker::regular_unchokes(cands, regular_slots, &mut self.rng);
+        for slot in self.peer_slots() {
+            if keep.contains(&slot) {
+                self.unchoke(slot, Unchoke::Regular);
+            } else if Some(slot) != self.optimistic {
+                self.choke(slot);
+            }
+            let p = self.peer_mut(slot).expect("listed");
+            p.round_down = 0;
+            p.round_up = 0;
+        }
+    }
+
+    /// Every optimistic interval: a random choked, interested peer gets the extra slot.
+    fn rotate_optimistic(&mut self, now: Instant) {
+        if self.cfg.upload_slots < 2 {
+            return;
+        }
+        let cands: Vec<_> = self
+            .candidates(now)
+            .into_iter()
+            .filter(|c| self.peer(c.slot).is_some_and(|p| p.am_choking()))
+            .collect();
+        let Some(new) = choker::optimistic_unchoke(&cands, &mut self.rng) else {
+            return;
+        };
+        if let Some(old) = self.optimistic.take() {
+            self.choke(old);
+        }
+        self.unchoke(new, Unchoke::Optimistic);
+        self.optimistic = Some(new);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+//! What the engine knows about one connected peer, and how deep its request pipeline is.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::bitfield::Bitfield;
+use super::rate::RateMeter;
+use super::{BlockRef, Config, PeerInfo};
+
+/// One of our requests to the peer, not yet answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Outstanding {
+    pub block: BlockRef,
+    pub sent_at: Instant,
+}
+
+/// How the peer holds an upload slot of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unchoke {
+    Choked,
+    Regular,
+    Optimistic,
+}
+
+#[derive(Debug)]
+pub struct Peer {
+    pub info: PeerInfo,
+    pub generation: u32,
+    pub connected_at: Instant,
+    pub unchoke: Unchoke,
+    pub am_interested: bool,
+    pub peer_choking: bool,
+    pub peer_interested: bool,
+    /// What it has. A peer that has everything is counted once as a seed in the picker.
+    pub has: Bitfield,
+    pub is_seed: bool,
+    /// Any message seen: bitfield/have-all/have-none are only valid first.
+    pub seen_message: bool,
+    pub outstanding: VecDeque<Outstanding>,
+    pub their_requests: VecDeque<BlockRef>,
+    pub uploads_in_flight: u32,
+    pub in_upload_queue: bool,
+    /// Pieces it lets us request while it chokes us (BEP 6).
+    pub allowed_fast: Vec<u32>,
+    pub suggested: Vec<u32>,
+    pub down: RateMeter,
+    pub up: RateMeter,
+    /// Bytes in the current choke round.
+    pub round_down: u64,
+    pub round_up: u64,
+    pub last_block_at: Option<Instant>,
+    pub snubbed: bool,
+    pub unwanted_blocks: u32,
+    pub strikes: u32,
+    /// Slow start: grows by one per block until a rate sample exists.
+    pub slow_start_target: usize,
+    pub rtt: Option<Duration>,
+}
+
+impl Peer {
+    pub fn new(info: PeerInfo, generation: u32, pieces: u32, now: Instant, cfg: &Config) -> Self {
+        Peer {
+            info,
+            generation,
+            connected_at: now,
+            unchoke: Unchoke::Choked,
+            am_interested: false,
+            peer_choking: true,
+            peer_interested: false,
+            has: Bitfield::new(pieces),
+            is_seed: false,
+            seen_message: false,
+            outstanding: VecDeque::new(),
+            their_requests: VecDeque::new(),
+            uploads_in_flight: 0,
+            in_upload_queue: false,
+            allowed_fast: Vec::new(),
+            suggested: Vec::new(),
+            down: RateMeter::new(now),
+            up: RateMeter::new(now),
+            round_down: 0,
+            round_up: 0,
+            last_block_at: None,
+            snubbed: false,
+            unwanted_blocks: 0,
+            strikes: 0,
+            slow_start_target: cfg.min_pipeline,
+            rtt: None,
+        }
+    }
+
+    pub fn am_choking(&self) -> bool {
+        self.unchoke == Unchoke::Choked
+    }
+
+    pub fn reqq(&self, cfg: &Config) -> usize {
+        self.info
+            .reqq
+            .map_or(cfg.default_peer_reqq, |q| q as usize)
+            .max(1)
+    }
+
+    /// Requests to keep in flight: enough to cover the measured rate for
+    /// `request_queue_time` (bandwidth x delay with headroom), slow start before the first
+    /// sample, one while snubbed; never more than the peer's `reqq` or our cap.
+    pub fn pipeline_target(&self, cfg: &Config, block_len: u32) -> usize {
+        if self.snubbed {
+            return 1;
+        }
+        let rate = self.down.last_rate();
+        let horizon = cfg
+            .request_queue_time
+            .max(self.rtt.unwrap_or_default() * 2)
+            .as_secs_f64();
+        let by_rate = (rate * horizon / block_len as f64).ceil() as usize;
+        let target = if rate > 0.0 {
+            by_rate.max(cfg.min_pipeline)
+        } else {
+            self.slow_start_target
+        };
+        target.min(cfg.max_pipeline).min(self.reqq(cfg)).max(1)
+    }
+
+    pub fn is_outstanding(&self, b: BlockRef) -> bool {
+        self.outstanding.iter().any(|o| o.block == b)
+    }
+
+    pub fn take_outstanding(&mut self, b: BlockRef) -> Option<Outstanding> {
+        let pos = self.outstanding.iter().position(|o| o.block == b)?;
+        self.outstanding.remove(pos)
+    }
+}

@@ -1,0 +1,717 @@
+//! Engine tests in virtual time: a harness feeds messages, moves the clock by hand and
+//! records what the engine asked for.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use super::*;
+
+struct Harness {
+    e: Engine,
+    now: Instant,
+    /// Our requests to each peer that are still unanswered, as the peer would see them.
+    requested: HashMap<PeerSlot, Vec<BlockRef>>,
+    log: Vec<Action>,
+}
+
+impl Harness {
+    fn new(pieces: u32, piece_len: u32, have: Bitfield, cfg: Config, seed: u64) -> Self {
+        let now = Instant::now();
+        let geo = Geometry::new(pieces as u64 * piece_len as u64, piece_len as u64).unwrap();
+        Harness {
+            e: Engine::new(geo, have, cfg, now, seed).unwrap(),
+            now,
+            requested: HashMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn leecher(pieces: u32, piece_len: u32, cfg: Config) -> Self {
+        Self::new(pieces, piece_len, Bitfield::new(pieces), cfg, 7)
+    }
+
+    fn seeder(pieces: u32, piece_len: u32, cfg: Config) -> Self {
+        Self::new(pieces, piece_len, Bitfield::full(pieces), cfg, 7)
+    }
+
+    fn connect(&mut self, n: u8, fast: bool) -> PeerSlot {
+        let addr = SocketAddr::from((Ipv4Addr::new(127, 0, 0, n), 6881));
+        let slot = self
+            .e
+            .peer_connected(
+                self.now,
+                PeerInfo {
+                    addr: Some(addr),
+                    fast,
+                    reqq: None,
+                },
+            )
+            .unwrap();
+        self.drain();
+        slot
+    }
+
+    fn msg(&mut self, slot: PeerSlot, m: PeerMessage) -> Vec<Action> {
+        self.e.handle_message(self.now, slot, m);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(a) = self.e.poll_action() {
+            match &a {
+                Action::Send {
+                    slot,
+                    message: PeerMessage::Request(b),
+                } => self.requested.entry(*slot).or_default().push(*b),
+                Action::Send {
+                    slot,
+                    message: PeerMessage::Cancel(b),
+                } => self.requested.entry(*slot).or_default().retain(|x| x != b),
+                _ => {}
+            }
+            self.log.push(a.clone());
+            out.push(a);
+        }
+        out
+    }
+
+    /// Moves the clock to each wake-up the engine asks for (at least every 100 ms),
+    /// firing timeouts and collecting actions.
+    fn advance(&mut self, d: Duration) -> Vec<Action> {
+        let end = self.now + d;
+        let mut out = Vec::new();
+        for _ in 0..1_000_000 {
+            let step = (self.now + Duration::from_millis(100)).min(end);
+            let wake = self.e.poll_timeout().map_or(step, |t| t.min(step));
+            self.now = wake.max(self.now);
+            if self.e.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.e.handle_timeout(self.now);
+            }
+            out.extend(self.drain());
+            if self.now >= end {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The peer answers its oldest `count` requests.
+    fn answer(&mut self, slot: PeerSlot, count: usize) -> Vec<Action> {
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let q = self.requested.entry(slot).or_default();
+            if q.is_empty() {
+                break;
+            }
+            let b = q.remove(0);
+            out.extend(self.msg(slot, block_msg(b)));
+        }
+        out
+    }
+}
+
+fn block_msg(b: BlockRef) -> PeerMessage {
+    PeerMessage::Piece {
+        piece: b.piece,
+        begin: b.begin,
+        data: Bytes::from(vec![0u8; b.length as usize]),
+    }
+}
+
+fn requests(actions: &[Action], to: PeerSlot) -> Vec<BlockRef> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                slot,
+                message: PeerMessage::Request(b),
+            } if *slot == to => Some(*b),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent(actions: &[Action], to: PeerSlot, m: &PeerMessage) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Send { slot, message } if *slot == to && message == m))
+}
+
+fn disconnected(actions: &[Action], who: PeerSlot) -> Option<DisconnectReason> {
+    actions.iter().find_map(|a| match a {
+        Action::Disconnect { slot, reason } if *slot == who => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+fn bitfield_msg(pieces: u32, has: impl Fn(u32) -> bool) -> PeerMessage {
+    let mut b = Bitfield::new(pieces);
+    (0..pieces).filter(|&i| has(i)).for_each(|i| {
+        b.set(i);
+    });
+    PeerMessage::Bitfield(Bytes::from(b.to_bytes()))
+}
+
+const B: u32 = BLOCK_LEN;
+
+#[test]
+fn rarest_pieces_are_requested_first() {
+    let cfg = Config {
+        random_first_pieces: 0,
+        min_pipeline: 8,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(8, B, cfg);
+    // Piece i is held by i+1 of the peers below plus the seed: piece 0 is the rarest.
+    for k in 1..8u8 {
+        let s = h.connect(k, false);
+        h.msg(s, bitfield_msg(8, |i| i >= k as u32));
+    }
+    let seed = h.connect(100, true);
+    h.msg(seed, PeerMessage::HaveAll);
+    let acts = h.msg(seed, PeerMessage::Unchoke);
+    let order: Vec<u32> = requests(&acts, seed).iter().map(|b| b.piece).collect();
+    assert_eq!(order, (0..8).collect::<Vec<_>>());
+}
+
+#[test]
+fn first_pieces_are_random_not_rarest() {
+    let mut firsts = std::collections::BTreeSet::new();
+    for seed in 0..20 {
+        let cfg = Config {
+            random_first_pieces: 4,
+            min_pipeline: 1,
+            ..Config::default()
+        };
+        let mut h = Harness::new(16, B, Bitfield::new(16), cfg, seed);
+        let common = h.connect(1, false);
+        h.msg(common, bitfield_msg(16, |i| i != 0));
+        let s = h.connect(2, true);
+        h.msg(s, PeerMessage::HaveAll);
+        let acts = h.msg(s, PeerMessage::Unchoke);
+        firsts.insert(requests(&acts, s)[0].piece);
+    }
+    // Rarest-first would always pick piece 0.
+    assert!(firsts.len() >= 4, "first pieces {firsts:?}");
+}
+
+#[test]
+fn each_peer_finishes_its_own_piece() {
+    let cfg = Config {
+        min_pipeline: 2,
+        random_first_pieces: 0,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(4, 4 * B, cfg);
+    let a = h.connect(1, true);
+    let b = h.connect(2, true);
+    for s in [a, b] {
+        h.msg(s, PeerMessage::HaveAll);
+    }
+    let ra = requests(&h.msg(a, PeerMessage::Unchoke), a);
+    let rb = requests(&h.msg(b, PeerMessage::Unchoke), b);
+    assert_eq!(ra.len(), 2);
+    assert_eq!(ra[0].piece, ra[1].piece);
+    assert!(
+        rb.iter().all(|x| x.piece != ra[0].piece),
+        "b shares a's piece: {rb:?}"
+    );
+    // As a's blocks arrive, it is given the rest of its piece.
+    let more = requests(&h.answer(a, 2), a);
+    assert!(
+        more.len() >= 2 && more[..2].iter().all(|x| x.piece == ra[0].piece),
+        "{more:?}"
+    );
+}
+
+#[test]
+fn endgame_duplicates_requests_and_cancels_on_arrival() {
+    let cfg = Config {
+        min_pipeline: 4,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(1, 2 * B, cfg);
+    let a = h.connect(1, true);
+    let b = h.connect(2, true);
+    h.msg(a, PeerMessage::HaveAll);
+    h.msg(b, PeerMessage::HaveAll);
+    let ra = requests(&h.msg(a, PeerMessage::Unchoke), a);
+    assert_eq!(ra.len(), 2);
+    // Everything is requested: b is asked for the same blocks.
+    let acts = h.msg(b, PeerMessage::Unchoke);
+    let rb = requests(&acts, b);
+    assert_eq!(rb.len(), 2, "{acts:?}");
+    let acts = h.msg(a, block_msg(ra[0]));
+    assert!(sent(&acts, b, &PeerMessage::Cancel(ra[0])), "{acts:?}");
+    let acts = h.msg(b, block_msg(ra[1]));
+    assert!(sent(&acts, a, &PeerMessage::Cancel(ra[1])), "{acts:?}");
+    assert!(acts.contains(&Action::VerifyPiece { piece: 0 }));
+    // The late duplicate is wasted, not written twice.
+    let acts = h.msg(b, block_msg(ra[0]));
+    assert!(!acts.iter().any(|x| matches!(x, Action::WriteBlock { .. })));
+    assert_eq!(h.e.stats().wasted, B as u64);
+    h.e.piece_verified(h.now, 0, true);
+    let acts = h.drain();
+    assert!(acts.contains(&Action::Completed));
+    assert!(h.e.is_complete());
+}
+
+#[test]
+fn regular_unchokes_follow_download_rate() {
+    let cfg = Config {
+        upload_slots: 3,
+        random_first_pieces: 0,
+        ..Config::default()
+    };
+    let pieces = 512;
+    let mut have = Bitfield::new(pieces);
+    for i in 0..pieces / 2 {
+        have.set(i);
+    }
+    let mut h = Harness::new(pieces, B, have, cfg, 1);
+    let peers: Vec<_> = (1..=5).map(|k| h.connect(k, true)).collect();
+    for &p in &peers {
+        h.msg(p, bitfield_msg(pieces, |i| i >= pieces / 2));
+        h.msg(p, PeerMessage::Interested);
+        h.msg(p, PeerMessage::Unchoke);
+    }
+    // Free slots went to the first peers at once.
+    let unchoked = |h: &Harness| -> Vec<usize> {
+        (0..5)
+            .filter(|&i| !h.e.peer_stats(peers[i]).unwrap().am_choking)
+            .collect()
+    };
+    assert_eq!(unchoked(&h), vec![0, 1, 2]);
+    // Peers 3 and 4 upload to us the most.
+    for _ in 0..9 {
+        h.answer(peers[3], 3);
+        h.answer(peers[4], 2);
+        h.answer(peers[0], 1);
+        h.advance(Duration::from_secs(1));
+    }
+    h.advance(Duration::from_millis(1100));
+    assert_eq!(unchoked(&h), vec![3, 4]);
+    let choked_0 = h.log.iter().any(
+        |a| matches!(a, Action::Send { slot, message: PeerMessage::Choke } if *slot == peers[0]),
+    );
+    assert!(choked_0);
+}
+
+#[test]
+fn optimistic_unchoke_rotates() {
+    let cfg = Config {
+        upload_slots: 2,
+        ..Config::default()
+    };
+    let mut h = Harness::seeder(8, B, cfg);
+    let peers: Vec<_> = (1..=6).map(|k| h.connect(k, true)).collect();
+    for &p in &peers {
+        h.msg(p, PeerMessage::HaveNone);
+        h.msg(p, PeerMessage::Interested);
+    }
+    let mut optimistic_seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        h.advance(Duration::from_secs(30));
+        let unchoked: Vec<_> = peers
+            .iter()
+            .filter(|&&p| !h.e.peer_stats(p).unwrap().am_choking)
+            .collect();
+        assert!(unchoked.len() <= 2, "{} unchoked", unchoked.len());
+        for p in unchoked {
+            optimistic_seen.insert(p.index());
+        }
+    }
+    assert!(
+        optimistic_seen.len() >= 4,
+        "only {optimistic_seen:?} were ever unchoked"
+    );
+}
+
+#[test]
+fn upload_rate_limit_is_honoured() {
+    let cfg = Config {
+        upload_rate_limit: 100_000,
+        ..Config::default()
+    };
+    let mut h = Harness::seeder(64, 4 * B, cfg);
+    let p = h.connect(1, true);
+    h.msg(p, PeerMessage::HaveNone);
+    h.msg(p, PeerMessage::Interested);
+    let mut next = 0u32;
+    let mut read = 0u64;
+    // The peer keeps 100 requests queued; we count bytes handed out for sending.
+    for _ in 0..100 {
+        let b = BlockRef {
+            piece: next / 4,
+            begin: (next % 4) * B,
+            length: B,
+        };
+        next += 1;
+        h.msg(p, PeerMessage::Request(b));
+    }
+    for _ in 0..100 {
+        h.advance(Duration::from_millis(100));
+        for a in h.log.drain(..) {
+            if let Action::ReadBlock { block, .. } = a {
+                read += block.length as u64;
+            }
+        }
+        for _ in 0..h.e.peer(p).unwrap().uploads_in_flight {
+            h.e.block_sent(h.now, p);
+        }
+        while h.e.peer(p).unwrap().their_requests.len() < 100 {
+            let b = BlockRef {
+                piece: (next / 4) % 64,
+                begin: (next % 4) * B,
+                length: B,
+            };
+            next += 1;
+            h.msg(p, PeerMessage::Request(b));
+        }
+    }
+    for a in h.log.drain(..) {
+        if let Action::ReadBlock { block, .. } = a {
+            read += block.length as u64;
+        }
+    }
+    // 10 s at 100 kB/s, plus the initial burst (64 KiB) and one block of debt.
+    assert!(
+        (950_000..=1_000_000 + 65_536 + B as u64).contains(&read),
+        "read {read}"
+    );
+}
+
+#[test]
+fn download_rate_limit_is_honoured() {
+    let cfg = Config {
+        download_rate_limit: 200_000,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(256, 4 * B, cfg);
+    let s = h.connect(1, true);
+    h.msg(s, PeerMessage::HaveAll);
+    h.msg(s, PeerMessage::Unchoke);
+    for _ in 0..100 {
+        h.advance(Duration::from_millis(100));
+        h.answer(s, 1000);
+    }
+    let got = h.e.stats().downloaded;
+    assert!(
+        (1_900_000..=2_000_000 + 50_000 + 2 * B as u64).contains(&got),
+        "downloaded {got}"
+    );
+}
+
+#[test]
+fn sole_source_of_a_bad_piece_is_banned_and_piece_refetched() {
+    let cfg = Config {
+        min_pipeline: 4,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(2, 2 * B, cfg);
+    let bad = h.connect(1, true);
+    h.msg(bad, bitfield_msg(2, |i| i == 0));
+    h.msg(bad, PeerMessage::Unchoke);
+    let acts = h.answer(bad, 2);
+    assert!(acts.contains(&Action::VerifyPiece { piece: 0 }));
+    h.e.piece_verified(h.now, 0, false);
+    let acts = h.drain();
+    assert_eq!(disconnected(&acts, bad), Some(DisconnectReason::BadData));
+    assert_eq!(h.e.stats().hash_failures, 1);
+    let again = h.e.peer_connected(
+        h.now,
+        PeerInfo {
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 7000))),
+            fast: true,
+            reqq: None,
+        },
+    );
+    assert_eq!(again, Err(Refused::Banned));
+    // An honest peer is asked for the piece again.
+    let good = h.connect(2, true);
+    h.msg(good, PeerMessage::HaveAll);
+    let r = requests(&h.msg(good, PeerMessage::Unchoke), good);
+    assert!(r.iter().any(|b| b.piece == 0), "{r:?}");
+}
+
+#[test]
+fn repeat_contributors_to_bad_pieces_are_banned_after_strikes() {
+    let cfg = Config {
+        min_pipeline: 1,
+        ban_strikes: 2,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(4, 2 * B, cfg);
+    let a = h.connect(1, true);
+    let b = h.connect(2, true);
+    for s in [a, b] {
+        h.msg(s, PeerMessage::HaveAll);
+    }
+    h.msg(a, PeerMessage::Unchoke);
+    h.msg(b, PeerMessage::Unchoke);
+    let mut banned_after = None;
+    for round in 1..=3 {
+        // Both peers send one block of every piece: both contribute to each piece.
+        for _ in 0..8 {
+            h.answer(a, 1);
+            h.answer(b, 1);
+        }
+        let verify: Vec<u32> = h
+            .log
+            .drain(..)
+            .filter_map(|x| match x {
+                Action::VerifyPiece { piece } => Some(piece),
+                _ => None,
+            })
+            .collect();
+        for p in verify {
+            h.e.piece_verified(h.now, p, false);
+        }
+        if disconnected(&h.drain(), a).is_some() {
+            banned_after = Some(round);
+            break;
+        }
+    }
+    assert_eq!(
+        banned_after,
+        Some(1),
+        "two failed pieces in round 1 reach 2 strikes"
+    );
+    assert!(h.e.is_banned("127.0.0.1".parse().unwrap()));
+    assert!(h.e.is_banned("127.0.0.2".parse().unwrap()));
+}
+
+#[test]
+fn silent_peer_is_snubbed_requests_move_then_dropped() {
+    let cfg = Config {
+        min_pipeline: 4,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(4, 4 * B, cfg);
+    let slow = h.connect(1, true);
+    h.msg(slow, PeerMessage::HaveAll);
+    let r = requests(&h.msg(slow, PeerMessage::Unchoke), slow);
+    assert_eq!(r.len(), 4);
+    let other = h.connect(2, true);
+    h.msg(other, PeerMessage::HaveAll);
+    let acts = h.advance(Duration::from_secs(61));
+    for b in &r {
+        assert!(
+            sent(&acts, slow, &PeerMessage::Cancel(*b)),
+            "no cancel for {b:?}"
+        );
+    }
+    assert!(h.e.peer_stats(slow).unwrap().snubbed);
+    // The other peer unchokes and is asked for the blocks the snubbed peer held.
+    let r2 = requests(&h.msg(other, PeerMessage::Unchoke), other);
+    assert!(
+        r.iter().all(|b| r2.contains(b)),
+        "{r:?} not re-requested in {r2:?}"
+    );
+    let acts = h.advance(Duration::from_secs(60));
+    assert_eq!(
+        disconnected(&acts, slow),
+        Some(DisconnectReason::Unresponsive)
+    );
+}
+
+#[test]
+fn fast_semantics_when_serving() {
+    let mut have = Bitfield::new(4);
+    have.set(0);
+    let mut h = Harness::new(
+        4,
+        2 * B,
+        have,
+        Config {
+            upload_slots: 1,
+            ..Config::default()
+        },
+        1,
+    );
+    let p = h.connect(1, true);
+    h.msg(p, PeerMessage::HaveNone);
+    let b0 = BlockRef {
+        piece: 0,
+        begin: 0,
+        length: B,
+    };
+    // Choked: rejected, not dropped.
+    assert!(sent(
+        &h.msg(p, PeerMessage::Request(b0)),
+        p,
+        &PeerMessage::Reject(b0)
+    ));
+    let acts = h.msg(p, PeerMessage::Interested);
+    assert!(sent(&acts, p, &PeerMessage::Unchoke));
+    // A piece we do not have: rejected.
+    let b1 = BlockRef {
+        piece: 1,
+        begin: 0,
+        length: B,
+    };
+    assert!(sent(
+        &h.msg(p, PeerMessage::Request(b1)),
+        p,
+        &PeerMessage::Reject(b1)
+    ));
+    // Served.
+    let acts = h.msg(p, PeerMessage::Request(b0));
+    assert!(acts.contains(&Action::ReadBlock { slot: p, block: b0 }));
+    // Out of range: dropped with a reason.
+    let bad = BlockRef {
+        piece: 0,
+        begin: B + 1,
+        length: B,
+    };
+    assert_eq!(
+        disconnected(&h.msg(p, PeerMessage::Request(bad)), p),
+        Some(DisconnectReason::BadRequest(bad))
+    );
+}
+
+#[test]
+fn choking_rejects_queued_requests_and_cancel_is_answered() {
+    let cfg = Config {
+        upload_slots: 1,
+        upload_rate_limit: 1,
+        ..Config::default()
+    };
+    let mut h = Harness::seeder(4, 4 * B, cfg);
+    let a = h.connect(1, true);
+    h.msg(a, PeerMessage::HaveNone);
+    h.msg(a, PeerMessage::Interested);
+    let blocks: Vec<_> = (0..8)
+        .map(|i| BlockRef {
+            piece: 1 + i / 4,
+            begin: (i % 4) * B,
+            length: B,
+        })
+        .collect();
+    for b in &blocks {
+        h.msg(a, PeerMessage::Request(*b));
+    }
+    // The burst covers 4 blocks; the rate limit keeps the rest queued. A cancel of a
+    // queued one is rejected.
+    assert!(sent(
+        &h.msg(a, PeerMessage::Cancel(blocks[7])),
+        a,
+        &PeerMessage::Reject(blocks[7])
+    ));
+    // A second peer takes the only slot at the next round: a is choked and its queue rejected.
+    let b = h.connect(2, true);
+    h.msg(b, PeerMessage::HaveNone);
+    h.msg(b, PeerMessage::Interested);
+    h.msg(a, PeerMessage::NotInterested);
+    let acts = h.advance(Duration::from_secs(10));
+    assert!(sent(&acts, a, &PeerMessage::Choke));
+    assert!(sent(&acts, a, &PeerMessage::Reject(blocks[6])), "{acts:?}");
+}
+
+#[test]
+fn hostile_bitfields_and_messages_are_dropped_with_reasons() {
+    let mut h = Harness::leecher(10, B, Config::default());
+    let p = h.connect(1, false);
+    let acts = h.msg(p, PeerMessage::Bitfield(Bytes::from_static(&[0xff])));
+    assert!(matches!(
+        disconnected(&acts, p),
+        Some(DisconnectReason::BadBitfield(
+            BitfieldError::WrongLength { .. }
+        ))
+    ));
+    let p = h.connect(2, false);
+    let acts = h.msg(p, PeerMessage::Bitfield(Bytes::from_static(&[0xff, 0xff])));
+    assert_eq!(
+        disconnected(&acts, p),
+        Some(DisconnectReason::BadBitfield(BitfieldError::SpareBitsSet))
+    );
+    let p = h.connect(3, false);
+    assert_eq!(
+        disconnected(&h.msg(p, PeerMessage::Have(10)), p),
+        Some(DisconnectReason::PieceOutOfRange(10))
+    );
+    let p = h.connect(4, false);
+    assert!(matches!(
+        disconnected(&h.msg(p, PeerMessage::HaveAll), p),
+        Some(DisconnectReason::FastNotNegotiated(_))
+    ));
+    let p = h.connect(5, true);
+    h.msg(p, PeerMessage::Have(1));
+    assert_eq!(
+        disconnected(&h.msg(p, PeerMessage::HaveAll), p),
+        Some(DisconnectReason::LateBitfield)
+    );
+    // Unrequested data floods are cut off.
+    let cfg = Config {
+        max_unwanted_blocks: 3,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(10, B, cfg);
+    let p = h.connect(6, true);
+    let mut reason = None;
+    for i in 0..10 {
+        reason = reason.or(disconnected(
+            &h.msg(
+                p,
+                block_msg(BlockRef {
+                    piece: i,
+                    begin: 0,
+                    length: B,
+                }),
+            ),
+            p,
+        ));
+    }
+    assert_eq!(reason, Some(DisconnectReason::UnrequestedData));
+    // Stale slots are ignored, not confused with the new peer in the same slot.
+    let q = h.connect(7, true);
+    assert_eq!(q.index(), p.index());
+    h.msg(p, PeerMessage::HaveAll);
+    assert!(!h.e.peer_stats(q).unwrap().is_seed);
+}
+
+#[test]
+fn allowed_fast_pieces_are_requested_while_choked() {
+    let mut h = Harness::leecher(8, B, Config::default());
+    let p = h.connect(1, true);
+    h.msg(p, PeerMessage::HaveAll);
+    let acts = h.msg(p, PeerMessage::AllowedFast(5));
+    assert_eq!(
+        requests(&acts, p),
+        vec![BlockRef {
+            piece: 5,
+            begin: 0,
+            length: B
+        }]
+    );
+    // Rejecting it takes it off the allowed list; nothing else is requested while choked.
+    let acts = h.msg(
+        p,
+        PeerMessage::Reject(BlockRef {
+            piece: 5,
+            begin: 0,
+            length: B,
+        }),
+    );
+    assert!(requests(&acts, p).is_empty());
+}
+
+#[test]
+fn completion_announces_haves_and_drops_seeds() {
+    let mut h = Harness::leecher(2, B, Config::default());
+    let s = h.connect(1, true);
+    let l = h.connect(2, true);
+    h.msg(s, PeerMessage::HaveAll);
+    h.msg(l, PeerMessage::HaveNone);
+    h.msg(s, PeerMessage::Unchoke);
+    h.answer(s, 2);
+    h.e.piece_verified(h.now, 0, true);
+    h.e.piece_verified(h.now, 1, true);
+    let acts = h.drain();
+    assert!(sent(&acts, l, &PeerMessage::Have(0)));
+    assert!(!sent(&acts, s, &PeerMessage::Have(0)));
+    assert!(acts.contains(&Action::Completed));
+    assert_eq!(disconnected(&acts, s), Some(DisconnectReason::BothSeeds));
+    assert_eq!(h.e.stats().bytes_left, 0);
+}
