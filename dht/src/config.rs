@@ -1,0 +1,135 @@
+//! Settings of a DHT core. Defaults suit a node on the public Mainline DHT; tests on
+//! loopback turn `restrict_ips` off and always pass explicit bootstrap addresses.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::id::Id;
+
+/// The public routers a node contacts when it has nothing better. Resolved by the tokio
+/// node (the core only takes socket addresses); tests never use them.
+pub const DEFAULT_ROUTERS: [&str; 4] = [
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+    "dht.libtorrent.org:25401",
+];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Our node id; `None` picks a random one (made BEP 42-valid once the external IP is
+    /// known, unless `bep42` is off).
+    pub id: Option<Id>,
+    /// Nodes to ask first when the routing table is empty.
+    pub bootstrap: Vec<SocketAddr>,
+    /// Bucket size and lookup width (BEP 5: 8).
+    pub k: usize,
+    /// Queries in flight per lookup, not counting ones past the short timeout.
+    pub alpha: usize,
+    /// Hard cap on queries in flight per lookup, slow ones included.
+    pub max_in_flight: usize,
+    /// After this a query counts as slow and its lookup may send one more.
+    pub short_timeout: Duration,
+    /// After this a query has failed.
+    pub query_timeout: Duration,
+    /// One routing entry per IP, and at most `max_per_subnet` per /24 (v4) or /64 (v6) in a
+    /// bucket. On for the internet; off for loopback tests where every node is 127.0.0.x.
+    pub restrict_ips: bool,
+    pub max_per_subnet: usize,
+    /// Derive our id from the external IP and prefer nodes with valid ids (BEP 42).
+    pub bep42: bool,
+    /// BEP 43: send `ro=1` and answer no queries.
+    pub read_only: bool,
+    /// Keep announced peers (a `--router-only` bootstrap node turns this off).
+    pub store_announces: bool,
+    pub max_torrents: usize,
+    pub max_peers_per_torrent: usize,
+    pub max_peers_total: usize,
+    /// How long an announced peer is kept without re-announcing.
+    pub peer_ttl: Duration,
+    /// The token secret rotates this often; tokens of the previous secret stay valid.
+    pub token_rotation: Duration,
+    /// Per-source-IP inbound queries per second (sustained) and burst.
+    pub inbound_rate: u32,
+    pub inbound_burst: u32,
+    /// Queries dropped in one burst before the source is banned for `ban_duration`.
+    pub ban_after_drops: u32,
+    pub ban_duration: Duration,
+    /// Source IPs tracked by the rate limiter (bounded memory).
+    pub max_tracked_ips: usize,
+    /// Our own outgoing queries per second (all lookups share this) and burst.
+    pub outbound_rate: u32,
+    pub outbound_burst: u32,
+    /// Outgoing queries waiting for the rate limiter; lookups stall beyond this.
+    pub max_queued_queries: usize,
+    /// Values returned in one get_peers reply.
+    pub max_values_in_reply: usize,
+    /// Lookups running at once; more are refused with `LookupDone` right away.
+    pub max_lookups: usize,
+    /// Client version sent as `v` (BEP 5: two letters and two version bytes).
+    pub client_version: Option<[u8; 4]>,
+    /// A bucket not changed for this long is refreshed with a lookup.
+    pub bucket_refresh: Duration,
+    /// Answering nodes count as good for this long.
+    pub node_good_for: Duration,
+    /// How often housekeeping runs (refresh, expiry, re-bootstrap).
+    pub tick: Duration,
+    /// Also run an IPv6 routing table (the node has an IPv6 socket, BEP 32).
+    pub ipv6: bool,
+    /// Keep the IPv4 table (off for an IPv6-only node).
+    pub ipv4: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: None,
+            bootstrap: Vec::new(),
+            k: 8,
+            alpha: 3,
+            max_in_flight: 8,
+            short_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(5),
+            restrict_ips: true,
+            max_per_subnet: 2,
+            bep42: true,
+            read_only: false,
+            store_announces: true,
+            max_torrents: 2_000,
+            max_peers_per_torrent: 200,
+            max_peers_total: 20_000,
+            peer_ttl: Duration::from_secs(40 * 60),
+            token_rotation: Duration::from_secs(5 * 60),
+            inbound_rate: 20,
+            inbound_burst: 50,
+            ban_after_drops: 100,
+            ban_duration: Duration::from_secs(5 * 60),
+            max_tracked_ips: 10_000,
+            outbound_rate: 250,
+            outbound_burst: 100,
+            max_queued_queries: 2_000,
+            max_values_in_reply: 100,
+            max_lookups: 256,
+            client_version: Some(*b"SW\x00\x01"),
+            bucket_refresh: Duration::from_secs(15 * 60),
+            node_good_for: Duration::from_secs(15 * 60),
+            tick: Duration::from_secs(5),
+            ipv6: false,
+            ipv4: true,
+        }
+    }
+}
+
+impl Config {
+    /// Settings for private networks on loopback (tests, `swarm demo`): no IP
+    /// restrictions and a generous inbound limit, since all nodes share 127.0.0.0/8.
+    pub fn loopback(bootstrap: Vec<SocketAddr>) -> Config {
+        Config {
+            bootstrap,
+            restrict_ips: false,
+            inbound_rate: 1_000,
+            inbound_burst: 2_000,
+            ..Config::default()
+        }
+    }
+}

@@ -1,0 +1,1151 @@
+//! The sans-IO DHT core: a state machine fed with datagrams and time, that says what to
+//! send and what happened. No sockets, no clock, no global RNG: the simulator and the
+//! tokio node drive exactly this code.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::bep42::{self, ExternalIpVoter};
+use crate::config::Config;
+use crate::id::Id;
+use crate::krpc::{
+    canonical_addr, error_code, Body, DecodeError, KrpcError, Message, NodeInfo, Query, QueryKind,
+    Response, Want, MAX_DATAGRAM,
+};
+use crate::lookup::{Lookup, LookupId, LookupKind, Phase};
+use crate::ratelimit::{Admit, InboundLimiter, TokenBucket};
+use crate::routing::{InsertOutcome, RoutingTable};
+use crate::state::SavedState;
+use crate::storage::PeerStore;
+use crate::token::Tokens;
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Something the application may care about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// New peers for a get_peers or announce lookup (each peer reported once per lookup).
+    PeersFound {
+        lookup: LookupId,
+        info_hash: Id,
+        peers: Vec<SocketAddr>,
+    },
+    /// The traversal finished (exactly once per lookup). `closest` are the nearest nodes
+    /// that answered.
+    LookupDone {
+        lookup: LookupId,
+        kind: LookupKind,
+        target: Id,
+        closest: Vec<NodeInfo>,
+        peers_found: usize,
+        queries: u32,
+    },
+    /// The announce phase finished: `acked` of `sent` nodes accepted it.
+    AnnounceDone {
+        lookup: LookupId,
+        info_hash: Id,
+        sent: usize,
+        acked: usize,
+    },
+    /// A bootstrap lookup finished with `nodes` in the routing table(s).
+    Bootstrapped { lookup: LookupId, nodes: usize },
+    /// A node answered an application ping.
+    Pong { addr: SocketAddr, id: Id },
+    /// An application ping timed out.
+    PingTimeout { addr: SocketAddr },
+    /// Enough nodes agree on our external address.
+    ExternalAddress { ip: IpAddr },
+    /// Our id changed (BEP 42 after the external address became known).
+    IdChanged { id: Id },
+}
+
+/// Counters and sizes, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub id: Id,
+    pub nodes4: usize,
+    pub nodes6: usize,
+    pub buckets4: usize,
+    pub buckets6: usize,
+    pub replacements: usize,
+    pub lookups: usize,
+    pub transactions: usize,
+    pub queued_queries: usize,
+    pub torrents: usize,
+    pub peers: usize,
+    pub queries_received: u64,
+    pub responses_sent: u64,
+    pub errors_sent: u64,
+    pub queries_sent: u64,
+    pub responses_received: u64,
+    pub errors_received: u64,
+    pub timeouts: u64,
+    pub invalid_packets: u64,
+    pub unexpected_responses: u64,
+    pub rate_limited: u64,
+    pub banned_drops: u64,
+    pub queries_dropped: u64,
+    pub announces_stored: u64,
+    pub bad_tokens: u64,
+    pub external_ip: Option<IpAddr>,
+}
+
+/// What a transaction was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxKind {
+    /// A routing-table liveness or poisoning check.
+    Ping,
+    /// A ping the application asked for.
+    UserPing,
+    LookupQuery,
+    Announce,
+}
+
+#[derive(Clone, Debug)]
+struct Tx {
+    addr: SocketAddr,
+    sent: Instant,
+    kind: TxKind,
+    lookup: Option<LookupId>,
+}
+
+#[derive(Clone, Debug)]
+struct PendingQuery {
+    addr: SocketAddr,
+    kind: QueryKind,
+    tx: TxKind,
+    lookup: Option<LookupId>,
+}
+
+/// Outstanding transactions at once; further queries wait in the queue.
+const MAX_TRANSACTIONS: usize = 4_096;
+/// Backoff between automatic bootstraps while the table stays empty.
+const REBOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
+/// Liveness pings per housekeeping tick, and how soon the same node is pinged again.
+const PINGS_PER_TICK: usize = 2;
+const PING_REPEAT: Duration = Duration::from_secs(60);
+/// Values in a get_peers reply to a source that never answered us (anti-amplification).
+const UNVERIFIED_VALUES: usize = 8;
+/// BEP 51 samples per reply.
+const MAX_SAMPLES: usize = 20;
+const SAMPLE_INTERVAL: i64 = 300;
+
+/// The DHT core. See the crate docs for the driving loop.
+pub struct Dht {
+    config: Config,
+    id: Id,
+    rng: ChaCha8Rng,
+    table4: Option<RoutingTable>,
+    table6: Option<RoutingTable>,
+    tokens: Tokens,
+    store: PeerStore,
+    inbound: InboundLimiter,
+    outbound: TokenBucket,
+    voter: ExternalIpVoter,
+    /// Extra lookup seeds with known ids (a saved state's nodes).
+    seed_nodes: Vec<NodeInfo>,
+    lookups: BTreeMap<LookupId, Lookup>,
+    next_lookup: u64,
+    transactions: HashMap<u16, Tx>,
+    /// Send times in order, for the short and the long timeout.
+    slow_checks: VecDeque<(Instant, u16)>,
+    deadlines: VecDeque<(Instant, u16)>,
+    next_tid: u16,
+    queue: VecDeque<PendingQuery>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_tick: Instant,
+    last_bootstrap: Option<Instant>,
+    bootstrap_lookup: Option<LookupId>,
+    stats: Stats,
+}
+
+impl Dht {
+    /// A new core. `rng_seed` makes all its random choices reproducible.
+    pub fn new(config: Config, now: Instant, rng_seed: u64) -> Dht {
+        let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
+        let id = config.id.unwrap_or_else(|| Id::random(&mut rng));
+        let table = |on: bool| {
+            on.then(|| {
+                RoutingTable::new(
+                    id,
+                    config.k,
+                    config.restrict_ips,
+                    config.max_per_subnet,
+                    config.node_good_for,
+                    now,
+                )
+            })
+        };
+        let table4 = table(config.ipv4);
+        let table6 = table(config.ipv6);
+        let tokens = Tokens::new(now, config.token_rotation, &mut rng);
+        let store = PeerStore::new(
+            config.max_torrents,
+            config.max_peers_per_torrent,
+            config.max_peers_total,
+            config.peer_ttl,
+        );
+        let inbound = InboundLimiter::new(
+            config.inbound_rate,
+            config.inbound_burst,
+            config.ban_after_drops,
+            config.ban_duration,
+            config.max_tracked_ips,
+        );
+        let outbound = TokenBucket::new(config.outbound_rate, config.outbound_burst, now);
+        let next_tid = rng.next_u32() as u16;
+        Dht {
+            id,
+            rng,
+            table4,
+            table6,
+            tokens,
+            store,
+            inbound,
+            outbound,
+            voter: ExternalIpVoter::default(),
+            seed_nodes: Vec::new(),
+            lookups: BTreeMap::new(),
+            next_lookup: 1,
+            transactions: HashMap::new(),
+            slow_checks: VecDeque::new(),
+            deadlines: VecDeque::new(),
+            next_tid,
+            queue: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_tick: now,
+            last_bootstrap: None,
+            bootstrap_lookup: None,
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    /// A core resuming from a saved state: its id (unless the config fixes one) and its
+    /// nodes, which are used as bootstrap nodes with known ids.
+    pub fn with_saved_state(
+        mut config: Config,
+        now: Instant,
+        rng_seed: u64,
+        state: SavedState,
+    ) -> Dht {
+        if config.id.is_none() {
+            config.id = Some(state.id);
+        }
+        let mut dht = Dht::new(config, now, rng_seed);
+        dht.seed_nodes = state.nodes;
+        dht
+    }
+
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // -----------------------------------------------------------------------------------
+    // driving
+
+    /// Feeds one received UDP payload.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let from = canonical_addr(from);
+        if bytes.len() > MAX_DATAGRAM || from.port() == 0 {
+            self.stats.invalid_packets += 1;
+            return;
+        }
+        match Message::decode(bytes) {
+            Ok(msg) => match msg.body {
+                Body::Query(ref q) => {
+                    let q = q.clone();
+                    self.handle_query(now, from, &msg, q, bytes.len());
+                }
+                Body::Response(r) => self.handle_response(now, from, &msg.t, msg.ip, msg.ro, r),
+                Body::Error(e) => self.handle_error(now, from, &msg.t, e),
+            },
+            Err(DecodeError::BadQuery { t, reason }) => {
+                self.stats.invalid_packets += 1;
+                if self.config.read_only || !self.admit(now, from.ip()) {
+                    return;
+                }
+                let code = if reason == "unknown method" {
+                    error_code::METHOD_UNKNOWN
+                } else {
+                    error_code::PROTOCOL
+                };
+                self.send_error(from, t, code, reason.as_bytes());
+            }
+            Err(_) => self.stats.invalid_packets += 1,
+        }
+        self.flush(now);
+    }
+
+    /// Lets time pass: timeouts, rate-limited sends, housekeeping.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let short = self.config.short_timeout;
+        while let Some(&(sent, tid)) = self.slow_checks.front() {
+            if sent + short > now {
+                break;
+            }
+            self.slow_checks.pop_front();
+            if let Some(tx) = self.transactions.get(&tid) {
+                if tx.sent == sent {
+                    if let Some(lid) = tx.lookup {
+                        let addr = tx.addr;
+                        if let Some(l) = self.lookups.get_mut(&lid) {
+                            l.on_slow(&addr);
+                        }
+                        self.drive_lookup(now, lid);
+                    }
+                }
+            }
+        }
+        let long = self.config.query_timeout;
+        while let Some(&(sent, tid)) = self.deadlines.front() {
+            if sent + long > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self
+                .transactions
+                .get(&tid)
+                .is_some_and(|tx| tx.sent == sent)
+            {
+                let tx = self.transactions.remove(&tid).expect("checked above");
+                self.on_query_failed(now, tx, true);
+            }
+        }
+        if now >= self.next_tick {
+            self.tick(now);
+        }
+        self.flush(now);
+    }
+
+    /// The next datagram to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self.next_tick;
+        if let Some((sent, _)) = self.slow_checks.front() {
+            next = next.min(*sent + self.config.short_timeout);
+        }
+        if let Some((sent, _)) = self.deadlines.front() {
+            next = next.min(*sent + self.config.query_timeout);
+        }
+        if !self.queue.is_empty() && self.transactions.len() < MAX_TRANSACTIONS {
+            next = next.min(self.outbound.next_available());
+        }
+        Some(next)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // commands
+
+    /// Finds peers for `info_hash`; they arrive as [`Event::PeersFound`].
+    pub fn get_peers(&mut self, now: Instant, info_hash: impl Into<Id>) -> LookupId {
+        self.start_lookup(now, LookupKind::GetPeers, info_hash.into())
+    }
+
+    /// Finds peers and announces us to the k closest nodes that gave a token. `port: None`
+    /// asks them to use our UDP source port (implied_port).
+    pub fn announce(
+        &mut self,
+        now: Instant,
+        info_hash: impl Into<Id>,
+        port: Option<u16>,
+    ) -> LookupId {
+        self.start_lookup(now, LookupKind::Announce { port }, info_hash.into())
+    }
+
+    /// Finds the nodes closest to `target`.
+    pub fn find_node(&mut self, now: Instant, target: impl Into<Id>) -> LookupId {
+        self.start_lookup(now, LookupKind::FindNode, target.into())
+    }
+
+    /// Joins the network: a lookup for our own id through the table, the saved nodes and
+    /// the bootstrap nodes. Ends with [`Event::Bootstrapped`].
+    pub fn bootstrap(&mut self, now: Instant) -> LookupId {
+        self.last_bootstrap = Some(now);
+        let id = self.start_lookup(now, LookupKind::Bootstrap, self.id);
+        if self.lookups.contains_key(&id) {
+            self.bootstrap_lookup = Some(id);
+        }
+        id
+    }
+
+    /// Pings `addr` (e.g. a peer's DHT port from a BEP 5 PORT message). If it answers it
+    /// may enter the routing table; [`Event::Pong`] or [`Event::PingTimeout`] follows.
+    pub fn ping(&mut self, now: Instant, addr: SocketAddr) {
+        self.enqueue(
+            canonical_addr(addr),
+            QueryKind::Ping,
+            TxKind::UserPing,
+            None,
+        );
+        self.flush(now);
+    }
+
+    /// Adds a node we learned of elsewhere (e.g. a torrent's `nodes`): it is pinged.
+    pub fn add_node(&mut self, now: Instant, addr: SocketAddr) {
+        self.enqueue(canonical_addr(addr), QueryKind::Ping, TxKind::Ping, None);
+        self.flush(now);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // inspection
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.id = self.id;
+        s.nodes4 = self.table4.as_ref().map_or(0, RoutingTable::len);
+        s.nodes6 = self.table6.as_ref().map_or(0, RoutingTable::len);
+        s.buckets4 = self.table4.as_ref().map_or(0, RoutingTable::bucket_count);
+        s.buckets6 = self.table6.as_ref().map_or(0, RoutingTable::bucket_count);
+        s.replacements = self.tables().map(RoutingTable::replacement_count).sum();
+        s.lookups = self.lookups.len();
+        s.transactions = self.transactions.len();
+        s.queued_queries = self.queue.len();
+        s.torrents = self.store.torrent_count();
+        s.peers = self.store.peer_count();
+        s.external_ip = self.voter.external_ip();
+        s
+    }
+
+    /// Every node in the routing tables, nearest buckets last.
+    pub fn routing_table_snapshot(&self) -> Vec<NodeInfo> {
+        self.tables()
+            .flat_map(|t| t.entries().map(|e| e.info()))
+            .collect()
+    }
+
+    /// Nodes in the tables (both families).
+    pub fn node_count(&self) -> usize {
+        self.tables().map(RoutingTable::len).sum()
+    }
+
+    /// Our id and good nodes, to be saved and given to [`Dht::with_saved_state`].
+    pub fn export_state(&self, now: Instant) -> SavedState {
+        let mut nodes: Vec<NodeInfo> = self.tables().flat_map(|t| t.good_nodes(now)).collect();
+        if nodes.len() < self.config.k {
+            // Few good ones (e.g. right after a pause): keep what answered at some point.
+            nodes = self
+                .tables()
+                .flat_map(|t| {
+                    t.entries()
+                        .filter(|e| e.confirmed)
+                        .map(|e| e.info())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        }
+        nodes.truncate(crate::state::MAX_SAVED_NODES);
+        SavedState { id: self.id, nodes }
+    }
+
+    /// Peers stored for `info_hash` by announces we received.
+    pub fn stored_peers(&mut self, now: Instant, info_hash: &Id) -> Vec<SocketAddr> {
+        self.store.get(info_hash, now, usize::MAX, &mut self.rng)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // internals: tables
+
+    fn tables(&self) -> impl Iterator<Item = &RoutingTable> {
+        self.table4.iter().chain(self.table6.iter())
+    }
+
+    fn table_for(&mut self, addr: &SocketAddr) -> Option<&mut RoutingTable> {
+        if addr.is_ipv4() {
+            self.table4.as_mut()
+        } else {
+            self.table6.as_mut()
+        }
+    }
+
+    fn verified(&self, id: &Id, ip: IpAddr) -> bool {
+        !self.config.bep42 || bep42::is_valid_id(id, ip)
+    }
+
+    /// Whether `addr` has answered us as a node we keep (its source address is real).
+    fn is_confirmed(&self, addr: &SocketAddr) -> bool {
+        let t = if addr.is_ipv4() {
+            self.table4.as_ref()
+        } else {
+            self.table6.as_ref()
+        };
+        t.is_some_and(|t| t.entries().any(|e| e.addr == *addr && e.confirmed))
+    }
+
+    fn apply_outcome(&mut self, addr: SocketAddr, outcome: InsertOutcome) {
+        match outcome {
+            InsertOutcome::Poisoned { .. } => {
+                self.enqueue(addr, QueryKind::Ping, TxKind::Ping, None);
+            }
+            InsertOutcome::Cached { ping: Some(n) } => {
+                self.enqueue(n.addr, QueryKind::Ping, TxKind::Ping, None);
+            }
+            _ => {}
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // internals: server side
+
+    fn admit(&mut self, now: Instant, ip: IpAddr) -> bool {
+        match self.inbound.check(ip, now) {
+            Admit::Yes => true,
+            Admit::Limited => {
+                self.stats.rate_limited += 1;
+                false
+            }
+            Admit::Banned => {
+                self.stats.banned_drops += 1;
+                false
+            }
+        }
+    }
+
+    fn handle_query(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: &Message,
+        q: Query,
+        query_len: usize,
+    ) {
+        self.stats.queries_received += 1;
+        if self.config.read_only {
+            return;
+        }
+        if !self.admit(now, from.ip()) {
+            return;
+        }
+        if q.id == self.id {
+            return;
+        }
+        // A node that queries us may fill a free slot; confirm it with a ping.
+        if !msg.ro {
+            let verified = self.verified(&q.id, from.ip());
+            if let Some(t) = self.table_for(&from) {
+                let out = t.on_query(q.id, from, verified, now);
+                if out == InsertOutcome::Added {
+                    self.enqueue(from, QueryKind::Ping, TxKind::Ping, None);
+                } else {
+                    self.apply_outcome(from, out);
+                }
+            }
+        }
+        let confirmed = self.is_confirmed(&from);
+        let mut r = Response {
+            id: self.id,
+            ..Response::default()
+        };
+        match q.kind {
+            QueryKind::Ping => {}
+            QueryKind::FindNode { target } | QueryKind::Other { target, .. } => {
+                self.fill_nodes(&mut r, &target, from, q.want, confirmed);
+            }
+            QueryKind::GetPeers { info_hash } => {
+                r.token = Some(self.tokens.issue(from.ip()).to_vec());
+                let max = if confirmed {
+                    self.config.max_values_in_reply
+                } else {
+                    UNVERIFIED_VALUES
+                };
+                r.values = self.store.get(&info_hash, now, max, &mut self.rng);
+                self.fill_nodes(&mut r, &info_hash, from, q.want, confirmed);
+            }
+            QueryKind::AnnouncePeer {
+                info_hash,
+                port,
+                implied_port,
+                token,
+            } => {
+                if !self.tokens.check(from.ip(), &token) {
+                    self.stats.bad_tokens += 1;
+                    self.send_error(from, msg.t.clone(), error_code::PROTOCOL, b"bad token");
+                    return;
+                }
+                let port = if implied_port { from.port() } else { port };
+                if port == 0 {
+                    self.send_error(from, msg.t.clone(), error_code::PROTOCOL, b"invalid port");
+                    return;
+                }
+                if self.config.store_announces {
+                    self.store
+                        .announce(info_hash, SocketAddr::new(from.ip(), port), now);
+                    self.stats.announces_stored += 1;
+                }
+            }
+            QueryKind::SampleInfohashes { target } => {
+                r.samples = Some(if self.config.store_announces {
+                    self.store.sample(MAX_SAMPLES, &mut self.rng)
+                } else {
+                    Vec::new()
+                });
+                r.num = Some(self.store.torrent_count() as i64);
+                r.interval = Some(SAMPLE_INTERVAL);
+                self.fill_nodes(&mut r, &target, from, q.want, confirmed);
+            }
+        }
+        let reply = Message {
+            t: msg.t.clone(),
+            v: self.config.client_version.map(|v| v.to_vec()),
+            ip: Some(from),
+            ro: false,
+            body: Body::Response(r),
+        };
+        let data = reply.to_bytes();
+        debug_assert!(confirmed || data.len() <= query_len.max(100) * 8);
+        self.stats.responses_sent += 1;
+        self.transmits.push_back(Transmit { to: from, data });
+    }
+
+    /// Adds the k closest confirmed nodes. Families: what `want` asks for if the source is
+    /// confirmed, else only the requester's own family (bounded reply size).
+    fn fill_nodes(
+        &self,
+        r: &mut Response,
+        target: &Id,
+        from: SocketAddr,
+        want: Want,
+        confirmed: bool,
+    ) {
+        let (mut n4, mut n6) = (from.is_ipv4(), from.is_ipv6());
+        if confirmed && !want.is_empty() {
+            n4 = want.n4;
+            n6 = want.n6;
+        }
+        if n4 {
+            if let Some(t) = &self.table4 {
+                r.nodes = t.closest(target, self.config.k, true);
+            }
+        }
+        if n6 {
+            if let Some(t) = &self.table6 {
+                r.nodes6 = t.closest(target, self.config.k, true);
+            }
+        }
+    }
+
+    fn send_error(&mut self, to: SocketAddr, t: Vec<u8>, code: i64, message: &[u8]) {
+        let msg = Message {
+            t,
+            v: self.config.client_version.map(|v| v.to_vec()),
+            ip: None,
+            ro: false,
+            body: Body::Error(KrpcError {
+                code,
+                message: message.to_vec(),
+            }),
+        };
+        self.stats.errors_sent += 1;
+        self.transmits.push_back(Transmit {
+            to,
+            data: msg.to_bytes(),
+        });
+    }
+
+    // -----------------------------------------------------------------------------------
+    // internals: client side
+
+    fn take_tx(&mut self, from: SocketAddr, t: &[u8]) -> Option<Tx> {
+        let tid = u16::from_be_bytes(<[u8; 2]>::try_from(t).ok()?);
+        match self.transactions.get(&tid) {
+            Some(tx) if tx.addr == from => self.transactions.remove(&tid),
+            _ => None,
+        }
+    }
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        t: &[u8],
+        ip: Option<SocketAddr>,
+        ro: bool,
+        r: Response,
+    ) {
+        let Some(tx) = self.take_tx(from, t) else {
+            self.stats.unexpected_responses += 1;
+            return;
+        };
+        self.stats.responses_received += 1;
+        if r.id == self.id {
+            // We asked ourselves (our own address in some list): not a node to keep.
+            self.on_query_failed(now, tx, false);
+            return;
+        }
+        if let Some(ip) = ip {
+            if let Some(ext) = self.voter.vote(from.ip(), canonical_addr(ip).ip()) {
+                self.on_external_ip(now, ext);
+            }
+        }
+        if !ro {
+            let verified = self.verified(&r.id, from.ip());
+            if let Some(t) = self.table_for(&from) {
+                let out = t.on_response(r.id, from, verified, now);
+                self.apply_outcome(from, out);
+            }
+        }
+        match tx.kind {
+            TxKind::UserPing => self.events.push_back(Event::Pong {
+                addr: from,
+                id: r.id,
+            }),
+            TxKind::Ping => {}
+            TxKind::LookupQuery => {
+                if let Some(lid) = tx.lookup {
+                    self.lookup_response(now, lid, from, r);
+                }
+            }
+            TxKind::Announce => {
+                if let Some(lid) = tx.lookup {
+                    self.announce_reply(lid, true);
+                }
+            }
+        }
+    }
+
+    fn lookup_response(&mut self, now: Instant, lid: LookupId, from: SocketAddr, r: Response) {
+        let own = self.id;
+        let (run4, run6) = (self.table4.is_some(), self.table6.is_some());
+        let Some(l) = self.lookups.get_mut(&lid) else {
+            return;
+        };
+        l.on_response(&from, r.id, r.token);
+        let nodes = r
+            .nodes
+            .iter()
+            .filter(|_| run4)
+            .chain(r.nodes6.iter().filter(|_| run6))
+            .filter(|n| {
+                n.id != own && !n.addr.ip().is_unspecified() && !n.addr.ip().is_multicast()
+            });
+        let nodes: Vec<NodeInfo> = nodes.copied().collect();
+        l.add_nodes(&nodes);
+        if l.kind.wants_peers() && !r.values.is_empty() {
+            let peers = l.new_peers(&r.values);
+            if !peers.is_empty() {
+                self.events.push_back(Event::PeersFound {
+                    lookup: lid,
+                    info_hash: l.target,
+                    peers,
+                });
+            }
+        }
+        self.drive_lookup(now, lid);
+    }
+
+    fn handle_error(&mut self, now: Instant, from: SocketAddr, t: &[u8], _e: KrpcError) {
+        let Some(tx) = self.take_tx(from, t) else {
+            self.stats.unexpected_responses += 1;
+            return;
+        };
+        self.stats.errors_received += 1;
+        // The node is alive but refused: the lookup moves on, the table keeps it.
+        self.on_query_failed(now, tx, false);
+    }
+
+    /// A query got no usable answer. `timed_out` also counts against the node's liveness.
+    fn on_query_failed(&mut self, now: Instant, tx: Tx, timed_out: bool) {
+        if timed_out {
+            self.stats.timeouts += 1;
+            let addr = tx.addr;
+            if let Some(t) = self.table_for(&addr) {
+                t.on_timeout(&addr, now);
+            }
+        }
+        match tx.kind {
+            TxKind::UserPing if timed_out => {
+                self.events.push_back(Event::PingTimeout { addr: tx.addr })
+            }
+            TxKind::UserPing | TxKind::Ping => {}
+            TxKind::LookupQuery => {
+                if let Some(lid) = tx.lookup {
+                    if let Some(l) = self.lookups.get_mut(&lid) {
+                        l.on_failure(&tx.addr);
+                    }
+                    self.drive_lookup(now, lid);
+                }
+            }
+            TxKind::Announce => {
+                if let Some(lid) = tx.lookup {
+                    self.announce_reply(lid, false);
+                }
+            }
+        }
+    }
+
+    fn on_external_ip(&mut self, now: Instant, ip: IpAddr) {
+        self.events.push_back(Event::ExternalAddress { ip });
+        let fixed = self.config.id.is_some() && self.seed_nodes.is_empty();
+        if !self.config.bep42 || fixed || bep42::is_exempt(ip) || bep42::is_valid_id(&self.id, ip) {
+            return;
+        }
+        let id = bep42::random_secure_id(ip, &mut self.rng);
+        self.id = id;
+        for t in self.table4.iter_mut().chain(self.table6.iter_mut()) {
+            t.rebuild(id, now);
+        }
+        self.events.push_back(Event::IdChanged { id });
+        self.bootstrap(now);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // internals: lookups
+
+    fn start_lookup(&mut self, now: Instant, kind: LookupKind, target: Id) -> LookupId {
+        let lid = LookupId(self.next_lookup);
+        self.next_lookup += 1;
+        let mut l = Lookup::new(
+            lid,
+            kind,
+            target,
+            self.config.k,
+            self.config.alpha,
+            self.config.max_in_flight,
+        );
+        if kind.wants_peers() {
+            // Our own store counts: in a tiny network we may be the one that was told.
+            let stored =
+                self.store
+                    .get(&target, now, self.config.max_values_in_reply, &mut self.rng);
+            let peers = l.new_peers(&stored);
+            if !peers.is_empty() {
+                self.events.push_back(Event::PeersFound {
+                    lookup: lid,
+                    info_hash: target,
+                    peers,
+                });
+            }
+        }
+        let seeds: Vec<NodeInfo> = self
+            .tables()
+            .flat_map(|t| t.closest(&target, self.config.k * 2, false))
+            .collect();
+        l.add_nodes(&seeds);
+        let sparse = self.node_count() < self.config.k;
+        if kind == LookupKind::Bootstrap || sparse {
+            let saved: Vec<NodeInfo> = self.seed_nodes.clone();
+            l.add_nodes(&saved);
+            let boot: Vec<SocketAddr> = self
+                .config
+                .bootstrap
+                .iter()
+                .map(|a| canonical_addr(*a))
+                .collect();
+            l.add_addrs(boot);
+        }
+        if self.lookups.len() >= self.config.max_lookups {
+            self.stats.queries_dropped += 1;
+            self.finish_traversal(lid, l);
+            return lid;
+        }
+        self.lookups.insert(lid, l);
+        self.drive_lookup(now, lid);
+        self.flush(now);
+        lid
+    }
+
+    /// Sends what the lookup wants sent and finishes it when it has converged.
+    fn drive_lookup(&mut self, now: Instant, lid: LookupId) {
+        let _ = now;
+        // Each pass either sends queries or changes state; bounded for safety.
+        for _ in 0..64 {
+            let Some(l) = self.lookups.get_mut(&lid) else {
+                return;
+            };
+            if l.phase != Phase::Traversal {
+                return;
+            }
+            let asks = l.next_queries();
+            let (kind, target) = (l.kind, l.target);
+            if asks.is_empty() {
+                if l.traversal_done() {
+                    let l = self.lookups.remove(&lid).expect("present above");
+                    self.finish_traversal(lid, l);
+                }
+                return;
+            }
+            let query = match kind {
+                LookupKind::GetPeers | LookupKind::Announce { .. } => {
+                    QueryKind::GetPeers { info_hash: target }
+                }
+                _ => QueryKind::FindNode { target },
+            };
+            let mut refused = Vec::new();
+            for (addr, _) in asks {
+                if !self.enqueue(addr, query.clone(), TxKind::LookupQuery, Some(lid)) {
+                    refused.push(addr);
+                }
+            }
+            if refused.is_empty() {
+                return;
+            }
+            if let Some(l) = self.lookups.get_mut(&lid) {
+                for a in &refused {
+                    l.on_failure(a);
+                }
+            }
+        }
+    }
+
+    fn finish_traversal(&mut self, lid: LookupId, mut l: Lookup) {
+        let closest = l.closest_responded();
+        self.events.push_back(Event::LookupDone {
+            lookup: lid,
+            kind: l.kind,
+            target: l.target,
+            closest,
+            peers_found: l.peers_found(),
+            queries: l.queries_sent,
+        });
+        match l.kind {
+            LookupKind::Bootstrap => {
+                if self.bootstrap_lookup == Some(lid) {
+                    self.bootstrap_lookup = None;
+                }
+                let nodes = self.node_count();
+                self.events
+                    .push_back(Event::Bootstrapped { lookup: lid, nodes });
+            }
+            LookupKind::Announce { port } => {
+                let targets = l.announce_targets();
+                if targets.is_empty() {
+                    self.events.push_back(Event::AnnounceDone {
+                        lookup: lid,
+                        info_hash: l.target,
+                        sent: 0,
+                        acked: 0,
+                    });
+                    return;
+                }
+                let mut sent = 0;
+                for (addr, _, token) in targets {
+                    let kind = QueryKind::AnnouncePeer {
+                        info_hash: l.target,
+                        port: port.unwrap_or(0),
+                        implied_port: port.is_none(),
+                        token,
+                    };
+                    if self.enqueue(addr, kind, TxKind::Announce, Some(lid)) {
+                        sent += 1;
+                    }
+                }
+                l.phase = Phase::Announcing {
+                    sent,
+                    pending: sent,
+                    acked: 0,
+                };
+                let info_hash = l.target;
+                self.lookups.insert(lid, l);
+                if sent == 0 {
+                    self.lookups.remove(&lid);
+                    self.events.push_back(Event::AnnounceDone {
+                        lookup: lid,
+                        info_hash,
+                        sent: 0,
+                        acked: 0,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn announce_reply(&mut self, lid: LookupId, ok: bool) {
+        let Some(l) = self.lookups.get_mut(&lid) else {
+            return;
+        };
+        let Phase::Announcing {
+            sent,
+            pending,
+            acked,
+        } = l.phase
+        else {
+            return;
+        };
+        let acked = acked + ok as usize;
+        let pending = pending.saturating_sub(1);
+        l.phase = Phase::Announcing {
+            sent,
+            pending,
+            acked,
+        };
+        if pending == 0 {
+            let info_hash = l.target;
+            self.lookups.remove(&lid);
+            self.events.push_back(Event::AnnounceDone {
+                lookup: lid,
+                info_hash,
+                sent,
+                acked,
+            });
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // internals: sending
+
+    /// Queues a query; false if the queue is full.
+    fn enqueue(
+        &mut self,
+        addr: SocketAddr,
+        kind: QueryKind,
+        tx: TxKind,
+        lookup: Option<LookupId>,
+    ) -> bool {
+        if self.queue.len() >= self.config.max_queued_queries {
+            self.stats.queries_dropped += 1;
+            return false;
+        }
+        self.queue.push_back(PendingQuery {
+            addr,
+            kind,
+            tx,
+            lookup,
+        });
+        true
+    }
+
+    /// Sends queued queries as far as the outgoing rate allows.
+    fn flush(&mut self, now: Instant) {
+        while !self.queue.is_empty() && self.transactions.len() < MAX_TRANSACTIONS {
+            // Lookup queries of finished lookups are not worth a token.
+            let front = self.queue.front().expect("non-empty");
+            if front.tx == TxKind::LookupQuery
+                && front.lookup.is_some_and(|l| !self.lookups.contains_key(&l))
+            {
+                self.queue.pop_front();
+                continue;
+            }
+            if !self.outbound.try_take(now) {
+                break;
+            }
+            let q = self.queue.pop_front().expect("non-empty");
+            self.send_query(now, q);
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 64 {
+            self.queue.shrink_to_fit();
+        }
+    }
+
+    fn alloc_tid(&mut self) -> u16 {
+        loop {
+            let tid = self.next_tid;
+            self.next_tid = self.next_tid.wrapping_add(1);
+            if !self.transactions.contains_key(&tid) {
+                return tid;
+            }
+        }
+    }
+
+    fn send_query(&mut self, now: Instant, q: PendingQuery) {
+        let tid = self.alloc_tid();
+        let want = match (self.table4.is_some(), self.table6.is_some()) {
+            (true, true) if !matches!(q.kind, QueryKind::Ping | QueryKind::AnnouncePeer { .. }) => {
+                Want { n4: true, n6: true }
+            }
+            _ => Want::default(),
+        };
+        let msg = Message {
+            t: tid.to_be_bytes().to_vec(),
+            v: self.config.client_version.map(|v| v.to_vec()),
+            ip: None,
+            ro: self.config.read_only,
+            body: Body::Query(Query {
+                id: self.id,
+                want,
+                kind: q.kind,
+            }),
+        };
+        self.transmits.push_back(Transmit {
+            to: q.addr,
+            data: msg.to_bytes(),
+        });
+        self.stats.queries_sent += 1;
+        self.transactions.insert(
+            tid,
+            Tx {
+                addr: q.addr,
+                sent: now,
+                kind: q.tx,
+                lookup: q.lookup,
+            },
+        );
+        if q.tx == TxKind::LookupQuery {
+            self.slow_checks.push_back((now, tid));
+        }
+        self.deadlines.push_back((now, tid));
+    }
+
+    // -----------------------------------------------------------------------------------
+    // internals: housekeeping
+
+    fn tick(&mut self, now: Instant) {
+        self.next_tick = now + self.config.tick;
+        self.tokens.maybe_rotate(now, &mut self.rng);
+        self.store.expire(now);
+        self.inbound.sweep(now);
+        if self.transactions.is_empty() {
+            self.transactions.shrink_to_fit();
+            self.slow_checks.shrink_to_fit();
+            self.deadlines.shrink_to_fit();
+        }
+        let empty = self.node_count() == 0;
+        let have_seeds = !self.config.bootstrap.is_empty() || !self.seed_nodes.is_empty();
+        if empty && have_seeds && self.bootstrap_lookup.is_none() {
+            let due = self
+                .last_bootstrap
+                .is_none_or(|t| now.saturating_duration_since(t) >= REBOOTSTRAP_EVERY);
+            if due {
+                self.bootstrap(now);
+                return;
+            }
+        }
+        if empty {
+            return;
+        }
+        // Refresh one stale bucket per tick (per family).
+        let refresh = self.config.bucket_refresh;
+        let mut targets = Vec::new();
+        for t in self.table4.iter_mut().chain(self.table6.iter_mut()) {
+            if let Some(&b) = t.stale_buckets(now, refresh).first() {
+                t.touch_bucket(b, now);
+                targets.push(t.own_id().random_with_prefix(b as u32, &mut self.rng));
+            }
+        }
+        for target in targets {
+            self.start_lookup(now, LookupKind::Refresh, target);
+        }
+        // Check a few questionable or unconfirmed nodes.
+        let mut pings = Vec::new();
+        for t in self.table4.iter_mut().chain(self.table6.iter_mut()) {
+            pings.extend(t.nodes_to_ping(now, PINGS_PER_TICK, PING_REPEAT));
+        }
+        for n in pings {
+            self.enqueue(n.addr, QueryKind::Ping, TxKind::Ping, None);
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! One iterative lookup (BEP 5 traversal): which nodes to ask next, and when it is done.
+//!
+//! The lookup keeps its candidates sorted by distance to the target. It asks the closest
+//! unasked ones, `alpha` at a time; a query past the short timeout stops holding its slot
+//! (so a slow node costs little), and a failed one drops out. It is done when the `k`
+//! closest candidates that have not failed have all answered, or when nobody is left to
+//! ask. The lookup itself sends nothing: the core turns its decisions into datagrams.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use crate::id::Id;
+use crate::krpc::NodeInfo;
+
+/// Identifies a lookup in events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupId(pub u64);
+
+/// What a lookup is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupKind {
+    /// find_node towards a target.
+    FindNode,
+    /// get_peers, streaming peers as they arrive.
+    GetPeers,
+    /// get_peers, then announce_peer to the k closest that gave a token. `None` port means
+    /// implied_port (the receiver uses our UDP source port).
+    Announce { port: Option<u16> },
+    /// find_node for our own id, from the table and the bootstrap nodes.
+    Bootstrap,
+    /// find_node for a random id in a stale bucket.
+    Refresh,
+}
+
+impl LookupKind {
+    pub fn wants_peers(&self) -> bool {
+        matches!(self, LookupKind::GetPeers | LookupKind::Announce { .. })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Fresh,
+    InFlight { slow: bool },
+    Responded,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    /// Unknown for bootstrap addresses until they answer.
+    id: Option<Id>,
+    addr: SocketAddr,
+    state: State,
+    token: Option<Vec<u8>>,
+}
+
+/// Where a lookup is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Traversal,
+    Announcing {
+        sent: usize,
+        pending: usize,
+        acked: usize,
+    },
+    Finished,
+}
+
+/// Candidates kept per lookup (far ones beyond this are dropped).
+const MAX_CANDIDATES: usize = 64;
+/// Distinct peers remembered per lookup for de-duplicating the stream.
+const MAX_PEERS_SEEN: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    pub id: LookupId,
+    pub kind: LookupKind,
+    pub target: Id,
+    pub phase: Phase,
+    k: usize,
+    alpha: usize,
+    max_in_flight: usize,
+    candidates: Vec<Candidate>,
+    in_flight: usize,
+    slow: usize,
+    peers_seen: HashSet<SocketAddr>,
+    pub queries_sent: u32,
+    pub responses: u32,
+}
+
+impl Lookup {
+    pub fn new(
+        id: LookupId,
+        kind: LookupKind,
+        target: Id,
+        k: usize,
+        alpha: usize,
+        max_in_flight: usize,
+    ) -> Lookup {
+        Lookup {
+            id,
+            kind,
+            target,
+            phase: Phase::Traversal,
+            k: k.max(1),
+            alpha: alpha.max(1),
+            max_in_flight: max_in_flight.max(alpha.max(1)),
+            candidates: Vec::new(),
+            in_flight: 0,
+            slow: 0,
+            peers_seen: HashSet::new(),
+            queries_sent: 0,
+            responses: 0,
+        }
+    }
+
+    fn sort(&mut self) {
+        let target = self.target;
+        // Known ids by distance; unknown ids (bootstrap addresses) last, in insertion order.
+        self.candidates.sort_by_key(|c| match c.id {
+            Some(id) => (0u8, id.distance(&target)),
+            None => (1u8, Id::ZERO),
+        });
+    }
+
+    /// Adds nodes learned from the routing table or a reply.
+    pub fn add_nodes<'n>(&mut self, nodes: impl IntoIterator<Item = &'n NodeInfo>) {
+        for n in nodes {
+            if self
+                .candidates
+                .iter()
+                .any(|c| c.addr == n.addr || c.id == Some(n.id))
+            {
+                continue;
+            }
+            self.candidates.push(Candidate {
+                id: Some(n.id),
+                addr: n.addr,
+                state: State::Fresh,
+                token: None,
+            });
+        }
+        self.sort();
+        self.trim();
+    }
+
+    /// Adds addresses whose ids we do not know (bootstrap nodes).
+    pub fn add_addrs(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for addr in addrs {
+            if self.candidates.iter().any(|c| c.addr == addr) {
+                continue;
+            }
+            self.candidates.push(Candidate {
+                id: None,
+                addr,
+                state: State::Fresh,
+                token: None,
+            });
+        }
+    }
+
+    fn trim(&mut self) {
+        while self.candidates.len() > MAX_CANDIDATES {
+            // Drop the farthest one that is not in flight.
+            let Some(pos) = self
+                .candidates
+                .iter()
+                .rposition(|c| !matches!(c.state, State::InFlight { .. }))
+            else {
+                break;
+            };
+            self.candidates.remove(pos);
+        }
+    }
+
+    pub fn candidate_count(&self) -> usize {
+        self.candidates.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The next nodes to ask; they are marked in flight.
+    pub fn next_queries(&mut self) -> Vec<(SocketAddr, Option<Id>)> {
+        let mut out = Vec::new();
+        if self.phase != Phase::Traversal {
+            return out;
+        }
+        loop {
+            let active = self.in_flight - self.slow;
+            if active >= self.alpha || self.in_flight >= self.max_in_flight {
+                break;
+            }
+            let mut window = 0;
+            let mut pick = None;
+            for (i, c) in self.candidates.iter().enumerate() {
+                if window >= self.k {
+                    break;
+                }
+                match c.state {
+                    State::Failed => continue,
+                    State::Fresh => {
+                        pick = Some(i);
+                        break;
+                    }
+                    _ => window += 1,
+                }
+            }
+            let Some(i) = pick else { break };
+            let c = &mut self.candidates[i];
+            c.state = State::InFlight { slow: false };
+            self.in_flight += 1;
+            self.queries_sent += 1;
+            out.push((c.addr, c.id));
+        }
+        out
+    }
+
+    fn find(&mut self, addr: &SocketAddr) -> Option<usize> {
+        self.candidates.iter().position(|c| c.addr == *addr)
+    }
+
+    fn leave_flight(&mut self, i: usize) -> bool {
+        if let State::InFlight { slow } = self.candidates[i].state {
+            self.in_flight -= 1;
+            if slow {
+                self.slow -= 1;
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `addr` answered as `id`, with an optional token. Late or duplicate answers are
+    /// harmless.
+    pub fn on_response(&mut self, addr: &SocketAddr, id: Id, token: Option<Vec<u8>>) {
+        let Some(i) = self.find(addr) else { return };
+        if !self.leave_flight(i) {
+            return;
+        }
+        self.responses += 1;
+        let c = &mut self.candidates[i];
+        c.state = State::Responded;
+        c.token = token;
+        if c.id != Some(id) {
+            c.id = Some(id);
+            self.sort();
+        }
+    }
+
+    /// The query to `addr` passed the short timeout: its slot opens for another.
+    pub fn on_slow(&mut self, addr: &SocketAddr) {
+        let Some(i) = self.find(addr) else { return };
+        if let State::InFlight { slow: false } = self.candidates[i].state {
+            self.candidates[i].state = State::InFlight { slow: true };
+            self.slow += 1;
+        }
+    }
+
+    /// The query to `addr` failed (timeout or error).
+    pub fn on_failure(&mut self, addr: &SocketAddr) {
+        let Some(i) = self.find(addr) else { return };
+        if self.leave_flight(i) {
+            self.candidates[i].state = State::Failed;
+        }
+    }
+
+    /// Whether the traversal has converged: the k closest live candidates all answered,
+    /// or there is nobody left to ask and nothing in flight.
+    pub fn traversal_done(&self) -> bool {
+        let mut answered = 0;
+        for c in &self.candidates {
+            match c.state {
+                State::Failed => {}
+                State::Responded => {
+                    answered += 1;
+                    if answered >= self.k {
+                        return true;
+                    }
+                }
+                State::Fresh | State::InFlight { .. } => return false,
+            }
+        }
+        self.in_flight == 0
+    }
+
+    /// The closest nodes that answered, nearest first (at most k).
+    pub fn closest_responded(&self) -> Vec<NodeInfo> {
+        self.candidates
+            .iter()
+            .filter(|c| c.state == State::Responded)
+            .filter_map(|c| c.id.map(|id| NodeInfo { id, addr: c.addr }))
+            .take(self.k)
+            .collect()
+    }
+
+    /// The k closest that answered with a token: where an announce goes.
+    pub fn announce_targets(&self) -> Vec<(SocketAddr, Id, Vec<u8>)> {
+        self.candidates
+            .iter()
+            .filter(|c| c.state == State::Responded)
+            .filter_map(|c| Some((c.addr, c.id?, c.token.clone()?)))
+            .take(self.k)
+            .collect()
+    }
+
+    /// Filters `peers` down to ones not reported before by this lookup.
+    pub fn new_peers(&mut self, peers: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for p in peers {
+            if self.peers_seen.len() >= MAX_PEERS_SEEN {
+                break;
+            }
+            if self.peers_seen.insert(*p) {
+                out.push(*p);
+            }
+        }
+        out
+    }
+
+    pub fn peers_found(&self) -> usize {
+        self.peers_seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn node(rng: &mut rand_chacha::ChaCha8Rng, i: u16) -> NodeInfo {
+        NodeInfo {
+            id: Id::random(rng),
+            addr: SocketAddr::from(([10, 0, 0, 1], i)),
+        }
+    }
+
+    #[test]
+    fn asks_alpha_closest_first_and_finishes_once_k_answered() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let target = Id::random(&mut rng);
+        let nodes: Vec<NodeInfo> = (1..=20).map(|i| node(&mut rng, i)).collect();
+        let mut l = Lookup::new(LookupId(1), LookupKind::FindNode, target, 8, 3, 8);
+        l.add_nodes(&nodes);
+        let mut sorted = nodes.clone();
+        sorted.sort_by_key(|n| n.id.distance(&target));
+        let first = l.next_queries();
+        assert_eq!(first.len(), 3);
+        assert_eq!(
+            first.iter().map(|q| q.0).collect::<Vec<_>>(),
+            sorted[..3].iter().map(|n| n.addr).collect::<Vec<_>>()
+        );
+        assert!(l.next_queries().is_empty(), "alpha slots are full");
+        // Answer everything asked until done; count rounds to bound the loop.
+        let mut rounds = 0;
+        let mut asked = first;
+        while !l.traversal_done() {
+            rounds += 1;
+            assert!(rounds < 100);
+            for (addr, id) in asked.drain(..) {
+                l.on_response(&addr, id.unwrap(), Some(vec![1]));
+                // Duplicate reply: harmless.
+                l.on_response(&addr, id.unwrap(), Some(vec![1]));
+            }
+            asked = l.next_queries();
+        }
+        // Exactly the 8 closest answered; the rest were never asked.
+        assert_eq!(
+            l.closest_responded()
+                .iter()
+                .map(|n| n.id)
+                .collect::<Vec<_>>(),
+            sorted[..8].iter().map(|n| n.id).collect::<Vec<_>>()
+        );
+        assert_eq!(l.queries_sent, 8);
+        assert_eq!(l.announce_targets().len(), 8);
+    }
+
+    #[test]
+    fn slow_query_opens_a_slot_and_failure_widens_the_window() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let target = Id::random(&mut rng);
+        let nodes: Vec<NodeInfo> = (1..=10).map(|i| node(&mut rng, i)).collect();
+        let mut l = Lookup::new(LookupId(1), LookupKind::GetPeers, target, 3, 1, 3);
+        l.add_nodes(&nodes);
+        let a = l.next_queries();
+        assert_eq!(a.len(), 1);
+        assert!(l.next_queries().is_empty(), "alpha = 1");
+        l.on_slow(&a[0].0);
+        let b = l.next_queries();
+        assert_eq!(b.len(), 1, "a slow query frees its slot");
+        l.on_slow(&b[0].0);
+        let c = l.next_queries();
+        assert_eq!(c.len(), 1);
+        l.on_slow(&c[0].0);
+        assert!(
+            l.next_queries().is_empty(),
+            "max_in_flight caps slow queries"
+        );
+        l.on_failure(&a[0].0);
+        l.on_failure(&a[0].0); // duplicate failure is harmless
+        assert_eq!(l.in_flight(), 2);
+        l.on_response(&b[0].0, b[0].1.unwrap(), None);
+        l.on_response(&c[0].0, c[0].1.unwrap(), None);
+        assert!(
+            !l.traversal_done(),
+            "the failed node's place in the k closest is open"
+        );
+        let d = l.next_queries();
+        assert_eq!(d.len(), 1, "the window widened past the failed node");
+        l.on_response(&d[0].0, d[0].1.unwrap(), None);
+        assert!(l.traversal_done());
+        // A late reply from the failed node changes nothing.
+        l.on_response(&a[0].0, a[0].1.unwrap(), None);
+        assert_eq!(l.responses, 3);
+    }
+
+    #[test]
+    fn empty_lookup_is_done() {
+        let l = Lookup::new(LookupId(1), LookupKind::FindNode, Id::ZERO, 8, 3, 8);
+        assert!(l.traversal_done());
+    }
+
+    #[test]
+    fn unknown_ids_are_asked_and_resorted() {
+        let mut l = Lookup::new(LookupId(1), LookupKind::Bootstrap, Id::ZERO, 8, 3, 8);
+        let boot: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        l.add_addrs([boot]);
+        let q = l.next_queries();
+        assert_eq!(q, vec![(boot, None)]);
+        l.on_response(&boot, Id([1; 20]), None);
+        assert!(l.traversal_done());
+        assert_eq!(l.closest_responded()[0].id, Id([1; 20]));
+    }
+
+    #[test]
+    fn peers_are_deduplicated() {
+        let mut l = Lookup::new(LookupId(1), LookupKind::GetPeers, Id::ZERO, 8, 3, 8);
+        let p: SocketAddr = "1.2.3.4:5".parse().unwrap();
+        assert_eq!(l.new_peers(&[p, p]), vec![p]);
+        assert!(l.new_peers(&[p]).is_empty());
+    }
+}

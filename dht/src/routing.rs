@@ -1,0 +1,732 @@
+//! The Kademlia routing table (BEP 5): buckets of `k` nodes ordered by XOR distance to our
+//! own id, where only the bucket covering our own id splits. Each bucket keeps a small
+//! replacement cache of answering nodes to fill slots when a node goes bad.
+//!
+//! Rules enforced here:
+//! - Only nodes that answered us count as confirmed; nodes that merely queried us may fill
+//!   free slots unconfirmed, and leave at their first failure.
+//! - Poisoning: a known ip:port that shows up with a new id evicts the old entry (the
+//!   caller re-pings the address); a known id from a new address is ignored.
+//! - Optional IP restrictions: one entry per IP, and at most `max_per_subnet` entries per
+//!   /24 (IPv4) or /64 (IPv6) within a bucket.
+//! - BEP 42: verified ids are preferred when a slot has to be given up.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::id::Id;
+use crate::krpc::NodeInfo;
+
+/// Failures in a row after which an answering node is dropped.
+const MAX_FAILS: u8 = 2;
+
+/// One node in the table.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub id: Id,
+    pub addr: SocketAddr,
+    /// Last time it answered one of our queries (or, for unconfirmed nodes, was heard).
+    pub last_seen: Instant,
+    /// When we last pinged it to check liveness.
+    pub pinged_at: Option<Instant>,
+    /// Queries in a row it failed to answer.
+    pub fails: u8,
+    /// It has answered at least one of our queries.
+    pub confirmed: bool,
+    /// Its id is valid for its IP under BEP 42 (or the IP is exempt).
+    pub verified: bool,
+}
+
+/// Liveness of a node (BEP 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Good,
+    Questionable,
+    Bad,
+}
+
+impl Entry {
+    pub fn liveness(&self, now: Instant, good_for: Duration) -> Liveness {
+        if self.fails >= MAX_FAILS || (!self.confirmed && self.fails >= 1) {
+            Liveness::Bad
+        } else if self.confirmed
+            && self.fails == 0
+            && now.saturating_duration_since(self.last_seen) < good_for
+        {
+            Liveness::Good
+        } else {
+            Liveness::Questionable
+        }
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.id,
+            addr: self.addr,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Bucket {
+    nodes: Vec<Entry>,
+    replacements: Vec<Entry>,
+    last_changed: Instant,
+}
+
+impl Bucket {
+    fn new(now: Instant) -> Bucket {
+        Bucket {
+            nodes: Vec::new(),
+            replacements: Vec::new(),
+            last_changed: now,
+        }
+    }
+}
+
+/// What happened to a node offered to the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// It took a free (or bad node's) slot.
+    Added,
+    /// It was already there; its liveness was refreshed.
+    Updated,
+    /// Bucket full of live nodes: it waits in the replacement cache. If `ping` is set,
+    /// that questionable node should be pinged so a dead one makes room.
+    Cached { ping: Option<NodeInfo> },
+    /// This address was in the table with another id: the old entry is gone and the
+    /// caller should ping the address to learn which id is real.
+    Poisoned { evicted: NodeInfo },
+    /// Not taken (own id, known id at a new address, IP limits, full and unconfirmed).
+    Ignored,
+}
+
+#[derive(Clone, Debug)]
+pub struct RoutingTable {
+    own: Id,
+    k: usize,
+    restrict_ips: bool,
+    max_per_subnet: usize,
+    good_for: Duration,
+    buckets: Vec<Bucket>,
+}
+
+fn subnet(ip: IpAddr) -> (u8, [u8; 8]) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            (4, [o[0], o[1], o[2], 0, 0, 0, 0, 0])
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&o[..8]);
+            (6, s)
+        }
+    }
+}
+
+impl RoutingTable {
+    pub fn new(
+        own: Id,
+        k: usize,
+        restrict_ips: bool,
+        max_per_subnet: usize,
+        good_for: Duration,
+        now: Instant,
+    ) -> Self {
+        RoutingTable {
+            own,
+            k: k.max(1),
+            restrict_ips,
+            max_per_subnet: max_per_subnet.max(1),
+            good_for,
+            buckets: vec![Bucket::new(now)],
+        }
+    }
+
+    pub fn own_id(&self) -> Id {
+        self.own
+    }
+
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Nodes in the table (confirmed or not), not counting replacement caches.
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.nodes.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.iter().all(|b| b.nodes.is_empty())
+    }
+
+    pub fn replacement_count(&self) -> usize {
+        self.buckets.iter().map(|b| b.replacements.len()).sum()
+    }
+
+    /// Nodes in each bucket, nearest-to-us last (for stats and tests).
+    pub fn bucket_sizes(&self) -> Vec<usize> {
+        self.buckets.iter().map(|b| b.nodes.len()).collect()
+    }
+
+    fn bucket_index(&self, id: &Id) -> usize {
+        (self.own.common_prefix_len(id) as usize).min(self.buckets.len() - 1)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.buckets.iter().flat_map(|b| b.nodes.iter())
+    }
+
+    pub fn get(&self, id: &Id) -> Option<&Entry> {
+        self.buckets[self.bucket_index(id)]
+            .nodes
+            .iter()
+            .find(|e| e.id == *id)
+    }
+
+    fn find_addr(&self, addr: &SocketAddr) -> Option<(usize, usize)> {
+        for (bi, b) in self.buckets.iter().enumerate() {
+            if let Some(ni) = b.nodes.iter().position(|e| e.addr == *addr) {
+                return Some((bi, ni));
+            }
+        }
+        None
+    }
+
+    /// A node answered one of our queries.
+    pub fn on_response(
+        &mut self,
+        id: Id,
+        addr: SocketAddr,
+        verified: bool,
+        now: Instant,
+    ) -> InsertOutcome {
+        self.offer(id, addr, verified, true, now)
+    }
+
+    /// A node sent us a query: it may fill a free slot unconfirmed.
+    pub fn on_query(
+        &mut self,
+        id: Id,
+        addr: SocketAddr,
+        verified: bool,
+        now: Instant,
+    ) -> InsertOutcome {
+        self.offer(id, addr, verified, false, now)
+    }
+
+    fn offer(
+        &mut self,
+        id: Id,
+        addr: SocketAddr,
+        verified: bool,
+        answered: bool,
+        now: Instant,
+    ) -> InsertOutcome {
+        if id == self.own || addr.port() == 0 {
+            return InsertOutcome::Ignored;
+        }
+        // Poisoning rules.
+        if let Some((bi, ni)) = self.find_addr(&addr) {
+            let e = &mut self.buckets[bi].nodes[ni];
+            if e.id != id {
+                let evicted = e.info();
+                self.remove_at(bi, ni);
+                return InsertOutcome::Poisoned { evicted };
+            }
+            if answered {
+                e.confirmed = true;
+                e.fails = 0;
+                e.last_seen = now;
+                e.pinged_at = None;
+                self.buckets[bi].last_changed = now;
+            }
+            return InsertOutcome::Updated;
+        }
+        let bi = self.bucket_index(&id);
+        if self.buckets[bi].nodes.iter().any(|e| e.id == id) {
+            // Known id at a new address: keep the address we know.
+            return InsertOutcome::Ignored;
+        }
+        if self.restrict_ips && !self.ip_allowed(bi, addr.ip()) {
+            return InsertOutcome::Ignored;
+        }
+        let entry = Entry {
+            id,
+            addr,
+            last_seen: now,
+            pinged_at: None,
+            fails: 0,
+            confirmed: answered,
+            verified,
+        };
+        self.insert_new(entry, now)
+    }
+
+    fn ip_allowed(&self, bi: usize, ip: IpAddr) -> bool {
+        if self.entries().any(|e| e.addr.ip() == ip) {
+            return false;
+        }
+        let net = subnet(ip);
+        let same = self.buckets[bi]
+            .nodes
+            .iter()
+            .filter(|e| subnet(e.addr.ip()) == net)
+            .count();
+        same < self.max_per_subnet
+    }
+
+    fn insert_new(&mut self, entry: Entry, now: Instant) -> InsertOutcome {
+        loop {
+            let bi = self.bucket_index(&entry.id);
+            let k = self.k;
+            let good_for = self.good_for;
+            let splittable = bi == self.buckets.len() - 1 && self.buckets.len() < 160;
+            let bucket = &mut self.buckets[bi];
+            if bucket.nodes.len() < k {
+                bucket
+                    .replacements
+                    .retain(|r| r.id != entry.id && r.addr != entry.addr);
+                bucket.nodes.push(entry);
+                bucket.last_changed = now;
+                return InsertOutcome::Added;
+            }
+            // A bad node's slot is free for the taking.
+            if let Some(pos) = bucket
+                .nodes
+                .iter()
+                .position(|e| e.liveness(now, good_for) == Liveness::Bad)
+            {
+                bucket.nodes[pos] = entry;
+                bucket.last_changed = now;
+                return InsertOutcome::Added;
+            }
+            // The bucket covering our own id splits.
+            if splittable {
+                self.split_last(now);
+                continue;
+            }
+            if !entry.confirmed {
+                return InsertOutcome::Ignored;
+            }
+            // An answering node displaces one that never answered, or, if verified,
+            // a questionable unverified one.
+            let displace = bucket.nodes.iter().position(|e| !e.confirmed).or_else(|| {
+                if entry.verified {
+                    bucket.nodes.iter().position(|e| {
+                        !e.verified && e.liveness(now, good_for) == Liveness::Questionable
+                    })
+                } else {
+                    None
+                }
+            });
+            if let Some(pos) = displace {
+                bucket.nodes[pos] = entry;
+                bucket.last_changed = now;
+                return InsertOutcome::Added;
+            }
+            // Wait in the replacement cache (most recent last, bounded by k).
+            bucket
+                .replacements
+                .retain(|r| r.id != entry.id && r.addr != entry.addr);
+            if bucket.replacements.len() >= k {
+                // Drop an unverified one first, else the oldest.
+                let pos = bucket
+                    .replacements
+                    .iter()
+                    .position(|r| !r.verified)
+                    .unwrap_or(0);
+                bucket.replacements.remove(pos);
+            }
+            bucket.replacements.push(entry);
+            let ping = bucket
+                .nodes
+                .iter()
+                .filter(|e| {
+                    e.liveness(now, good_for) == Liveness::Questionable && e.pinged_at.is_none()
+                })
+                .min_by_key(|e| e.last_seen)
+                .map(Entry::info);
+            return InsertOutcome::Cached { ping };
+        }
+    }
+
+    fn split_last(&mut self, now: Instant) {
+        let depth = self.buckets.len();
+        let own = self.own;
+        let last = self
+            .buckets
+            .last_mut()
+            .expect("table has at least one bucket");
+        let mut next = Bucket::new(now);
+        let (far, near): (Vec<Entry>, Vec<Entry>) = last
+            .nodes
+            .drain(..)
+            .partition(|e| (own.common_prefix_len(&e.id) as usize) < depth);
+        last.nodes = far;
+        next.nodes = near;
+        let (far, near): (Vec<Entry>, Vec<Entry>) = last
+            .replacements
+            .drain(..)
+            .partition(|e| (own.common_prefix_len(&e.id) as usize) < depth);
+        last.replacements = far;
+        next.replacements = near;
+        self.buckets.push(next);
+    }
+
+    fn remove_at(&mut self, bi: usize, ni: usize) {
+        let bucket = &mut self.buckets[bi];
+        bucket.nodes.remove(ni);
+        // Promote the best replacement: verified first, then most recently seen.
+        if let Some(pos) = bucket
+            .replacements
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, r)| (r.verified, r.last_seen))
+            .map(|(i, _)| i)
+        {
+            let r = bucket.replacements.remove(pos);
+            bucket.nodes.push(r);
+        }
+    }
+
+    /// A query to `addr` timed out. Returns true if the node was dropped.
+    pub fn on_timeout(&mut self, addr: &SocketAddr, now: Instant) -> bool {
+        let Some((bi, ni)) = self.find_addr(addr) else {
+            // Forget it in replacement caches too.
+            for b in &mut self.buckets {
+                b.replacements.retain(|r| r.addr != *addr);
+            }
+            return false;
+        };
+        let e = &mut self.buckets[bi].nodes[ni];
+        e.fails = e.fails.saturating_add(1);
+        if e.liveness(now, self.good_for) == Liveness::Bad {
+            self.remove_at(bi, ni);
+            return true;
+        }
+        false
+    }
+
+    /// Removes a node outright (e.g. it answered with an error that marks it broken).
+    pub fn remove(&mut self, addr: &SocketAddr) -> bool {
+        match self.find_addr(addr) {
+            Some((bi, ni)) => {
+                self.remove_at(bi, ni);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Up to `count` nodes closest to `target`, nearest first. With `confirmed_only`,
+    /// nodes that never answered us are left out (what we tell others).
+    pub fn closest(&self, target: &Id, count: usize, confirmed_only: bool) -> Vec<NodeInfo> {
+        let mut all: Vec<(Id, NodeInfo)> = self
+            .entries()
+            .filter(|e| !confirmed_only || (e.confirmed && e.fails == 0))
+            .map(|e| (e.id.distance(target), e.info()))
+            .collect();
+        if all.len() > count && count > 0 {
+            all.select_nth_unstable_by(count - 1, |a, b| a.0.cmp(&b.0));
+            all.truncate(count);
+        }
+        all.sort_unstable_by_key(|a| a.0);
+        all.truncate(count);
+        all.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Confirmed nodes that are currently good: what we save and what a bootstrap node
+    /// hands out.
+    pub fn good_nodes(&self, now: Instant) -> Vec<NodeInfo> {
+        self.entries()
+            .filter(|e| e.liveness(now, self.good_for) == Liveness::Good)
+            .map(Entry::info)
+            .collect()
+    }
+
+    /// Buckets not changed within `refresh`: the caller looks up a random id in each.
+    pub fn stale_buckets(&self, now: Instant, refresh: Duration) -> Vec<usize> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| now.saturating_duration_since(b.last_changed) >= refresh)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Marks a bucket refreshed (a lookup into it was started).
+    pub fn touch_bucket(&mut self, index: usize, now: Instant) {
+        if let Some(b) = self.buckets.get_mut(index) {
+            b.last_changed = now;
+        }
+    }
+
+    /// Up to `limit` nodes worth a liveness ping: unconfirmed ones, and questionable ones
+    /// not pinged in the last `repeat`. Marks them pinged.
+    pub fn nodes_to_ping(&mut self, now: Instant, limit: usize, repeat: Duration) -> Vec<NodeInfo> {
+        let good_for = self.good_for;
+        let mut out = Vec::new();
+        for b in &mut self.buckets {
+            for e in &mut b.nodes {
+                if out.len() >= limit {
+                    return out;
+                }
+                let due = e
+                    .pinged_at
+                    .is_none_or(|p| now.saturating_duration_since(p) >= repeat);
+                if due && e.liveness(now, good_for) != Liveness::Good {
+                    e.pinged_at = Some(now);
+                    out.push(e.info());
+                }
+            }
+        }
+        out
+    }
+
+    /// Rebuilds the table around a new own id (after BEP 42 gave us one).
+    pub fn rebuild(&mut self, own: Id, now: Instant) {
+        let old: Vec<Entry> = self
+            .buckets
+            .drain(..)
+            .flat_map(|b| b.nodes.into_iter().chain(b.replacements))
+            .collect();
+        self.own = own;
+        self.buckets.push(Bucket::new(now));
+        for e in old {
+            if e.id != own {
+                let _ = self.insert_new(e, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use std::net::Ipv4Addr;
+
+    fn addr(i: u32, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), port)
+    }
+
+    fn table(restrict: bool) -> (RoutingTable, Instant, rand_chacha::ChaCha8Rng) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let now = Instant::now();
+        let own = Id::random(&mut rng);
+        (
+            RoutingTable::new(own, 8, restrict, 2, Duration::from_secs(900), now),
+            now,
+            rng,
+        )
+    }
+
+    #[test]
+    fn uniform_insertion_gives_expected_bucket_count() {
+        let (mut t, now, mut rng) = table(false);
+        let n = 4096u32;
+        for i in 0..n {
+            let id = Id::random(&mut rng);
+            t.on_response(id, addr(i, 1000), true, now);
+        }
+        // With n uniform ids, the bucket at depth d sees about n / 2^(d+1) candidates;
+        // buckets split while our own bucket overflows, so depth is about log2(n / k).
+        let expected = ((n as f64) / 8.0).log2();
+        let buckets = t.bucket_count() as f64;
+        assert!(
+            (buckets - expected).abs() <= 2.5,
+            "buckets {buckets}, expected about {expected}"
+        );
+        // All buckets but the last two are full.
+        let sizes = t.bucket_sizes();
+        assert!(
+            sizes[..sizes.len() - 2].iter().all(|&s| s == 8),
+            "{sizes:?}"
+        );
+        assert!(t.len() <= 8 * t.bucket_count());
+    }
+
+    #[test]
+    fn closest_returns_sorted_nearest() {
+        let (mut t, now, mut rng) = table(false);
+        let mut ids = Vec::new();
+        for i in 0..500 {
+            let id = Id::random(&mut rng);
+            if t.on_response(id, addr(i, 1), true, now) == InsertOutcome::Added {
+                ids.push(id);
+            }
+        }
+        let target = Id::random(&mut rng);
+        let got = t.closest(&target, 8, true);
+        let mut present: Vec<Id> = t.entries().map(|e| e.id).collect();
+        present.sort_by_key(|id| id.distance(&target));
+        let want: Vec<Id> = present.into_iter().take(8).collect();
+        assert_eq!(got.iter().map(|n| n.id).collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn known_addr_with_new_id_is_evicted() {
+        let (mut t, now, mut rng) = table(false);
+        let a = Id::random(&mut rng);
+        let b = Id::random(&mut rng);
+        assert_eq!(
+            t.on_response(a, addr(1, 1), true, now),
+            InsertOutcome::Added
+        );
+        assert_eq!(
+            t.on_response(b, addr(1, 1), true, now),
+            InsertOutcome::Poisoned {
+                evicted: NodeInfo {
+                    id: a,
+                    addr: addr(1, 1)
+                }
+            }
+        );
+        assert!(t.get(&a).is_none());
+        // After the re-ping answers, the new id gets in.
+        assert_eq!(
+            t.on_response(b, addr(1, 1), true, now),
+            InsertOutcome::Added
+        );
+    }
+
+    #[test]
+    fn known_id_from_new_addr_is_ignored() {
+        let (mut t, now, mut rng) = table(false);
+        let a = Id::random(&mut rng);
+        t.on_response(a, addr(1, 1), true, now);
+        assert_eq!(
+            t.on_response(a, addr(2, 2), true, now),
+            InsertOutcome::Ignored
+        );
+        assert_eq!(t.get(&a).unwrap().addr, addr(1, 1));
+    }
+
+    #[test]
+    fn ip_restrictions() {
+        let (mut t, now, mut rng) = table(true);
+        let ip = addr(5, 1);
+        assert_eq!(
+            t.on_response(Id::random(&mut rng), ip, true, now),
+            InsertOutcome::Added
+        );
+        // Same IP, other port: refused.
+        let other_port = SocketAddr::new(ip.ip(), 2);
+        assert_eq!(
+            t.on_response(Id::random(&mut rng), other_port, true, now),
+            InsertOutcome::Ignored
+        );
+        // Same /24 in one bucket: at most max_per_subnet (2). Use ids in the far bucket.
+        let own = t.own_id();
+        let far = |rng: &mut rand_chacha::ChaCha8Rng| own.random_with_prefix(0, rng);
+        let (mut t, now, mut rng2) = table(true);
+        let base = 0x0b01_0100u32;
+        let mut added = 0;
+        for i in 1..6 {
+            let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(base + i)), 1);
+            if t.on_response(far(&mut rng2), a, true, now) == InsertOutcome::Added {
+                added += 1;
+            }
+        }
+        let _ = &mut rng;
+        assert_eq!(added, 2);
+        // Without restrictions all five fit.
+        let (mut t, now, mut rng3) = table(false);
+        let own = t.own_id();
+        let mut added = 0;
+        for i in 1..6 {
+            let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(base + i)), 1);
+            if t.on_response(own.random_with_prefix(0, &mut rng3), a, true, now)
+                == InsertOutcome::Added
+            {
+                added += 1;
+            }
+        }
+        assert_eq!(added, 5);
+    }
+
+    #[test]
+    fn unconfirmed_node_goes_at_first_failure_confirmed_at_second() {
+        let (mut t, now, mut rng) = table(false);
+        let q = Id::random(&mut rng);
+        let r = Id::random(&mut rng);
+        assert_eq!(t.on_query(q, addr(1, 1), true, now), InsertOutcome::Added);
+        assert_eq!(
+            t.on_response(r, addr(2, 1), true, now),
+            InsertOutcome::Added
+        );
+        assert!(t.on_timeout(&addr(1, 1), now));
+        assert!(t.get(&q).is_none());
+        assert!(!t.on_timeout(&addr(2, 1), now));
+        assert!(t.get(&r).is_some());
+        assert!(t.on_timeout(&addr(2, 1), now));
+        assert!(t.get(&r).is_none());
+    }
+
+    #[test]
+    fn full_bucket_caches_and_promotes_replacement() {
+        let (mut t, now, mut rng) = table(false);
+        let own = t.own_id();
+        // Fill the far bucket (prefix 0) after forcing one split.
+        let mut far = Vec::new();
+        let mut i = 0;
+        while far.len() < 8 {
+            i += 1;
+            let id = own.random_with_prefix(0, &mut rng);
+            if t.on_response(id, addr(i, 1), true, now) == InsertOutcome::Added {
+                far.push((id, addr(i, 1)));
+            }
+        }
+        // Force the split so bucket 0 is no longer the one covering our id.
+        for _ in 0..40 {
+            i += 1;
+            let id = own.random_with_prefix(rng.gen_range(1..4), &mut rng);
+            t.on_response(id, addr(i, 1), true, now);
+        }
+        assert!(t.bucket_count() >= 2);
+        let later = now + Duration::from_secs(1000);
+        let newcomer = own.random_with_prefix(0, &mut rng);
+        let out = t.on_response(newcomer, addr(999, 1), true, later);
+        assert!(
+            matches!(out, InsertOutcome::Cached { ping: Some(_) }),
+            "{out:?}"
+        );
+        // The pinged node dies: the newcomer takes its place.
+        let InsertOutcome::Cached { ping: Some(victim) } = out else {
+            unreachable!()
+        };
+        t.on_timeout(&victim.addr, later);
+        t.on_timeout(&victim.addr, later);
+        assert!(t.get(&newcomer).is_some());
+    }
+
+    #[test]
+    fn own_id_never_enters() {
+        let (mut t, now, _) = table(false);
+        assert_eq!(
+            t.on_response(t.own_id(), addr(1, 1), true, now),
+            InsertOutcome::Ignored
+        );
+    }
+
+    #[test]
+    fn stale_buckets_and_rebuild() {
+        let (mut t, now, mut rng) = table(false);
+        for i in 0..100 {
+            t.on_response(Id::random(&mut rng), addr(i, 1), true, now);
+        }
+        let later = now + Duration::from_secs(901);
+        assert_eq!(
+            t.stale_buckets(later, Duration::from_secs(900)).len(),
+            t.bucket_count()
+        );
+        let n = t.len();
+        let new_own = Id::random(&mut rng);
+        t.rebuild(new_own, later);
+        assert_eq!(t.own_id(), new_own);
+        assert!(t.len() >= n.min(8));
+    }
+}
