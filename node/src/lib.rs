@@ -4,7 +4,10 @@
 //! logging and turns errors into one line on stderr and a non-zero exit code. The binary
 //! (`main.rs`) and the integration tests' copy of it both call [`cli_main`].
 
+pub mod addr;
 pub mod cmd;
+pub mod progress;
+pub mod state;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,0 +1,65 @@
+//! Parsing of `HOST:PORT` arguments (bootstrap nodes, peers) with name resolution.
+
+use std::net::SocketAddr;
+
+/// Resolves `HOST:PORT` (a literal address, `[v6]:port`, or a DNS name) to addresses.
+/// A name that does not resolve is an error naming it.
+pub async fn resolve(spec: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Ok(a) = spec.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let (host, port) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{spec:?} is not HOST:PORT"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        anyhow::bail!("{spec:?} is not HOST:PORT");
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot resolve {spec}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("{spec} resolves to no address");
+    }
+    Ok(addrs)
+}
+
+/// Resolves every spec; names that fail are logged and skipped (one dead router must not
+/// stop the node), but if none resolves the error of the first is returned.
+pub async fn resolve_all(specs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    let mut first_err = None;
+    for s in specs {
+        match resolve(s).await {
+            Ok(a) => out.extend(a),
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match (out.is_empty(), first_err) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn literals_and_errors() {
+        assert_eq!(
+            resolve("127.0.0.1:6881").await.unwrap(),
+            vec!["127.0.0.1:6881".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("[::1]:80").await.unwrap(),
+            vec!["[::1]:80".parse().unwrap()]
+        );
+        assert!(resolve("nonsense").await.is_err());
+        assert!(resolve("host:notaport").await.is_err());
+        assert!(resolve(":80").await.is_err());
+    }
+}
