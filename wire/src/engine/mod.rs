@@ -243,6 +243,9 @@ pub struct PeerInfo {
     pub fast: bool,
     /// The peer's `reqq` from its extension handshake.
     pub reqq: Option<u32>,
+    /// The driver already told the peer we have nothing (a magnet download announces
+    /// have-none before the metadata arrives), so no initial bitfield is sent.
+    pub announced_nothing: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -552,6 +555,7 @@ impl Engine {
         };
         let generation = self.generations[index as usize];
         let fast = info.fast;
+        let announced = info.announced_nothing && self.have.none_set();
         self.peers[index as usize] = Some(Peer::new(
             info,
             generation,
@@ -561,15 +565,19 @@ impl Engine {
         ));
         self.peer_count += 1;
         let slot = PeerSlot { index, generation };
-        if fast && self.have.is_full() {
-            self.send(slot, PeerMessage::HaveAll);
-        } else if fast && self.have.none_set() {
-            self.send(slot, PeerMessage::HaveNone);
-        } else if !self.have.none_set() {
-            self.send(
-                slot,
-                PeerMessage::Bitfield(Bytes::from(self.have.to_bytes())),
-            );
+        if !announced {
+            let first = if fast && self.have.is_full() {
+                Some(PeerMessage::HaveAll)
+            } else if fast && self.have.none_set() {
+                Some(PeerMessage::HaveNone)
+            } else if !self.have.none_set() {
+                Some(PeerMessage::Bitfield(Bytes::from(self.have.to_bytes())))
+            } else {
+                None
+            };
+            if let Some(m) = first {
+                self.send(slot, m);
+            }
         }
         Ok(slot)
     }

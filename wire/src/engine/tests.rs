@@ -44,6 +44,7 @@ impl Harness {
                     addr: Some(addr),
                     fast,
                     reqq: None,
+                    announced_nothing: false,
                 },
             )
             .unwrap();
@@ -425,6 +426,7 @@ fn sole_source_of_a_bad_piece_is_banned_and_piece_refetched() {
             addr: Some(SocketAddr::from(([127, 0, 0, 1], 7000))),
             fast: true,
             reqq: None,
+            announced_nothing: false,
         },
     );
     assert_eq!(again, Err(Refused::Banned));

@@ -1,0 +1,242 @@
+//! One task per peer connection: the handshake, then a reader (large buffer, streaming
+//! decoder, zero-copy payloads) and a writer (batches queued messages into one buffer
+//! per write). The torrent task decides everything; this only moves bytes.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::infohash::InfoHash;
+use crate::peer::{encode_piece_header, Decoder, Handshake, Message, PeerId, Reserved};
+
+/// Read buffer size: large reads keep syscalls per byte low.
+const READ_CHUNK: usize = 256 * 1024;
+/// A write is issued once this much is batched (or the queue is empty).
+const WRITE_BATCH: usize = 512 * 1024;
+/// Sent when nothing else was sent for this long (BEP 3 peers drop after ~2 min).
+const KEEPALIVE: Duration = Duration::from_secs(90);
+
+pub type ConnId = u64;
+
+/// Torrent task -> connection.
+#[derive(Debug)]
+pub enum ToConn {
+    Msg(Message),
+    /// A block read from storage (header encoded by the writer).
+    Piece {
+        piece: u32,
+        offset: u32,
+        data: Bytes,
+    },
+    Close,
+}
+
+/// Connection -> torrent task.
+#[derive(Debug)]
+pub enum FromConn {
+    /// The handshake checked out.
+    Ready {
+        id: ConnId,
+        reserved: Reserved,
+    },
+    Msg {
+        id: ConnId,
+        msg: Message,
+    },
+    /// The connection ended; `reason` is for logs and stats.
+    Closed {
+        id: ConnId,
+        reason: String,
+    },
+}
+
+pub struct ConnParams {
+    pub id: ConnId,
+    pub info_hash: InfoHash,
+    pub our_id: PeerId,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Exact bitfield length check once the piece count is known.
+    pub piece_count: Option<u32>,
+}
+
+/// Runs a connection to the end. `stream` is connected; `outgoing` says who speaks first.
+pub async fn run(
+    p: ConnParams,
+    stream: TcpStream,
+    outgoing: bool,
+    events: mpsc::UnboundedSender<FromConn>,
+    commands: mpsc::UnboundedReceiver<ToConn>,
+) {
+    let _ = stream.set_nodelay(true);
+    let id = p.id;
+    let result = tokio::time::timeout(p.handshake_timeout, handshake(&p, stream, outgoing)).await;
+    let (stream, theirs, leftover) = match result {
+        Ok(Ok(x)) => x,
+        Ok(Err(reason)) => {
+            let _ = events.send(FromConn::Closed { id, reason });
+            return;
+        }
+        Err(_) => {
+            let _ = events.send(FromConn::Closed {
+                id,
+                reason: "handshake timed out".into(),
+            });
+            return;
+        }
+    };
+    let _ = events.send(FromConn::Ready {
+        id,
+        reserved: theirs.reserved,
+    });
+    let (rd, wr) = stream.into_split();
+    let mut decoder = Decoder::default();
+    if let Some(n) = p.piece_count {
+        decoder.set_piece_count(n);
+    }
+    let reader_events = events.clone();
+    let idle = p.idle_timeout;
+    let reader = tokio::spawn(async move {
+        let reason = read_loop(id, rd, leftover, decoder, idle, &reader_events).await;
+        let _ = reader_events.send(FromConn::Closed { id, reason });
+    });
+    let write_result = write_loop(wr, commands).await;
+    // The torrent closed us (or the socket failed): stop reading too.
+    reader.abort();
+    if let Err(e) = write_result {
+        let _ = events.send(FromConn::Closed {
+            id,
+            reason: format!("write failed: {e}"),
+        });
+    }
+}
+
+async fn handshake(
+    p: &ConnParams,
+    mut stream: TcpStream,
+    outgoing: bool,
+) -> Result<(TcpStream, Handshake, BytesMut), String> {
+    let mut ours = Handshake::new(p.info_hash, p.our_id);
+    ours.reserved = Reserved::OURS;
+    let mut out = BytesMut::new();
+    ours.encode(&mut out);
+    if outgoing {
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("handshake write: {e}"))?;
+    }
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let theirs = loop {
+        match Handshake::decode(&mut buf) {
+            Ok(Some(h)) => break h,
+            Ok(None) => {}
+            Err(e) => return Err(format!("bad handshake: {e}")),
+        }
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("handshake read: {e}"))?;
+        if n == 0 {
+            return Err("closed during handshake".into());
+        }
+    };
+    if theirs.info_hash != p.info_hash {
+        return Err(format!(
+            "handshake for another torrent ({})",
+            theirs.info_hash
+        ));
+    }
+    if theirs.peer_id == p.our_id {
+        return Err("connected to ourselves".into());
+    }
+    if !outgoing {
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("handshake write: {e}"))?;
+    }
+    Ok((stream, theirs, buf))
+}
+
+async fn read_loop(
+    id: ConnId,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    mut decoder: Decoder,
+    idle: Duration,
+    events: &mpsc::UnboundedSender<FromConn>,
+) -> String {
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Message::KeepAlive)) => {}
+                Ok(Some(msg)) => {
+                    if events.send(FromConn::Msg { id, msg }).is_err() {
+                        return "torrent stopped".into();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return format!("protocol error: {e}"),
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+            Err(_) => return format!("nothing received for {}s", idle.as_secs()),
+            Ok(Ok(0)) => return "closed by peer".into(),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("read failed: {e}"),
+        }
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut commands: mpsc::UnboundedReceiver<ToConn>,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(WRITE_BATCH + 64 * 1024);
+    loop {
+        let first = match tokio::time::timeout(KEEPALIVE, commands.recv()).await {
+            Err(_) => ToConn::Msg(Message::KeepAlive),
+            Ok(None) => return Ok(()),
+            Ok(Some(c)) => c,
+        };
+        let mut next = Some(first);
+        let mut close = false;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                ToConn::Msg(m) => m.encode(&mut out),
+                ToConn::Piece {
+                    piece,
+                    offset,
+                    data,
+                } => {
+                    encode_piece_header(piece, offset, data.len() as u32, &mut out);
+                    out.extend_from_slice(&data);
+                }
+                ToConn::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            if out.len() >= WRITE_BATCH {
+                break;
+            }
+            next = commands.try_recv().ok();
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+        if close {
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
+    }
+}

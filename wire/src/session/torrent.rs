@@ -1,0 +1,795 @@
+//! The torrent task: owns the engine (after the metadata fetcher, for magnets), the
+//! connection table and the piece buffers; turns engine actions into socket and disk work.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::connection::{self, ConnId, ConnParams, FromConn, ToConn};
+use super::convert::{to_engine, to_wire};
+use super::{Command, PeerSnapshot, SessionConfig, SessionError, Source, TorrentStats};
+use crate::engine::{Action, Bitfield, BlockRef, Engine, Geometry, PeerInfo, PeerSlot};
+use crate::extension::{
+    ExtendedHandshake, FetchEvent, FetcherConfig, MetadataFetcher, MetadataMessage, MetadataServer,
+    Verdict, HANDSHAKE_ID, OUR_UT_METADATA_ID,
+};
+use crate::infohash::InfoHash;
+use crate::metainfo::Info;
+use crate::peer::{Message, Reserved};
+use crate::storage::{FileSpec, Storage, StorageLayout, StorageOptions};
+
+/// Dropped-connection reasons kept for stats.
+const MAX_DROPPED: usize = 64;
+/// Messages kept per peer while the metadata is unknown (bitfield + haves).
+const MAX_BACKLOG: usize = 100_000;
+
+enum DiskDone {
+    Verified {
+        piece: u32,
+        result: Result<bool, String>,
+    },
+    Sent {
+        slot: PeerSlot,
+    },
+}
+
+struct ReadJob {
+    slot: PeerSlot,
+    block: BlockRef,
+    conn: mpsc::UnboundedSender<ToConn>,
+    done: mpsc::UnboundedSender<DiskDone>,
+}
+
+struct Conn {
+    addr: SocketAddr,
+    tx: mpsc::UnboundedSender<ToConn>,
+    ready: bool,
+    fast: bool,
+    extended: bool,
+    their_ut_metadata: Option<u8>,
+    reqq: Option<u32>,
+    slot: Option<PeerSlot>,
+    backlog: Vec<Message>,
+}
+
+struct Pieces {
+    engine: Engine,
+    storage: Arc<Storage>,
+    metadata: MetadataServer,
+    buffers: HashMap<u32, Vec<u8>>,
+    reads: std::sync::mpsc::Sender<ReadJob>,
+}
+
+enum Phase {
+    Metadata(Box<MetadataFetcher<ConnId>>),
+    Pieces(Box<Pieces>),
+    Failed,
+}
+
+struct Task {
+    cfg: SessionConfig,
+    info_hash: InfoHash,
+    out_dir: PathBuf,
+    listen_port: Option<u16>,
+    phase: Phase,
+    name: Option<String>,
+    conns: HashMap<ConnId, Conn>,
+    by_slot: HashMap<PeerSlot, ConnId>,
+    addrs: HashSet<SocketAddr>,
+    next_id: ConnId,
+    events_tx: mpsc::UnboundedSender<FromConn>,
+    disk_tx: mpsc::UnboundedSender<DiskDone>,
+    stats_tx: watch::Sender<TorrentStats>,
+    received_from: BTreeMap<SocketAddr, u64>,
+    dropped: VecDeque<(SocketAddr, String)>,
+    error: Option<String>,
+    rate: (Instant, u64, u64, f64, f64),
+}
+
+pub(super) async fn spawn(
+    source: Source,
+    out_dir: PathBuf,
+    cfg: SessionConfig,
+    listener: Option<TcpListener>,
+    listen_addr: Option<SocketAddr>,
+    commands: mpsc::UnboundedReceiver<Command>,
+) -> Result<(JoinHandle<()>, watch::Receiver<TorrentStats>), SessionError> {
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (disk_tx, disk_rx) = mpsc::unbounded_channel();
+    let (info_hash, phase, name) = match source {
+        Source::InfoHash(h) => (
+            h,
+            Phase::Metadata(Box::new(MetadataFetcher::new(h, FetcherConfig::default()))),
+            None,
+        ),
+        Source::Metainfo(m) => {
+            let raw = Bytes::from(m.raw_info.clone());
+            let name = Some(m.info.name.clone());
+            let pieces = open_pieces(&cfg, &out_dir, m.info, raw, false).await?;
+            (m.info_hash, Phase::Pieces(Box::new(pieces)), name)
+        }
+    };
+    let (stats_tx, stats_rx) = watch::channel(TorrentStats {
+        info_hash,
+        ..Default::default()
+    });
+    let mut task = Task {
+        listen_port: listen_addr.map(|a| a.port()),
+        cfg,
+        info_hash,
+        out_dir,
+        phase,
+        name,
+        conns: HashMap::new(),
+        by_slot: HashMap::new(),
+        addrs: HashSet::new(),
+        next_id: 1,
+        events_tx,
+        disk_tx,
+        stats_tx,
+        received_from: BTreeMap::new(),
+        dropped: VecDeque::new(),
+        error: None,
+        rate: (Instant::now(), 0, 0, 0.0, 0.0),
+    };
+    task.publish();
+    let handle = tokio::spawn(async move {
+        task.run(listener, commands, events_rx, disk_rx).await;
+    });
+    Ok((handle, stats_rx))
+}
+
+/// Storage for `info` under `out_dir`, what is already there (hash-checked), and an engine.
+async fn open_pieces(
+    cfg: &SessionConfig,
+    out_dir: &std::path::Path,
+    info: Info,
+    raw_info: Bytes,
+    assume_empty: bool,
+) -> Result<Pieces, SessionError> {
+    let files = info
+        .files
+        .iter()
+        .map(|f| FileSpec {
+            path: f.path.clone(),
+            length: f.length,
+            padding: f.attr.padding || f.attr.symlink,
+        })
+        .collect();
+    let layout = StorageLayout::new(info.piece_length, files)
+        .map_err(|e| SessionError::Storage(e.to_string()))?;
+    let geo = Geometry::new(info.total_length, info.piece_length)
+        .map_err(|e| SessionError::Storage(e.to_string()))?;
+    let storage = Storage::new(
+        out_dir,
+        layout,
+        info.pieces.clone(),
+        StorageOptions::default(),
+    )
+    .map_err(|e| SessionError::Storage(e.to_string()))?;
+    let storage = Arc::new(storage);
+    let mut have = Bitfield::new(geo.piece_count);
+    if !assume_empty {
+        let s = storage.clone();
+        tokio::task::spawn_blocking(move || s.recheck_all())
+            .await
+            .map_err(|e| SessionError::Storage(e.to_string()))?
+            .map_err(|e| SessionError::Storage(e.to_string()))?;
+        for p in 0..geo.piece_count {
+            if storage.has_piece(p) {
+                have.set(p);
+            }
+        }
+    }
+    let engine = Engine::new(geo, have, cfg.engine.clone(), Instant::now(), cfg.rng_seed)
+        .map_err(|e| SessionError::Storage(e.to_string()))?;
+    Ok(Pieces {
+        engine,
+        reads: spawn_reader(storage.clone()),
+        storage,
+        metadata: MetadataServer::new(raw_info),
+        buffers: HashMap::new(),
+    })
+}
+
+/// A thread that serves block reads in order (from the page cache, usually): cheaper
+/// than a blocking-pool hop per 16 KiB block.
+fn spawn_reader(storage: Arc<Storage>) -> std::sync::mpsc::Sender<ReadJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
+    std::thread::Builder::new()
+        .name("swarm-disk-read".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                // A failed read just drops the block; the peer will re-request or time out.
+                if let Ok(data) =
+                    storage.read_block(job.block.piece, job.block.begin, job.block.length)
+                {
+                    let _ = job.conn.send(ToConn::Piece {
+                        piece: job.block.piece,
+                        offset: job.block.begin,
+                        data,
+                    });
+                }
+                let _ = job.done.send(DiskDone::Sent { slot: job.slot });
+            }
+        })
+        .expect("spawn disk reader thread");
+    tx
+}
+
+impl Task {
+    async fn run(
+        &mut self,
+        listener: Option<TcpListener>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut events: mpsc::UnboundedReceiver<FromConn>,
+        mut disk: mpsc::UnboundedReceiver<DiskDone>,
+    ) {
+        let (accept_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        let acceptor = listener.map(|l| {
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok(x) => {
+                            if accept_tx.send(x).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        });
+        let mut stats_tick = tokio::time::interval(self.cfg.stats_interval);
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::AddPeer(addr)) => self.connect(addr),
+                    Some(Command::Shutdown) | None => break,
+                },
+                Some(ev) = events.recv() => {
+                    self.on_conn_event(ev).await;
+                    // Drain what else is queued before deciding: fewer, larger batches.
+                    for _ in 0..256 {
+                        match events.try_recv() {
+                            Ok(ev) => self.on_conn_event(ev).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(d) = disk.recv() => self.on_disk(d),
+                Some((stream, addr)) = accepted.recv() => self.incoming(stream, addr),
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => self.on_timer(),
+                _ = stats_tick.tick() => self.publish(),
+            }
+            self.flush();
+        }
+        if let Some(a) = acceptor {
+            a.abort();
+        }
+        for c in self.conns.values() {
+            let _ = c.tx.send(ToConn::Close);
+        }
+        self.conns.clear();
+        if let Phase::Pieces(p) = &self.phase {
+            let s = p.storage.clone();
+            let _ = tokio::task::spawn_blocking(move || s.sync()).await;
+        }
+        self.publish();
+    }
+
+    fn next_wake(&self) -> Instant {
+        let fallback = Instant::now() + Duration::from_secs(1);
+        let t = match &self.phase {
+            Phase::Pieces(p) => p.engine.poll_timeout(),
+            Phase::Metadata(f) => f.poll_timeout(),
+            Phase::Failed => None,
+        };
+        t.map_or(fallback, |t| t.min(fallback))
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        match &mut self.phase {
+            Phase::Pieces(p) => p.engine.handle_timeout(now),
+            Phase::Metadata(f) => f.handle_timeout(now),
+            Phase::Failed => {}
+        }
+    }
+
+    fn piece_count(&self) -> Option<u32> {
+        match &self.phase {
+            Phase::Pieces(p) => Some(p.engine.geometry().piece_count),
+            _ => None,
+        }
+    }
+
+    fn new_conn(&mut self, addr: SocketAddr) -> (ConnParams, mpsc::UnboundedReceiver<ToConn>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns.insert(
+            id,
+            Conn {
+                addr,
+                tx,
+                ready: false,
+                fast: false,
+                extended: false,
+                their_ut_metadata: None,
+                reqq: None,
+                slot: None,
+                backlog: Vec::new(),
+            },
+        );
+        self.addrs.insert(addr);
+        let params = ConnParams {
+            id,
+            info_hash: self.info_hash,
+            our_id: self.cfg.peer_id,
+            handshake_timeout: self.cfg.handshake_timeout,
+            idle_timeout: self.cfg.idle_timeout,
+            piece_count: self.piece_count(),
+        };
+        (params, rx)
+    }
+
+    fn at_capacity(&self) -> bool {
+        self.conns.len() >= self.cfg.engine.max_peers
+    }
+
+    fn connect(&mut self, addr: SocketAddr) {
+        if self.addrs.contains(&addr)
+            || self.at_capacity()
+            || Some(addr.port()) == self.listen_port && self.is_own(addr)
+        {
+            return;
+        }
+        if let Phase::Pieces(p) = &self.phase {
+            if p.engine.is_banned(addr.ip()) {
+                return;
+            }
+        }
+        let (params, rx) = self.new_conn(addr);
+        let events = self.events_tx.clone();
+        let timeout = self.cfg.connect_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => connection::run(params, stream, true, events, rx).await,
+                Ok(Err(e)) => {
+                    let _ = events.send(FromConn::Closed {
+                        id: params.id,
+                        reason: format!("connect failed: {e}"),
+                    });
+                }
+                Err(_) => {
+                    let _ = events.send(FromConn::Closed {
+                        id: params.id,
+                        reason: "connect timed out".into(),
+                    });
+                }
+            }
+        });
+    }
+
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.cfg
+            .listen
+            .is_some_and(|l| l.ip() == addr.ip() || l.ip().is_unspecified())
+    }
+
+    fn incoming(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let banned = matches!(&self.phase, Phase::Pieces(p) if p.engine.is_banned(addr.ip()));
+        if self.at_capacity() || banned {
+            return; // dropping the stream closes it
+        }
+        let (params, rx) = self.new_conn(addr);
+        let events = self.events_tx.clone();
+        tokio::spawn(connection::run(params, stream, false, events, rx));
+    }
+
+    fn drop_conn(&mut self, id: ConnId, reason: String) {
+        if let Some(c) = self.conns.remove(&id) {
+            let _ = c.tx.send(ToConn::Close);
+            self.addrs.remove(&c.addr);
+            tracing::debug!(peer = %c.addr, "dropped: {reason}");
+            if self.dropped.len() >= MAX_DROPPED {
+                self.dropped.pop_front();
+            }
+            self.dropped.push_back((c.addr, reason));
+            let now = Instant::now();
+            match &mut self.phase {
+                Phase::Pieces(p) => {
+                    if let Some(slot) = c.slot {
+                        self.by_slot.remove(&slot);
+                        p.engine.peer_disconnected(now, slot);
+                    }
+                }
+                Phase::Metadata(f) => f.remove_peer(now, id),
+                Phase::Failed => {}
+            }
+        }
+    }
+
+    async fn on_conn_event(&mut self, ev: FromConn) {
+        match ev {
+            FromConn::Ready { id, reserved, .. } => self.on_ready(id, reserved),
+            FromConn::Closed { id, reason } => self.drop_conn(id, reason),
+            FromConn::Msg { id, msg } => self.on_message(id, msg).await,
+        }
+    }
+
+    fn on_ready(&mut self, id: ConnId, reserved: Reserved) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.ready = true;
+        let common = reserved.common(&Reserved::OURS);
+        c.fast = common.fast();
+        c.extended = common.extension_protocol();
+        let addr = c.addr;
+        match &mut self.phase {
+            Phase::Pieces(_) => self.register(id, false),
+            Phase::Metadata(_) => {
+                // We have nothing; say so first (BEP 6 wants it before anything else).
+                if c.fast {
+                    let _ = c.tx.send(ToConn::Msg(Message::HaveNone));
+                }
+            }
+            Phase::Failed => {}
+        }
+        let Some(c) = self.conns.get(&id) else { return };
+        if c.extended {
+            let size = match &self.phase {
+                Phase::Pieces(p) => Some(p.metadata.metadata_size()),
+                _ => None,
+            };
+            let hs = ExtendedHandshake::ours(self.listen_port, size, Some(addr.ip()));
+            let _ = c.tx.send(ToConn::Msg(Message::Extended {
+                id: HANDSHAKE_ID,
+                payload: Bytes::from(hs.encode()),
+            }));
+        }
+    }
+
+    /// Hands a ready connection to the engine (which queues our bitfield first).
+    fn register(&mut self, id: ConnId, announced_nothing: bool) {
+        let Phase::Pieces(p) = &mut self.phase else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let info = PeerInfo {
+            addr: Some(c.addr),
+            fast: c.fast,
+            reqq: c.reqq,
+            announced_nothing,
+        };
+        match p.engine.peer_connected(Instant::now(), info) {
+            Ok(slot) => {
+                c.slot = Some(slot);
+                self.by_slot.insert(slot, id);
+                // Flush now so the bitfield goes out before anything the caller sends.
+                self.flush();
+            }
+            Err(e) => self.drop_conn(id, format!("refused: {e}")),
+        }
+    }
+
+    async fn on_message(&mut self, id: ConnId, msg: Message) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        match msg {
+            Message::Extended {
+                id: HANDSHAKE_ID,
+                payload,
+            } => {
+                let Ok(hs) = ExtendedHandshake::parse(&payload) else {
+                    return self.drop_conn(id, "malformed extended handshake".into());
+                };
+                c.their_ut_metadata = hs.id_of(crate::extension::UT_METADATA);
+                c.reqq = hs.request_queue;
+                match &mut self.phase {
+                    Phase::Pieces(p) => {
+                        if let (Some(slot), Some(q)) = (c.slot, hs.request_queue) {
+                            p.engine.set_peer_reqq(slot, q);
+                        }
+                    }
+                    Phase::Metadata(f) => {
+                        if c.their_ut_metadata.is_some() {
+                            if let Verdict::Violation(why) = f.add_peer(now, id, hs.metadata_size) {
+                                return self.drop_conn(id, format!("metadata: {why}"));
+                            }
+                        }
+                    }
+                    Phase::Failed => {}
+                }
+            }
+            Message::Extended {
+                id: OUR_UT_METADATA_ID,
+                payload,
+            } => {
+                let parsed = match MetadataMessage::parse(&payload) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(e) => return self.drop_conn(id, format!("bad ut_metadata message: {e}")),
+                };
+                match (&mut self.phase, parsed) {
+                    (Phase::Pieces(p), MetadataMessage::Request { piece }) => {
+                        if let Some(their) = c.their_ut_metadata {
+                            let reply = p.metadata.respond(piece).encode();
+                            let _ = c.tx.send(ToConn::Msg(Message::Extended {
+                                id: their,
+                                payload: Bytes::from(reply),
+                            }));
+                        }
+                    }
+                    (Phase::Metadata(_), MetadataMessage::Request { piece }) => {
+                        if let Some(their) = c.their_ut_metadata {
+                            let reply = MetadataMessage::Reject { piece }.encode();
+                            let _ = c.tx.send(ToConn::Msg(Message::Extended {
+                                id: their,
+                                payload: Bytes::from(reply),
+                            }));
+                        }
+                    }
+                    (Phase::Metadata(f), m) => {
+                        if let Verdict::Violation(why) = f.on_message(now, id, &m) {
+                            return self.drop_conn(id, format!("metadata: {why}"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            other => {
+                if let Message::Piece { data, .. } = &other {
+                    *self.received_from.entry(c.addr).or_default() += data.len() as u64;
+                }
+                let Some(m) = to_engine(other.clone()) else {
+                    return;
+                };
+                match &mut self.phase {
+                    Phase::Pieces(p) => {
+                        if let Some(slot) = c.slot {
+                            p.engine.handle_message(now, slot, m);
+                        }
+                    }
+                    Phase::Metadata(_) => {
+                        if c.backlog.len() >= MAX_BACKLOG {
+                            return self.drop_conn(id, "too many messages before metadata".into());
+                        }
+                        c.backlog.push(other);
+                    }
+                    Phase::Failed => {}
+                }
+            }
+        }
+        self.flush_fetcher().await;
+    }
+
+    fn on_disk(&mut self, d: DiskDone) {
+        let Phase::Pieces(p) = &mut self.phase else {
+            return;
+        };
+        let now = Instant::now();
+        match d {
+            DiskDone::Verified { piece, result } => match result {
+                Ok(ok) => p.engine.piece_verified(now, piece, ok),
+                Err(e) => {
+                    tracing::warn!("writing piece {piece} failed: {e}");
+                    self.error = Some(format!("writing piece {piece}: {e}"));
+                    p.engine.piece_verified(now, piece, false);
+                }
+            },
+            DiskDone::Sent { slot } => p.engine.block_sent(now, slot),
+        }
+    }
+
+    /// Metadata phase: send the fetcher's requests; switch to pieces when it is done.
+    async fn flush_fetcher(&mut self) {
+        let Phase::Metadata(f) = &mut self.phase else {
+            return;
+        };
+        let mut done = None;
+        let mut drops = Vec::new();
+        while let Some(ev) = f.poll_event() {
+            match ev {
+                FetchEvent::Request { peer, piece } => {
+                    if let Some(c) = self.conns.get(&peer) {
+                        if let Some(their) = c.their_ut_metadata {
+                            let payload = Bytes::from(MetadataMessage::Request { piece }.encode());
+                            let _ =
+                                c.tx.send(ToConn::Msg(Message::Extended { id: their, payload }));
+                        }
+                    }
+                }
+                FetchEvent::HashMismatch { culprit, .. } => {
+                    if let Some(c) = culprit {
+                        drops.push(c);
+                    }
+                }
+                FetchEvent::Complete { info } => done = Some(info),
+            }
+        }
+        for c in drops {
+            self.drop_conn(c, "sent metadata that does not match the info-hash".into());
+        }
+        if let Some(raw) = done {
+            self.metadata_arrived(raw).await;
+        }
+    }
+
+    async fn metadata_arrived(&mut self, raw: Bytes) {
+        let info = match Info::from_bytes(&raw) {
+            Ok(i) => i,
+            Err(e) => {
+                self.error = Some(format!("metadata is not a valid info dictionary: {e}"));
+                self.phase = Phase::Failed;
+                self.publish();
+                return;
+            }
+        };
+        self.name = Some(info.name.clone());
+        match open_pieces(&self.cfg, &self.out_dir.clone(), info, raw, false).await {
+            Ok(p) => self.phase = Phase::Pieces(Box::new(p)),
+            Err(e) => {
+                self.error = Some(e.to_string());
+                self.phase = Phase::Failed;
+                self.publish();
+                return;
+            }
+        }
+        // Every ready connection joins the engine; what they said meanwhile is replayed.
+        let ready: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ready)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ready {
+            self.register(id, true);
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let backlog = std::mem::take(&mut c.backlog);
+            let slot = c.slot;
+            for m in backlog {
+                if let (Phase::Pieces(p), Some(slot), Some(m)) =
+                    (&mut self.phase, slot, to_engine(m))
+                {
+                    p.engine.handle_message(Instant::now(), slot, m);
+                }
+            }
+            self.flush();
+        }
+        self.publish();
+    }
+
+    /// Carries out the engine's actions.
+    fn flush(&mut self) {
+        let Phase::Pieces(p) = &mut self.phase else {
+            return;
+        };
+        let mut completed = false;
+        while let Some(a) = p.engine.poll_action() {
+            match a {
+                Action::Send { slot, message } => {
+                    if let Some(c) = self.by_slot.get(&slot).and_then(|id| self.conns.get(id)) {
+                        let _ = c.tx.send(ToConn::Msg(to_wire(message)));
+                    }
+                }
+                Action::ReadBlock { slot, block } => {
+                    if let Some(c) = self.by_slot.get(&slot).and_then(|id| self.conns.get(id)) {
+                        let job = ReadJob {
+                            slot,
+                            block,
+                            conn: c.tx.clone(),
+                            done: self.disk_tx.clone(),
+                        };
+                        let _ = p.reads.send(job);
+                    }
+                }
+                Action::WriteBlock { block, data } => {
+                    let len = p.engine.geometry().piece_len(block.piece) as usize;
+                    let buf = p
+                        .buffers
+                        .entry(block.piece)
+                        .or_insert_with(|| vec![0u8; len]);
+                    let start = block.begin as usize;
+                    if let Some(dst) = buf.get_mut(start..start + data.len()) {
+                        dst.copy_from_slice(&data);
+                    }
+                }
+                Action::VerifyPiece { piece } => {
+                    let data = p.buffers.remove(&piece).unwrap_or_default();
+                    let storage = p.storage.clone();
+                    let done = self.disk_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let result = storage.write_piece(piece, &data).map_err(|e| e.to_string());
+                        let _ = done.send(DiskDone::Verified { piece, result });
+                    });
+                }
+                Action::Disconnect { slot, reason } => {
+                    if let Some(id) = self.by_slot.remove(&slot) {
+                        if let Some(c) = self.conns.remove(&id) {
+                            let _ = c.tx.send(ToConn::Close);
+                            self.addrs.remove(&c.addr);
+                            tracing::debug!(peer = %c.addr, "engine dropped peer: {reason}");
+                            if self.dropped.len() >= MAX_DROPPED {
+                                self.dropped.pop_front();
+                            }
+                            self.dropped.push_back((c.addr, reason.to_string()));
+                        }
+                    }
+                }
+                Action::Completed => completed = true,
+            }
+        }
+        if completed {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let mut s = TorrentStats {
+            info_hash: self.info_hash,
+            name: self.name.clone(),
+            received_from: self.received_from.clone(),
+            dropped: self.dropped.iter().cloned().collect(),
+            error: self.error.clone(),
+            ..Default::default()
+        };
+        if let Phase::Pieces(p) = &self.phase {
+            let e = p.engine.stats();
+            s.have_metadata = true;
+            s.piece_count = e.piece_count;
+            s.pieces_have = e.pieces_have;
+            s.total_length = p.engine.geometry().total_length;
+            s.bytes_left = e.bytes_left;
+            s.downloaded = e.downloaded;
+            s.uploaded = e.uploaded;
+            s.wasted = e.wasted;
+            s.hash_failures = e.hash_failures;
+            s.complete = p.engine.is_complete();
+            s.peers = p
+                .engine
+                .peer_slots()
+                .into_iter()
+                .filter_map(|slot| p.engine.peer_stats(slot))
+                .map(|ps| PeerSnapshot {
+                    addr: ps.addr,
+                    downloaded: ps.downloaded,
+                    uploaded: ps.uploaded,
+                    download_rate: ps.download_rate,
+                    upload_rate: ps.upload_rate,
+                    is_seed: ps.is_seed,
+                })
+                .collect();
+        }
+        let (t0, d0, u0, dr, ur) = self.rate;
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt >= 0.5 {
+            let drate = (s.downloaded.saturating_sub(d0)) as f64 / dt;
+            let urate = (s.uploaded.saturating_sub(u0)) as f64 / dt;
+            self.rate = (now, s.downloaded, s.uploaded, drate, urate);
+        }
+        s.download_rate = self.rate.3.max(if dt < 0.5 { dr } else { 0.0 });
+        s.upload_rate = self.rate.4.max(if dt < 0.5 { ur } else { 0.0 });
+        self.stats_tx.send_replace(s);
+    }
+}
