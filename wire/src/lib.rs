@@ -5,9 +5,11 @@
 //! the tokio drivers around them are thin. Codecs are pure functions over bytes.
 
 pub mod create;
+pub mod engine;
 pub mod extension;
 pub mod infohash;
 pub mod magnet;
 pub mod metainfo;
 pub mod peer;
+pub mod session;
 pub mod storage;
