@@ -1,6 +1,537 @@
-//! The tokio driver: owns the UDP socket, runs the core, exposes an async handle.
+//! The tokio driver: owns the UDP socket, runs the sans-IO core [`Dht`] on one task, and
+//! exposes an async handle.
+//!
+//! The task is a plain loop: receive datagrams (draining the socket in batches), feed them
+//! to the core, send what the core wants sent, deliver its events to whoever asked, and
+//! sleep until the core's next timeout. Every protocol decision stays in the core; this
+//! file only moves bytes and time.
 
-/// Placeholder until the driver lands.
-pub struct Node;
-/// Placeholder until the driver lands.
-pub struct NodeConfig;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::core::{Dht, Event, Stats};
+use crate::id::Id;
+use crate::lookup::LookupId;
+use crate::state::SavedState;
+
+/// Settings of a [`Node`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Address to bind the UDP socket to (port 0 picks one).
+    pub bind: SocketAddr,
+    /// Settings of the core. `bootstrap` holds resolved addresses.
+    pub core: Config,
+    /// Where the id and good nodes are loaded from at start and saved to (atomically).
+    pub state_file: Option<PathBuf>,
+    /// How often the state is saved while running (it is saved at shutdown too).
+    pub save_every: Duration,
+    /// Kernel socket buffer sizes; large buffers absorb bursts (bootstrap nodes).
+    pub recv_buffer: usize,
+    pub send_buffer: usize,
+    /// For an IPv6 `bind`: also accept IPv4 (dual-stack). Off: IPv6 only.
+    pub dual_stack: bool,
+    /// Seed of the core's RNG; `None` draws one from the OS.
+    pub rng_seed: Option<u64>,
+}
+
+impl NodeConfig {
+    pub fn new(bind: SocketAddr, core: Config) -> Self {
+        NodeConfig {
+            bind,
+            core,
+            state_file: None,
+            save_every: Duration::from_secs(5 * 60),
+            recv_buffer: 4 << 20,
+            send_buffer: 4 << 20,
+            dual_stack: false,
+            rng_seed: None,
+        }
+    }
+}
+
+enum Command {
+    GetPeers {
+        info_hash: Id,
+        announce: Option<Option<u16>>,
+        peers: mpsc::UnboundedSender<SocketAddr>,
+    },
+    Bootstrap,
+    AddNode(SocketAddr),
+    Stats(oneshot::Sender<Stats>),
+    SaveState(oneshot::Sender<io::Result<()>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running DHT node. Dropping it stops the task (without saving; use
+/// [`Node::shutdown`] to save state first).
+pub struct Node {
+    commands: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+    id: Id,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Peers found by a lookup, as they arrive. Ends when the lookup is done (for announces:
+/// when the announce phase is done).
+pub struct PeerStream {
+    rx: mpsc::UnboundedReceiver<SocketAddr>,
+}
+
+impl PeerStream {
+    /// The next peer, or `None` when the lookup is over.
+    pub async fn next(&mut self) -> Option<SocketAddr> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_core::Stream for PeerStream {
+    type Item = SocketAddr;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketAddr>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Node {
+    /// Binds the socket, loads saved state (if any), starts the task and bootstraps.
+    pub async fn bind(cfg: NodeConfig) -> io::Result<Node> {
+        let socket = make_socket(&cfg)?;
+        let local_addr = socket.local_addr()?;
+        let seed = cfg.rng_seed.unwrap_or_else(rand::random);
+        let now = Instant::now();
+        let saved = cfg.state_file.as_deref().and_then(load_state);
+        let dht = match saved {
+            Some(state) => Dht::with_saved_state(cfg.core.clone(), now, seed, state),
+            None => Dht::new(cfg.core.clone(), now, seed),
+        };
+        let id = dht.id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            dht,
+            socket,
+            commands: rx,
+            subscribers: HashMap::new(),
+            state_file: cfg.state_file.clone(),
+            save_every: cfg.save_every,
+        };
+        let task = tokio::spawn(driver.run());
+        let node = Node {
+            commands: tx,
+            local_addr,
+            id,
+            task: Some(task),
+        };
+        node.send(Command::Bootstrap);
+        Ok(node)
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Our node id at start (it may change once BEP 42 learns our external address; see
+    /// [`Stats::id`]).
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// Looks up peers for `info_hash`; they stream as they arrive.
+    pub fn get_peers(&self, info_hash: impl Into<Id>) -> PeerStream {
+        self.lookup(info_hash.into(), None)
+    }
+
+    /// Looks up peers for `info_hash` and announces that we serve it on TCP `port` (`None`:
+    /// implied port, i.e. our UDP port). Peers found on the way stream as well.
+    pub fn announce(&self, info_hash: impl Into<Id>, port: Option<u16>) -> PeerStream {
+        self.lookup(info_hash.into(), Some(port))
+    }
+
+    fn lookup(&self, info_hash: Id, announce: Option<Option<u16>>) -> PeerStream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.send(Command::GetPeers {
+            info_hash,
+            announce,
+            peers: tx,
+        });
+        PeerStream { rx }
+    }
+
+    /// Starts a bootstrap (the node also re-bootstraps by itself when its table empties).
+    pub fn bootstrap(&self) {
+        self.send(Command::Bootstrap);
+    }
+
+    /// Pings a node we heard of elsewhere; it joins the table if it answers.
+    pub fn add_node(&self, addr: SocketAddr) {
+        self.send(Command::AddNode(addr));
+    }
+
+    /// Counters of the core; a zeroed default if the task has stopped.
+    pub async fn stats(&self) -> Stats {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stats(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Writes the state file now (no-op without one).
+    pub async fn save_state(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::SaveState(tx));
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("dht task has stopped")))
+    }
+
+    /// Saves state and stops the task.
+    pub async fn shutdown(mut self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Shutdown(tx));
+        let _ = rx.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    fn send(&self, c: Command) {
+        // A send fails only if the task has ended; callers then see empty results.
+        let _ = self.commands.send(c);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn make_socket(cfg: &NodeConfig) -> io::Result<UdpSocket> {
+    let domain = Domain::for_address(cfg.bind);
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if cfg.bind.is_ipv6() {
+        socket.set_only_v6(!cfg.dual_stack)?;
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(cfg.recv_buffer);
+    let _ = socket.set_send_buffer_size(cfg.send_buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&cfg.bind.into()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind DHT socket to {}: {e}", cfg.bind),
+        )
+    })?;
+    UdpSocket::from_std(socket.into())
+}
+
+fn load_state(path: &Path) -> Option<SavedState> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("cannot read DHT state {}: {e}", path.display());
+            return None;
+        }
+    };
+    match SavedState::from_bytes(&bytes) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("ignoring DHT state {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, and an
+/// fsync of the directory so the rename itself survives a crash.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(name);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Largest datagram we read; KRPC messages are far smaller, and anything longer is garbage.
+const MAX_DATAGRAM: usize = 64 * 1024;
+/// Datagrams handled per wake-up before the loop lets timers and commands run.
+const RECV_BATCH: usize = 256;
+
+struct Subscriber {
+    peers: mpsc::UnboundedSender<SocketAddr>,
+    /// Announces end at `AnnounceDone`, other lookups at `LookupDone`.
+    is_announce: bool,
+}
+
+struct Driver {
+    dht: Dht,
+    socket: UdpSocket,
+    commands: mpsc::UnboundedReceiver<Command>,
+    subscribers: HashMap<LookupId, Subscriber>,
+    state_file: Option<PathBuf>,
+    save_every: Duration,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut next_save = tokio::time::Instant::now() + self.save_every;
+        loop {
+            self.flush().await;
+            self.dispatch_events();
+            let wake = self
+                .dht
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60))
+                .min(next_save);
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    match r {
+                        Ok((n, from)) => {
+                            self.dht.handle_datagram(Instant::now(), from, &buf[..n]);
+                            self.drain_socket(&mut buf);
+                        }
+                        // ICMP port-unreachable and similar surface here on some systems.
+                        Err(e) => tracing::debug!("dht recv: {e}"),
+                    }
+                }
+                c = self.commands.recv() => {
+                    match c {
+                        Some(Command::Shutdown(done)) => {
+                            self.save();
+                            let _ = done.send(());
+                            return;
+                        }
+                        Some(c) => self.command(c),
+                        // Every handle is gone: stop.
+                        None => return,
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    self.dht.handle_timeout(now);
+                    if tokio::time::Instant::now() >= next_save {
+                        next_save = tokio::time::Instant::now() + self.save_every;
+                        self.save();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles datagrams already queued in the kernel without going back to the reactor.
+    fn drain_socket(&mut self, buf: &mut [u8]) {
+        for _ in 0..RECV_BATCH {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, from)) => self.dht.handle_datagram(Instant::now(), from, &buf[..n]),
+                Err(_) => break,
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.dht.poll_transmit() {
+            match self.socket.try_send_to(&t.data, t.to) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.socket.send_to(&t.data, t.to).await {
+                        tracing::debug!("dht send to {}: {e}", t.to);
+                    }
+                }
+                // Unreachable destinations etc.: the core's timeouts deal with it.
+                Err(e) => tracing::debug!("dht send to {}: {e}", t.to),
+            }
+        }
+    }
+
+    fn dispatch_events(&mut self) {
+        while let Some(ev) = self.dht.poll_event() {
+            match ev {
+                Event::PeersFound { lookup, peers, .. } => {
+                    if let Some(s) = self.subscribers.get(&lookup) {
+                        for p in peers {
+                            let _ = s.peers.send(p);
+                        }
+                    }
+                }
+                Event::LookupDone { lookup, .. } => {
+                    if self
+                        .subscribers
+                        .get(&lookup)
+                        .is_some_and(|s| !s.is_announce)
+                    {
+                        self.subscribers.remove(&lookup);
+                    }
+                }
+                Event::AnnounceDone { lookup, .. } => {
+                    self.subscribers.remove(&lookup);
+                }
+                Event::IdChanged { id } => tracing::info!("dht: new node id {id:?} (BEP 42)"),
+                Event::ExternalAddress { ip } => tracing::info!("dht: external address {ip}"),
+                _ => {}
+            }
+        }
+        // Forget lookups whose stream the caller dropped.
+        self.subscribers.retain(|_, s| !s.peers.is_closed());
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = Instant::now();
+        match c {
+            Command::GetPeers {
+                info_hash,
+                announce,
+                peers,
+            } => {
+                let id = match announce {
+                    None => self.dht.get_peers(now, info_hash),
+                    Some(port) => self.dht.announce(now, info_hash, port),
+                };
+                self.subscribers.insert(
+                    id,
+                    Subscriber {
+                        peers,
+                        is_announce: announce.is_some(),
+                    },
+                );
+            }
+            Command::Bootstrap => {
+                self.dht.bootstrap(now);
+            }
+            Command::AddNode(addr) => self.dht.add_node(now, addr),
+            Command::Stats(reply) => {
+                let _ = reply.send(self.dht.stats());
+            }
+            Command::SaveState(reply) => {
+                let _ = reply.send(self.save_result());
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn save_result(&mut self) -> io::Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let state = self.dht.export_state(Instant::now());
+        write_atomically(path, &state.to_bytes())
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.save_result() {
+            tracing::warn!("cannot save DHT state: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback(bootstrap: Vec<SocketAddr>) -> NodeConfig {
+        // Distinct seeds: nodes with one seed would share an id.
+        static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut cfg = NodeConfig::new("127.0.0.1:0".parse().unwrap(), Config::loopback(bootstrap));
+        cfg.rng_seed = Some(SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        cfg
+    }
+
+    async fn wait_for_nodes(node: &Node, at_least: usize) -> bool {
+        for _ in 0..200 {
+            let s = node.stats().await;
+            if s.nodes4 >= at_least {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn announce_then_get_peers_through_one_bootstrap_node() {
+        let boot = Node::bind(loopback(vec![])).await.unwrap();
+        let b = boot.local_addr();
+        let a = Node::bind(loopback(vec![b])).await.unwrap();
+        let c = Node::bind(loopback(vec![b])).await.unwrap();
+        assert!(wait_for_nodes(&a, 1).await, "a never joined");
+        assert!(wait_for_nodes(&c, 1).await, "c never joined");
+        let ih = [0x42u8; 20];
+        let mut ann = a.announce(ih, Some(51413));
+        // The announce stream ends once the announce phase is done.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ann.next().await.is_some() {}
+        })
+        .await
+        .expect("announce finished");
+        let mut found = c.get_peers(ih);
+        let peer = tokio::time::timeout(Duration::from_secs(10), found.next())
+            .await
+            .expect("lookup produced a peer in time");
+        assert_eq!(peer, Some(SocketAddr::new(a.local_addr().ip(), 51413)));
+    }
+
+    #[tokio::test]
+    async fn state_is_saved_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = Node::bind(loopback(vec![])).await.unwrap();
+        let mut cfg = loopback(vec![boot.local_addr()]);
+        cfg.state_file = Some(dir.path().join("dht.state"));
+        let a = Node::bind(cfg.clone()).await.unwrap();
+        assert!(wait_for_nodes(&a, 1).await);
+        let id = a.stats().await.id;
+        a.shutdown().await;
+        let saved =
+            SavedState::from_bytes(&std::fs::read(dir.path().join("dht.state")).unwrap()).unwrap();
+        assert_eq!(saved.id, id);
+        assert!(saved.nodes.iter().any(|n| n.addr == boot.local_addr()));
+        // Restarted with no bootstrap address, it rejoins from the saved nodes.
+        cfg.core.bootstrap.clear();
+        let again = Node::bind(cfg).await.unwrap();
+        assert_eq!(again.stats().await.id, id);
+        assert!(
+            wait_for_nodes(&again, 1).await,
+            "did not rejoin from saved state"
+        );
+    }
+
+    #[tokio::test]
+    async fn bind_error_names_the_address() {
+        let first = Node::bind(loopback(vec![])).await.unwrap();
+        let err = Node::bind(NodeConfig::new(
+            first.local_addr(),
+            Config::loopback(vec![]),
+        ))
+        .await
+        .err()
+        .expect("second bind fails");
+        assert!(
+            err.to_string().contains(&first.local_addr().to_string()),
+            "{err}"
+        );
+    }
+}
