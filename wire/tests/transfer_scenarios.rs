@@ -1,0 +1,171 @@
+//! Loopback transfers beyond the basic case: several files, a seeder that dies, and a
+//! leecher that starts from the info-hash alone.
+
+mod transfer_support;
+
+use std::time::Duration;
+
+use transfer_support::*;
+use wire::session::{Source, Torrent};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_file_torrent_with_pieces_across_files() {
+    let seed_dir = tempfile::tempdir().unwrap();
+    let leech_dir = tempfile::tempdir().unwrap();
+    // Sizes chosen so pieces (32 KiB) straddle file boundaries; one file is tiny.
+    let files = vec![
+        ("album/a.bin", payload(100_000, 3)),
+        ("album/sub/b.bin", payload(7, 4)),
+        ("album/c.bin", payload(333_333, 5)),
+    ];
+    let meta = make_torrent(seed_dir.path(), "album", &files, 32 * 1024);
+    assert_eq!(meta.info.files.len(), 3);
+    let seeder = Torrent::start(
+        Source::Metainfo(Box::new(meta.clone())),
+        seed_dir.path().into(),
+        config(),
+    )
+    .await
+    .unwrap();
+    assert!(seeder.stats().complete);
+    let mut leecher = Torrent::start(
+        Source::Metainfo(Box::new(meta)),
+        leech_dir.path().into(),
+        config(),
+    )
+    .await
+    .unwrap();
+    leecher.add_peer(seeder.listen_addr().unwrap());
+    tokio::time::timeout(LIMIT, leecher.wait_complete())
+        .await
+        .expect("in time")
+        .unwrap();
+    same_tree(seed_dir.path(), leech_dir.path(), &files);
+    leecher.shutdown().await;
+    seeder.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeder_dying_mid_transfer_is_replaced_by_another() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let leech_dir = tempfile::tempdir().unwrap();
+    let files = vec![("data.bin", payload(3 * 1024 * 1024, 6))];
+    let meta = make_torrent(dir_a.path(), "data.bin", &files, 64 * 1024);
+    make_torrent(dir_b.path(), "data.bin", &files, 64 * 1024);
+    let slow = |seed| {
+        let mut c = config();
+        c.engine.upload_rate_limit = 512 * 1024;
+        c.rng_seed = seed;
+        c
+    };
+    let a = Torrent::start(
+        Source::Metainfo(Box::new(meta.clone())),
+        dir_a.path().into(),
+        slow(1),
+    )
+    .await
+    .unwrap();
+    let b = Torrent::start(
+        Source::Metainfo(Box::new(meta.clone())),
+        dir_b.path().into(),
+        slow(2),
+    )
+    .await
+    .unwrap();
+    let mut leecher = Torrent::start(
+        Source::Metainfo(Box::new(meta)),
+        leech_dir.path().into(),
+        config(),
+    )
+    .await
+    .unwrap();
+    let a_addr = a.listen_addr().unwrap();
+    leecher.add_peer(a_addr);
+    leecher.add_peer(b.listen_addr().unwrap());
+    // Kill A once it has sent something and the download is well under way.
+    wait_for(
+        LIMIT,
+        || leecher.stats(),
+        |s| {
+            s.received_from
+                .get(&a_addr)
+                .is_some_and(|&n| n > 256 * 1024)
+                && s.progress() > 0.2
+        },
+    )
+    .await;
+    a.shutdown().await;
+    let mid = leecher.stats();
+    assert!(
+        !mid.complete,
+        "finished before the seeder died: make the payload larger"
+    );
+    tokio::time::timeout(LIMIT, leecher.wait_complete())
+        .await
+        .expect("in time")
+        .unwrap();
+    same_tree(dir_b.path(), leech_dir.path(), &files);
+    let s = leecher.stats();
+    assert!(
+        s.dropped.iter().any(|(addr, _)| *addr == a_addr),
+        "A's drop is recorded: {:?}",
+        s.dropped
+    );
+    leecher.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leecher_with_only_the_info_hash_fetches_metadata_first() {
+    let seed_dir = tempfile::tempdir().unwrap();
+    let leech_dir = tempfile::tempdir().unwrap();
+    let files = vec![
+        ("pack/one.bin", payload(1_000_000, 7)),
+        ("pack/two.bin", payload(500_001, 8)),
+    ];
+    let meta = make_torrent(seed_dir.path(), "pack", &files, 16 * 1024);
+    let seeders = [
+        Torrent::start(
+            Source::Metainfo(Box::new(meta.clone())),
+            seed_dir.path().into(),
+            config(),
+        )
+        .await
+        .unwrap(),
+        Torrent::start(
+            Source::Metainfo(Box::new(meta.clone())),
+            seed_dir.path().into(),
+            config(),
+        )
+        .await
+        .unwrap(),
+    ];
+    let mut leecher = Torrent::start(
+        Source::InfoHash(meta.info_hash),
+        leech_dir.path().into(),
+        config(),
+    )
+    .await
+    .unwrap();
+    let s = leecher.stats();
+    assert!(!s.have_metadata && s.name.is_none());
+    for s in &seeders {
+        leecher.add_peer(s.listen_addr().unwrap());
+    }
+    tokio::time::timeout(LIMIT, leecher.wait_complete())
+        .await
+        .expect("in time")
+        .unwrap();
+    let s = leecher.stats();
+    assert!(s.have_metadata);
+    assert_eq!(s.name.as_deref(), Some("pack"));
+    assert_eq!(s.total_length, 1_500_001);
+    same_tree(seed_dir.path(), leech_dir.path(), &files);
+    leecher.shutdown().await;
+    for s in seeders {
+        s.shutdown().await;
+    }
+}
