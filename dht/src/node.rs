@@ -379,14 +379,13 @@ impl Driver {
                         }
                     }
                 }
-                Event::LookupDone { lookup, .. } => {
+                Event::LookupDone { lookup, .. }
                     if self
                         .subscribers
                         .get(&lookup)
-                        .is_some_and(|s| !s.is_announce)
-                    {
-                        self.subscribers.remove(&lookup);
-                    }
+                        .is_some_and(|s| !s.is_announce) =>
+                {
+                    self.subscribers.remove(&lookup);
                 }
                 Event::AnnounceDone { lookup, .. } => {
                     self.subscribers.remove(&lookup);
