@@ -128,8 +128,12 @@ struct PendingQuery {
 
 /// Outstanding transactions at once; further queries wait in the queue.
 const MAX_TRANSACTIONS: usize = 4_096;
-/// Backoff between automatic bootstraps while the table stays empty.
-const REBOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
+/// Backoff between automatic bootstraps while the table has fewer than k nodes: starts
+/// here and doubles up to the maximum.
+const REBOOTSTRAP_MIN: Duration = Duration::from_secs(5);
+const REBOOTSTRAP_MAX: Duration = Duration::from_secs(300);
+/// Bucket refresh lookups started right after a bootstrap.
+const REFRESH_AFTER_BOOTSTRAP: usize = 8;
 /// Liveness pings per housekeeping tick, and how soon the same node is pinged again.
 const PINGS_PER_TICK: usize = 2;
 const PING_REPEAT: Duration = Duration::from_secs(60);
@@ -165,6 +169,7 @@ pub struct Dht {
     events: VecDeque<Event>,
     next_tick: Instant,
     last_bootstrap: Option<Instant>,
+    bootstrap_backoff: Duration,
     bootstrap_lookup: Option<LookupId>,
     stats: Stats,
 }
@@ -226,6 +231,7 @@ impl Dht {
             events: VecDeque::new(),
             next_tick: now,
             last_bootstrap: None,
+            bootstrap_backoff: REBOOTSTRAP_MIN,
             bootstrap_lookup: None,
             stats: Stats::default(),
             config,
@@ -859,7 +865,7 @@ impl Dht {
         }
         if self.lookups.len() >= self.config.max_lookups {
             self.stats.queries_dropped += 1;
-            self.finish_traversal(lid, l);
+            self.finish_traversal(now, lid, l);
             return lid;
         }
         self.lookups.insert(lid, l);
@@ -884,7 +890,7 @@ impl Dht {
             if asks.is_empty() {
                 if l.traversal_done() {
                     let l = self.lookups.remove(&lid).expect("present above");
-                    self.finish_traversal(lid, l);
+                    self.finish_traversal(now, lid, l);
                 }
                 return;
             }
@@ -911,7 +917,7 @@ impl Dht {
         }
     }
 
-    fn finish_traversal(&mut self, lid: LookupId, mut l: Lookup) {
+    fn finish_traversal(&mut self, now: Instant, lid: LookupId, mut l: Lookup) {
         let closest = l.closest_responded();
         self.events.push_back(Event::LookupDone {
             lookup: lid,
@@ -971,6 +977,23 @@ impl Dht {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Fills the far buckets after joining: one find_node into each bucket that is not
+    /// full (our own-id lookup only fills the near ones).
+    fn refresh_after_bootstrap(&mut self, now: Instant) {
+        let mut targets = Vec::new();
+        for t in self.table4.iter().chain(self.table6.iter()) {
+            let sizes = t.bucket_sizes();
+            for (b, &n) in sizes.iter().enumerate().take(REFRESH_AFTER_BOOTSTRAP) {
+                if n < self.config.k {
+                    targets.push(t.own_id().random_with_prefix(b as u32, &mut self.rng));
+                }
+            }
+        }
+        for target in targets {
+            self.start_lookup(now, LookupKind::Refresh, target);
         }
     }
 
@@ -1113,18 +1136,24 @@ impl Dht {
             self.slow_checks.shrink_to_fit();
             self.deadlines.shrink_to_fit();
         }
-        let empty = self.node_count() == 0;
+        let count = self.node_count();
         let have_seeds = !self.config.bootstrap.is_empty() || !self.seed_nodes.is_empty();
-        if empty && have_seeds && self.bootstrap_lookup.is_none() {
+        if count >= self.config.k {
+            self.bootstrap_backoff = REBOOTSTRAP_MIN;
+        } else if have_seeds && self.bootstrap_lookup.is_none() {
+            // Empty or sparse table: join again, backing off while it stays sparse.
             let due = self
                 .last_bootstrap
-                .is_none_or(|t| now.saturating_duration_since(t) >= REBOOTSTRAP_EVERY);
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.bootstrap_backoff);
             if due {
+                if self.last_bootstrap.is_some() {
+                    self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(REBOOTSTRAP_MAX);
+                }
                 self.bootstrap(now);
                 return;
             }
         }
-        if empty {
+        if count == 0 {
             return;
         }
         // Refresh one stale bucket per tick (per family).

@@ -87,10 +87,29 @@ pub struct PeerStream {
     rx: mpsc::UnboundedReceiver<SocketAddr>,
 }
 
+/// What [`PeerStream::poll_now`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerPoll {
+    Peer(SocketAddr),
+    /// No new peer yet; the lookup goes on.
+    Pending,
+    /// The lookup is over and every peer was taken.
+    Done,
+}
+
 impl PeerStream {
     /// The next peer, or `None` when the lookup is over.
     pub async fn next(&mut self) -> Option<SocketAddr> {
         self.rx.recv().await
+    }
+
+    /// The next peer if one is ready, without waiting.
+    pub fn poll_now(&mut self) -> PeerPoll {
+        match self.rx.try_recv() {
+            Ok(p) => PeerPoll::Peer(p),
+            Err(mpsc::error::TryRecvError::Empty) => PeerPoll::Pending,
+            Err(mpsc::error::TryRecvError::Disconnected) => PeerPoll::Done,
+        }
     }
 }
 
