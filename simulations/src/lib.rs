@@ -8,10 +8,13 @@
 //! function of its seed ([`trace`] checks that).
 
 pub mod apps;
+pub mod dht_sim;
 pub mod fluid;
 pub mod net;
+pub mod plot;
 pub mod queue;
 pub mod rng;
+pub mod scenarios;
 pub mod sim;
 pub mod stats;
 pub mod time;

@@ -1,0 +1,453 @@
+//! `simulations`: run a scenario, print a table, write CSV and an SVG plot.
+//!
+//! ```text
+//! cargo run --release -p simulations -- dht-lookup --nodes 10000 --seed 1 --churn --loss 0.02
+//! ```
+
+use clap::{Args, Parser, Subcommand};
+use simulations::apps::probe::Probe;
+use simulations::dht_sim::adversary::AttackKind;
+use simulations::dht_sim::WorldConfig;
+use simulations::net::churn::ChurnConfig;
+use simulations::net::NetConfig;
+use simulations::plot::{line_chart, Chart, Series};
+use simulations::scenarios::{dht_attack, dht_bootstrap, dht_lookup};
+use simulations::stats::{Samples, Table};
+use simulations::{HostId, SimTime, Simulator};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Deterministic simulations of swarm's DHT and wire cores in virtual time")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Ordinary nodes (bootstrap nodes come on top).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Run seed: the same seed gives the same run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory for CSV and SVG output.
+    #[arg(long, default_value = "sim-out")]
+    out: PathBuf,
+    /// Virtual run length, seconds.
+    #[arg(long, default_value_t = 600)]
+    duration: u64,
+    /// Nodes join at random times within this many seconds.
+    #[arg(long, default_value_t = 120)]
+    join_over: u64,
+    /// Datagram loss probability.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Share of nodes behind a NAT that drops unsolicited inbound traffic.
+    #[arg(long, default_value_t = 0.0)]
+    nat: f64,
+    /// Churn: Weibull sessions (median 30 min) and absences (median 15 min).
+    #[arg(long)]
+    churn: bool,
+}
+
+#[derive(Args, Clone)]
+struct LookupArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Announce + get_peers pairs to measure.
+    #[arg(long, default_value_t = 1000)]
+    lookups: usize,
+    /// Seconds before the first measured lookup.
+    #[arg(long, default_value_t = 300)]
+    warmup: u64,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Routing-table depth and fill over time while N nodes join.
+    DhtBootstrap {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 15)]
+        sample_every: u64,
+    },
+    /// Announce + get_peers after warm-up: success, latency percentiles, messages.
+    DhtLookup(LookupArgs),
+    /// Success vs share of malicious nodes.
+    DhtAttack {
+        #[command(flatten)]
+        lookup: LookupArgs,
+        /// garbage | sybil
+        #[arg(long, default_value = "sybil")]
+        kind: String,
+        /// Comma-separated attacker shares.
+        #[arg(long, default_value = "0,0.05,0.1,0.2,0.3")]
+        shares: String,
+        /// Target info-hashes the attackers surround.
+        #[arg(long, default_value_t = 10)]
+        targets: usize,
+    },
+    /// Raw engine throughput with the protocol-free probe app.
+    EngineBench {
+        #[command(flatten)]
+        common: Common,
+        /// Mean seconds between pings per host.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+}
+
+fn world(c: &Common) -> WorldConfig {
+    let mut w = WorldConfig::new(c.nodes, c.seed);
+    w.join_over = Duration::from_secs(c.join_over);
+    w.net = NetConfig {
+        loss: c.loss,
+        nat_share: c.nat,
+        ..NetConfig::default()
+    };
+    w.churn = c.churn.then(ChurnConfig::mainline_like);
+    w
+}
+
+fn save(out: &Path, name: &str, table: &Table) {
+    std::fs::create_dir_all(out).expect("create output dir");
+    let path = out.join(format!("{name}.csv"));
+    std::fs::write(&path, table.to_csv()).expect("write csv");
+    println!("wrote {}", path.display());
+}
+
+fn plot(out: &Path, name: &str, chart: &Chart<'_>, series: &[Series]) {
+    let path = out.join(format!("{name}.svg"));
+    match line_chart(&path, chart, series) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => eprintln!("plot {name}: {e}"),
+    }
+}
+
+fn ms(s: f64) -> String {
+    if s.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.0}", s * 1e3)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let wall = Instant::now();
+    match cli.scenario {
+        Scenario::DhtBootstrap {
+            common,
+            sample_every,
+        } => {
+            let p = dht_bootstrap::BootstrapParams {
+                world: world(&common),
+                duration: Duration::from_secs(common.duration),
+                sample_every: Duration::from_secs(sample_every),
+            };
+            let r = dht_bootstrap::run(&p);
+            let mut t = Table::new(&[
+                "t_s",
+                "nodes",
+                "depth_min",
+                "depth_p10",
+                "depth_p50",
+                "depth_mean",
+                "entries",
+                "fill",
+            ]);
+            for (at, s) in &r.samples {
+                t.row(vec![
+                    format!("{at:.0}"),
+                    s.nodes.to_string(),
+                    format!("{:.0}", s.depth_min),
+                    format!("{:.0}", s.depth_p10),
+                    format!("{:.0}", s.depth_p50),
+                    format!("{:.2}", s.depth_mean),
+                    format!("{:.1}", s.mean_entries),
+                    format!("{:.3}", s.mean_fill),
+                ]);
+            }
+            print!("{t}");
+            println!(
+                "datagrams {}  events {}  wall {:.1}s",
+                r.datagrams,
+                r.events,
+                wall.elapsed().as_secs_f64()
+            );
+            save(&common.out, "dht-bootstrap", &t);
+            let pts =
+                |f: fn(&TableSummary) -> f64| r.samples.iter().map(|(x, s)| (*x, f(s))).collect();
+            plot(
+                &common.out,
+                "dht-bootstrap",
+                &Chart {
+                    title: &format!(
+                        "Routing tables while {} nodes join (seed {})",
+                        common.nodes, common.seed
+                    ),
+                    x_label: "virtual time (s)",
+                    y_label: "buckets / entries/8",
+                    references: vec![("log2(N/8)".into(), (common.nodes as f64 / 8.0).log2())],
+                },
+                &[
+                    Series::new("depth p10", pts(|s| s.depth_p10)),
+                    Series::new("depth mean", pts(|s| s.depth_mean)),
+                    Series::new("entries / 8", pts(|s| s.mean_entries / 8.0)),
+                ],
+            );
+        }
+        Scenario::DhtLookup(a) => {
+            let r = dht_lookup::run(&lookup_params(&a));
+            let t = lookup_table(&[("-", &r)], &a);
+            print!("{t}");
+            println!("{}", lookup_footer(&r, wall));
+            save(&a.common.out, "dht-lookup", &t);
+            let rtt = r.median_rtt.as_secs_f64() * 1e3;
+            plot(
+                &a.common.out,
+                "dht-lookup",
+                &Chart {
+                    title: &format!("get_peers latency, {} nodes (CDF)", a.common.nodes),
+                    x_label: "milliseconds since the search started",
+                    y_label: "share of searches",
+                    references: vec![],
+                },
+                &[
+                    Series::new(
+                        "first peer",
+                        cdf(r.time_to_first_peer(), r.measured().count()),
+                    ),
+                    Series::new(
+                        "announcer found",
+                        cdf(r.time_to_found(), r.measured().count()),
+                    ),
+                    Series::new("lookup done", cdf(r.time_to_done(), r.measured().count())),
+                    Series::new(
+                        format!("3 x median RTT ({rtt:.0} ms)"),
+                        vec![(3.0 * rtt, 0.0), (3.0 * rtt, 1.0)],
+                    ),
+                ],
+            );
+        }
+        Scenario::DhtAttack {
+            lookup,
+            kind,
+            shares,
+            targets,
+        } => {
+            let kind = match kind.as_str() {
+                "garbage" => AttackKind::Garbage,
+                "sybil" => AttackKind::Sybil,
+                other => {
+                    eprintln!("error: --kind must be garbage or sybil, not {other}");
+                    std::process::exit(2);
+                }
+            };
+            let shares: Vec<f64> = shares
+                .split(',')
+                .map(|s| s.trim().parse().unwrap_or_else(|_| panic!("bad share {s}")))
+                .collect();
+            let p = dht_attack::AttackParams {
+                base: lookup_params(&lookup),
+                kind,
+                shares,
+                targets,
+                introductions: 32,
+            };
+            let points = dht_attack::run(&p);
+            let labels: Vec<String> = points.iter().map(|pt| format!("{:.2}", pt.share)).collect();
+            let rows: Vec<(&str, &dht_lookup::LookupReport)> = labels
+                .iter()
+                .zip(&points)
+                .map(|(l, pt)| (l.as_str(), &pt.report))
+                .collect();
+            let t = lookup_table(&rows, &lookup);
+            print!("{t}");
+            println!("wall {:.1}s", wall.elapsed().as_secs_f64());
+            let name = format!("dht-attack-{kind:?}").to_lowercase();
+            save(&lookup.common.out, &name, &t);
+            plot(
+                &lookup.common.out,
+                &name,
+                &Chart {
+                    title: &format!(
+                        "{kind:?} attack on {targets} targets, {} honest nodes",
+                        lookup.common.nodes
+                    ),
+                    x_label: "share of attacker nodes",
+                    y_label: "share of searches that found the announcer",
+                    references: vec![],
+                },
+                &[Series::new(
+                    "success",
+                    points
+                        .iter()
+                        .map(|pt| (pt.share, pt.report.success_rate()))
+                        .collect(),
+                )],
+            );
+        }
+        Scenario::EngineBench { common, interval } => engine_bench(&common, interval, wall),
+    }
+}
+
+use simulations::dht_sim::world::TableSummary;
+
+fn lookup_params(a: &LookupArgs) -> dht_lookup::LookupParams {
+    let mut p = dht_lookup::LookupParams::new(world(&a.common));
+    p.warmup = Duration::from_secs(a.warmup);
+    p.duration = Duration::from_secs(a.common.duration);
+    p.lookups = a.lookups;
+    p
+}
+
+fn lookup_table(rows: &[(&str, &dht_lookup::LookupReport)], a: &LookupArgs) -> Table {
+    let mut t = Table::new(&[
+        "attackers",
+        "nodes",
+        "loss",
+        "nat",
+        "churn",
+        "searches",
+        "success",
+        "first_p50_ms",
+        "first_p90_ms",
+        "first_p99_ms",
+        "found_p50_ms",
+        "found_p90_ms",
+        "found_p99_ms",
+        "done_p50_ms",
+        "done_p90_ms",
+        "done_p99_ms",
+        "queries_p50",
+        "queries_mean",
+        "rtt_p50_ms",
+    ]);
+    for (label, r) in rows {
+        let (mut first, mut found, mut done, mut q) = (
+            r.time_to_first_peer(),
+            r.time_to_found(),
+            r.time_to_done(),
+            r.queries(),
+        );
+        t.row(vec![
+            label.to_string(),
+            a.common.nodes.to_string(),
+            format!("{}", a.common.loss),
+            format!("{}", a.common.nat),
+            a.common.churn.to_string(),
+            r.measured().count().to_string(),
+            format!("{:.4}", r.success_rate()),
+            ms(first.percentile(50.0)),
+            ms(first.percentile(90.0)),
+            ms(first.percentile(99.0)),
+            ms(found.percentile(50.0)),
+            ms(found.percentile(90.0)),
+            ms(found.percentile(99.0)),
+            ms(done.percentile(50.0)),
+            ms(done.percentile(90.0)),
+            ms(done.percentile(99.0)),
+            format!("{:.0}", q.percentile(50.0)),
+            format!("{:.1}", q.mean()),
+            format!("{:.0}", r.median_rtt.as_secs_f64() * 1e3),
+        ]);
+    }
+    t
+}
+
+fn lookup_footer(r: &dht_lookup::LookupReport, wall: Instant) -> String {
+    format!(
+        "datagrams {}  lost {}  nat-dropped {}  events {}  joins {}  leaves {}  online at end {}  wall {:.1}s",
+        r.datagrams,
+        r.lost,
+        r.nat_dropped,
+        r.events,
+        r.joins,
+        r.leaves,
+        r.online_at_end,
+        wall.elapsed().as_secs_f64()
+    )
+}
+
+/// Empirical CDF in milliseconds over `total` searches (failures keep it below 1).
+fn cdf(mut s: Samples, total: usize) -> Vec<(f64, f64)> {
+    let n = s.len();
+    (0..=100)
+        .filter(|_| n > 0)
+        .map(|i| {
+            let p = f64::from(i);
+            (
+                s.percentile(p.max(0.5)) * 1e3,
+                p / 100.0 * n as f64 / total.max(1) as f64,
+            )
+        })
+        .collect()
+}
+
+fn engine_bench(c: &Common, interval: f64, wall: Instant) {
+    let mut sim: Simulator<Probe, ()> = Simulator::new(
+        NetConfig {
+            loss: c.loss,
+            nat_share: c.nat,
+            ..NetConfig::default()
+        },
+        c.nodes,
+        c.seed,
+    );
+    let peers: Vec<std::net::SocketAddr> = (0..c.nodes)
+        .map(|h| std::net::SocketAddr::V4(sim.net.addr(HostId(h as u32))))
+        .collect();
+    let peers = std::rc::Rc::new(peers);
+    for h in 0..c.nodes {
+        // Each probe pings 16 fixed peers: enough to spread load, small in memory.
+        let mine: Vec<_> = (0..16)
+            .map(|i| peers[(h * 7919 + i * 104_729) % peers.len()])
+            .collect();
+        let now = sim.instant();
+        sim.start(
+            HostId(h as u32),
+            Probe::new(
+                now,
+                mine,
+                Duration::from_secs_f64(interval),
+                c.seed ^ h as u64,
+            ),
+        );
+    }
+    let setup = wall.elapsed().as_secs_f64();
+    let run = Instant::now();
+    let mut rtts = Samples::new();
+    while let Some(step) = sim.step(SimTime::from_secs(c.duration)) {
+        if let simulations::Step::Output(_, _, rtt) = step {
+            if rtts.len() < 1_000_000 {
+                rtts.push(rtt.as_secs_f64());
+            }
+        }
+    }
+    let secs = run.elapsed().as_secs_f64();
+    let mut t = Table::new(&[
+        "hosts",
+        "virtual_s",
+        "events",
+        "wall_s",
+        "events_per_s",
+        "datagrams",
+        "rtt_p50_ms",
+    ]);
+    t.row(vec![
+        c.nodes.to_string(),
+        c.duration.to_string(),
+        sim.stats.events.to_string(),
+        format!("{secs:.2}"),
+        format!("{:.0}", sim.stats.events as f64 / secs),
+        sim.net.stats.sent.to_string(),
+        ms(rtts.percentile(50.0)),
+    ]);
+    print!("{t}");
+    println!("setup {setup:.2}s");
+    save(&c.out, "engine-bench", &t);
+}
