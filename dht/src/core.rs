@@ -935,6 +935,7 @@ impl Dht {
                 let nodes = self.node_count();
                 self.events
                     .push_back(Event::Bootstrapped { lookup: lid, nodes });
+                self.refresh_after_bootstrap(now);
             }
             LookupKind::Announce { port } => {
                 let targets = l.announce_targets();
@@ -986,9 +987,12 @@ impl Dht {
         let mut targets = Vec::new();
         for t in self.table4.iter().chain(self.table6.iter()) {
             let sizes = t.bucket_sizes();
-            for (b, &n) in sizes.iter().enumerate().take(REFRESH_AFTER_BOOTSTRAP) {
-                if n < self.config.k {
-                    targets.push(t.own_id().random_with_prefix(b as u32, &mut self.rng));
+            for prefix in 0..REFRESH_AFTER_BOOTSTRAP {
+                // Prefixes past the last bucket all live in it: refresh them while it is
+                // not full, so the ranges between far and near get explored too.
+                let bucket = prefix.min(sizes.len() - 1);
+                if sizes[bucket] < self.config.k || prefix >= sizes.len() - 1 {
+                    targets.push(t.own_id().random_with_prefix(prefix as u32, &mut self.rng));
                 }
             }
         }
