@@ -142,8 +142,14 @@ impl Decoder {
             src.reserve(frame_len - src.len());
             return Ok(None);
         }
+        // Fixed-size messages are read in place; only payload-carrying ones split the
+        // buffer (a cheap refcount bump, and the payload stays zero-copy).
+        if let Some(m) = parse_fixed(src[4], &src[5..frame_len]) {
+            src.advance(frame_len);
+            return Ok(Some(m));
+        }
         let frame = src.split_to(frame_len).freeze();
-        self.parse(frame).map(Some)
+        self.parse_payload(frame).map(Some)
     }
 
     /// Checks a frame's declared length against what its message id allows.
@@ -207,35 +213,14 @@ impl Decoder {
         }
     }
 
-    /// Parses a complete frame whose length was already checked.
-    fn parse(&self, frame: Bytes) -> Result<Message, WireError> {
+    /// Parses a complete payload-carrying frame whose length was already checked.
+    fn parse_payload(&self, frame: Bytes) -> Result<Message, WireError> {
         let msg_id = frame[4];
         let payload = frame.slice(5..);
-        let u32_at = |i: usize| {
-            u32::from_be_bytes([payload[i], payload[i + 1], payload[i + 2], payload[i + 3]])
-        };
-        let block = || BlockRequest {
-            piece: u32_at(0),
-            offset: u32_at(4),
-            length: u32_at(8),
-        };
         Ok(match msg_id {
-            id::CHOKE => Message::Choke,
-            id::UNCHOKE => Message::Unchoke,
-            id::INTERESTED => Message::Interested,
-            id::NOT_INTERESTED => Message::NotInterested,
-            id::HAVE_ALL => Message::HaveAll,
-            id::HAVE_NONE => Message::HaveNone,
-            id::HAVE => Message::Have { piece: u32_at(0) },
-            id::SUGGEST => Message::Suggest { piece: u32_at(0) },
-            id::ALLOWED_FAST => Message::AllowedFast { piece: u32_at(0) },
-            id::REQUEST => Message::Request(block()),
-            id::CANCEL => Message::Cancel(block()),
-            id::REJECT_REQUEST => Message::RejectRequest(block()),
-            id::PORT => Message::Port(u16::from_be_bytes([payload[0], payload[1]])),
             id::PIECE => Message::Piece {
-                piece: u32_at(0),
-                offset: u32_at(4),
+                piece: u32_at(&payload, 0),
+                offset: u32_at(&payload, 4),
                 data: payload.slice(8..),
             },
             id::EXTENDED => Message::Extended {
@@ -251,6 +236,43 @@ impl Decoder {
             other => Message::Unknown { id: other, payload },
         })
     }
+}
+
+/// Parses a message of fixed size (length already checked), or `None` for a
+/// payload-carrying id.
+fn parse_fixed(msg_id: u8, p: &[u8]) -> Option<Message> {
+    let block = || BlockRequest {
+        piece: u32_at(p, 0),
+        offset: u32_at(p, 4),
+        length: u32_at(p, 8),
+    };
+    Some(match msg_id {
+        id::CHOKE => Message::Choke,
+        id::UNCHOKE => Message::Unchoke,
+        id::INTERESTED => Message::Interested,
+        id::NOT_INTERESTED => Message::NotInterested,
+        id::HAVE_ALL => Message::HaveAll,
+        id::HAVE_NONE => Message::HaveNone,
+        id::HAVE => Message::Have {
+            piece: u32_at(p, 0),
+        },
+        id::SUGGEST => Message::Suggest {
+            piece: u32_at(p, 0),
+        },
+        id::ALLOWED_FAST => Message::AllowedFast {
+            piece: u32_at(p, 0),
+        },
+        id::REQUEST => Message::Request(block()),
+        id::CANCEL => Message::Cancel(block()),
+        id::REJECT_REQUEST => Message::RejectRequest(block()),
+        id::PORT => Message::Port(u16::from_be_bytes([p[0], p[1]])),
+        _ => return None,
+    })
+}
+
+/// A big-endian u32 at `i` (the caller checked the length).
+fn u32_at(p: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]])
 }
 
 /// Bytes in a bitfield for `pieces` pieces.
