@@ -22,8 +22,9 @@ use wire::extension::{
     Verdict, OUR_UT_METADATA_ID, UT_METADATA,
 };
 use wire::infohash::InfoHash;
+use wire::metainfo::Info;
 use wire::peer::{BlockRequest, Decoder, Handshake, Message, PeerId, Reserved};
-use wire::storage::{FileSpec, Storage, StorageLayout, StorageOptions};
+use wire::storage::{Storage, StorageLayout, StorageOptions};
 
 const PYTHON: &str = "/usr/bin/python3";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -151,46 +152,11 @@ fn make_torrent(dir: &Path) -> (PathBuf, Bytes) {
     (dir.join("seed"), Bytes::from(info))
 }
 
-/// What storage needs from an info dictionary (the metainfo module does this properly;
-/// this test parses just enough to stay independent of it).
+/// Storage for a fetched info dictionary, through the real metainfo parser.
 fn storage_for(info: &[u8], root: &Path) -> Storage {
-    let v = bencode::decode(info).unwrap();
-    let d = v.as_dict().unwrap();
-    let name = d.get_str(b"name").unwrap().to_owned();
-    let piece_len = d.get_int(b"piece length").unwrap() as u64;
-    let hashes: Vec<[u8; 20]> = d
-        .get_bytes(b"pieces")
-        .unwrap()
-        .chunks(20)
-        .map(|c| c.try_into().unwrap())
-        .collect();
-    let files = match d.get_list(b"files") {
-        Some(list) => list
-            .iter()
-            .map(|f| {
-                let f = f.as_dict().unwrap();
-                let mut path = vec![name.clone()];
-                path.extend(
-                    f.get_list(b"path")
-                        .unwrap()
-                        .iter()
-                        .map(|c| c.as_str().unwrap().to_owned()),
-                );
-                FileSpec {
-                    path,
-                    length: f.get_int(b"length").unwrap() as u64,
-                    padding: f.get_bytes(b"attr").is_some_and(|a| a.contains(&b'p')),
-                }
-            })
-            .collect(),
-        None => vec![FileSpec {
-            path: vec![name],
-            length: d.get_int(b"length").unwrap() as u64,
-            padding: false,
-        }],
-    };
-    let layout = StorageLayout::new(piece_len, files).unwrap();
-    Storage::new(root, layout, hashes, StorageOptions::default()).unwrap()
+    let info = Info::from_bytes(info).expect("libtorrent's info dictionary parses");
+    let layout = StorageLayout::from_info(&info).unwrap();
+    Storage::new(root, layout, info.pieces.clone(), StorageOptions::default()).unwrap()
 }
 
 fn assert_same_files(storage: &Storage, a: &Path, b: &Path) {

@@ -100,6 +100,21 @@ impl StorageLayout {
         })
     }
 
+    /// The layout of a parsed info dictionary. BEP 47 pad files and symlink entries are
+    /// not stored (links are never created from untrusted input).
+    pub fn from_info(info: &crate::metainfo::Info) -> Result<Self, LayoutError> {
+        let files = info
+            .files
+            .iter()
+            .map(|f| FileSpec {
+                path: f.path.clone(),
+                length: f.length,
+                padding: f.attr.padding || f.attr.symlink,
+            })
+            .collect();
+        StorageLayout::new(info.piece_length, files)
+    }
+
     pub fn piece_length(&self) -> u32 {
         self.piece_length
     }
@@ -258,6 +273,21 @@ mod tests {
         let spans = l.piece_spans(0);
         assert_eq!(spans.len(), 2);
         assert!(!spans[0].padding && spans[1].padding);
+        assert_eq!(l.piece_spans(1)[0].file, 2);
+    }
+
+    #[test]
+    fn built_from_parsed_metainfo() {
+        // a (5 bytes), a pad file up to the next 16 KiB boundary, sub/b (9 bytes).
+        let raw = b"d5:filesld6:lengthi5e4:pathl1:aeed4:attr1:p6:lengthi16379e4:pathl4:.pad5:16379eed6:lengthi9e4:pathl3:sub1:beee4:name1:t12:piece lengthi16384e6:pieces40:0123456789012345678901234567890123456789e";
+        let info = crate::metainfo::Info::from_bytes(raw).unwrap();
+        let l = StorageLayout::from_info(&info).unwrap();
+        assert_eq!(l.piece_count(), 2);
+        assert_eq!(l.total_length(), 16393);
+        assert_eq!(l.files()[0].path, ["t", "a"]);
+        assert!(l.files()[1].padding);
+        assert_eq!(l.files()[2].path, ["t", "sub", "b"]);
+        assert_eq!(l.file_offset(2), Some(16384));
         assert_eq!(l.piece_spans(1)[0].file, 2);
     }
 
