@@ -193,14 +193,27 @@ fn hostile_requests_are_refused_not_clamped() {
         "last piece is short"
     );
     assert!(matches!(
-        st.read_block(0, u32::MAX, u32::MAX),
+        st.read_block(0, u32::MAX, 1),
         Err(StorageError::BlockOutOfRange { .. })
+    ));
+    assert!(matches!(
+        st.read_block(0, u32::MAX, u32::MAX),
+        Err(StorageError::BlockTooLong { .. })
     ));
     assert!(matches!(
         st.write_block(0, 7, b"xy"),
         Err(StorageError::BlockOutOfRange { .. })
     ));
     assert!(st.verify_piece(9).is_err());
+
+    // A whole 2 MiB piece asked as one block: refused before anything is allocated.
+    let big = Fixture::new(2 << 20, &[("t/big", 2 << 20, false)]);
+    let bst = big.storage();
+    assert!(matches!(
+        bst.read_block(0, 0, 2 << 20),
+        Err(StorageError::BlockTooLong { .. })
+    ));
+    assert!(bst.read_block(0, 0, 16384).unwrap_err().is_missing_data());
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub enum StorageError {
         len: u32,
         piece_len: u32,
     },
+    #[error("a read of {len} bytes exceeds the {max}-byte limit for one block")]
+    BlockTooLong { len: u32, max: u32 },
     #[error("piece {piece} is {expected} bytes, got {got}")]
     WrongPieceSize {
         piece: u32,
@@ -90,6 +92,10 @@ impl StorageError {
         }
     }
 }
+
+/// Largest block [`Storage::read_block`] serves: peers request 16 KiB (BEP 3 practice;
+/// a few old clients 128 KiB). A bigger request is refused rather than allocated.
+pub const MAX_READ_BLOCK_LEN: u32 = 128 * 1024;
 
 /// Tunables.
 #[derive(Clone, Copy, Debug)]
@@ -281,8 +287,15 @@ impl Storage {
         Ok(())
     }
 
-    /// Reads a block for a peer. Out-of-range requests are refused, never clamped.
+    /// Reads a block for a peer. Out-of-range or oversized requests are refused, never
+    /// clamped.
     pub fn read_block(&self, piece: u32, offset: u32, len: u32) -> Result<Bytes, StorageError> {
+        if len > MAX_READ_BLOCK_LEN {
+            return Err(StorageError::BlockTooLong {
+                len,
+                max: MAX_READ_BLOCK_LEN,
+            });
+        }
         let start = self.check_block(piece, offset, len)?;
         let mut buf = vec![0u8; len as usize];
         self.read_at_stream(start, &mut buf)?;
