@@ -1,0 +1,472 @@
+//! The answering side of one core, driven with hand-made datagrams and a moved clock.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dht::krpc::{error_code, Body, KrpcError, Message, Query, QueryKind, Response, Want};
+use dht::{Config, Dht, Id};
+
+
+fn core(tweak: impl FnOnce(&mut Config)) -> (Dht, Instant) {
+    let mut c = Config::loopback(vec![]);
+    c.id = Some(Id([0x11; 20]));
+    tweak(&mut c);
+    let now = Instant::now();
+    let mut d = Dht::new(c, now, 5);
+    d.handle_timeout(now);
+    drain(&mut d);
+    (d, now)
+}
+
+fn drain(d: &mut Dht) -> Vec<(SocketAddr, Message)> {
+    let mut out = Vec::new();
+    while let Some(t) = d.poll_transmit() {
+        out.push((
+            t.to,
+            Message::decode(&t.data).expect("we only send valid KRPC"),
+        ));
+    }
+    out
+}
+
+fn query(t: &[u8], id: Id, kind: QueryKind) -> Vec<u8> {
+    Message {
+        t: t.to_vec(),
+        v: None,
+        ip: None,
+        ro: false,
+        body: Body::Query(Query {
+            id,
+            want: Want::default(),
+            kind,
+        }),
+    }
+    .to_bytes()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Replies addressed to `to` (queries the core sends of its own, like pings, are skipped).
+fn replies_to(d: &mut Dht, to: SocketAddr) -> Vec<Message> {
+    drain(d)
+        .into_iter()
+        .filter(|(a, m)| *a == to && !matches!(m.body, Body::Query(_)))
+        .map(|(_, m)| m)
+        .collect()
+}
+
+fn get_token(d: &mut Dht, now: Instant, from: SocketAddr, ih: Id) -> Vec<u8> {
+    d.handle_datagram(
+        now,
+        from,
+        &query(b"gp", Id([0x22; 20]), QueryKind::GetPeers { info_hash: ih }),
+    );
+    let r = replies_to(d, from);
+    match &r[..] {
+        [Message {
+            body: Body::Response(Response { token: Some(t), .. }),
+            ..
+        }] => t.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn announce(
+    d: &mut Dht,
+    now: Instant,
+    from: SocketAddr,
+    ih: Id,
+    token: Vec<u8>,
+    port: u16,
+    implied: bool,
+) -> Message {
+    let kind = QueryKind::AnnouncePeer {
+        info_hash: ih,
+        port,
+        implied_port: implied,
+        token,
+    };
+    d.handle_datagram(now, from, &query(b"an", Id([0x22; 20]), kind));
+    let mut r = replies_to(d, from);
+    assert_eq!(r.len(), 1, "{r:?}");
+    r.remove(0)
+}
+
+fn is_error(m: &Message, code: i64) -> bool {
+    matches!(&m.body, Body::Error(KrpcError { code: c, .. }) if *c == code)
+}
+
+#[test]
+fn ping_reply_echoes_tid_and_requester_address() {
+    let (mut d, now) = core(|_| {});
+    let from = addr("127.0.0.9:4000");
+    d.handle_datagram(
+        now,
+        from,
+        &query(b"\x00\x07", Id([0x22; 20]), QueryKind::Ping),
+    );
+    let r = replies_to(&mut d, from);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].t, b"\x00\x07");
+    assert_eq!(r[0].ip, Some(from), "BEP 42 ip field");
+    assert!(matches!(&r[0].body, Body::Response(resp) if resp.id == Id([0x11; 20])));
+}
+
+#[test]
+fn tokens_are_bound_to_ip_and_expire_after_two_rotations() {
+    let (mut d, mut now) = core(|_| {});
+    let ih = Id([0x33; 20]);
+    let a = addr("127.0.0.2:5000");
+    let b = addr("127.0.0.3:5000");
+    let tok = get_token(&mut d, now, a, ih);
+    // Someone else presenting a's token is refused.
+    let r = announce(&mut d, now, b, ih, tok.clone(), 7000, false);
+    assert!(is_error(&r, error_code::PROTOCOL), "{r:?}");
+    assert!(d.stored_peers(now, &ih).is_empty());
+    // a itself is accepted.
+    let r = announce(&mut d, now, a, ih, tok.clone(), 7000, false);
+    assert!(matches!(r.body, Body::Response(_)), "{r:?}");
+    assert_eq!(d.stored_peers(now, &ih), vec![addr("127.0.0.2:7000")]);
+    // After one rotation the token still works; after two it does not.
+    now += Duration::from_secs(5 * 60);
+    d.handle_timeout(now);
+    drain(&mut d);
+    assert!(matches!(
+        announce(&mut d, now, a, ih, tok.clone(), 7000, false).body,
+        Body::Response(_)
+    ));
+    now += Duration::from_secs(5 * 60);
+    d.handle_timeout(now);
+    drain(&mut d);
+    let r = announce(&mut d, now, a, ih, tok, 7000, false);
+    assert!(is_error(&r, error_code::PROTOCOL), "{r:?}");
+    assert_eq!(d.stats().bad_tokens, 2);
+}
+
+#[test]
+fn implied_port_uses_the_source_port_and_port_zero_is_refused() {
+    let (mut d, now) = core(|_| {});
+    let ih = Id([0x44; 20]);
+    let a = addr("127.0.0.2:5555");
+    let tok = get_token(&mut d, now, a, ih);
+    assert!(matches!(
+        announce(&mut d, now, a, ih, tok.clone(), 9, true).body,
+        Body::Response(_)
+    ));
+    assert_eq!(d.stored_peers(now, &ih), vec![a]);
+    let r = announce(&mut d, now, a, ih, tok, 0, false);
+    assert!(is_error(&r, error_code::PROTOCOL));
+}
+
+#[test]
+fn storage_caps_and_expiry_with_a_moved_clock() {
+    let (mut d, mut now) = core(|c| {
+        c.max_torrents = 2;
+        c.max_peers_per_torrent = 3;
+        c.max_peers_total = 5;
+        c.peer_ttl = Duration::from_secs(30 * 60);
+    });
+    let hashes = [Id([1; 20]), Id([2; 20]), Id([3; 20])];
+    for (t, ih) in hashes.iter().enumerate() {
+        for p in 0..4u8 {
+            let from = SocketAddr::from(([127, 1, t as u8, p + 1], 6000));
+            let tok = get_token(&mut d, now, from, *ih);
+            announce(&mut d, now, from, *ih, tok, 6000, false);
+            now += Duration::from_secs(1);
+        }
+    }
+    let s = d.stats();
+    assert!(s.torrents <= 2 && s.peers <= 5, "{s:?}");
+    assert!(
+        d.stored_peers(now, &hashes[0]).is_empty(),
+        "least recent torrent evicted"
+    );
+    assert_eq!(d.stored_peers(now, &hashes[2]).len(), 3, "per-torrent cap");
+    // Expiry: 30 minutes later everything is gone, and housekeeping frees it.
+    now += Duration::from_secs(30 * 60);
+    assert!(d.stored_peers(now, &hashes[2]).is_empty());
+    d.handle_timeout(now);
+    assert_eq!((d.stats().torrents, d.stats().peers), (0, 0));
+}
+
+#[test]
+fn router_only_stores_nothing() {
+    let (mut d, now) = core(|c| c.store_announces = false);
+    let ih = Id([9; 20]);
+    let a = addr("127.0.0.2:5555");
+    let tok = get_token(&mut d, now, a, ih);
+    assert!(matches!(
+        announce(&mut d, now, a, ih, tok, 1, false).body,
+        Body::Response(_)
+    ));
+    assert_eq!(d.stats().peers, 0);
+}
+
+#[test]
+fn inbound_rate_limit_and_temporary_ban() {
+    let (mut d, mut now) = core(|c| {
+        c.inbound_rate = 10;
+        c.inbound_burst = 10;
+        c.ban_after_drops = 20;
+        c.ban_duration = Duration::from_secs(60);
+    });
+    let flood = addr("127.0.0.66:1000");
+    let ping = query(b"pp", Id([0x22; 20]), QueryKind::Ping);
+    for _ in 0..100 {
+        d.handle_datagram(now, flood, &ping);
+    }
+    assert_eq!(replies_to(&mut d, flood).len(), 10);
+    // Banned: even after the bucket refilled, nothing for the ban's duration.
+    now += Duration::from_secs(5);
+    d.handle_datagram(now, flood, &ping);
+    assert!(replies_to(&mut d, flood).is_empty());
+    // Others are unaffected.
+    let other = addr("127.0.0.67:1000");
+    d.handle_datagram(now, other, &ping);
+    assert_eq!(replies_to(&mut d, other).len(), 1);
+    now += Duration::from_secs(60);
+    d.handle_datagram(now, flood, &ping);
+    assert_eq!(replies_to(&mut d, flood).len(), 1, "ban lifted");
+    let s = d.stats();
+    assert!(s.rate_limited >= 20 && s.banned_drops >= 1, "{s:?}");
+}
+
+#[test]
+fn garbage_gets_no_reply_and_bad_queries_get_errors() {
+    let (mut d, now) = core(|_| {});
+    let from = addr("127.0.0.5:1");
+    for g in [
+        &b"garbage"[..],
+        b"d1:y1:qe",
+        b"",
+        b"d1:rd2:id20:aaaaaaaaaaaaaaaaaaaae1:t2:zz1:y1:re",
+    ] {
+        d.handle_datagram(now, from, g);
+    }
+    assert!(drain(&mut d).is_empty());
+    // A query with a transaction id but no method: 203.
+    d.handle_datagram(now, from, b"d1:t2:aa1:y1:qe");
+    assert!(is_error(&replies_to(&mut d, from)[0], error_code::PROTOCOL));
+    // Unknown method, no target: 204.
+    d.handle_datagram(
+        now,
+        from,
+        b"d1:ad2:id20:abcdefghij0123456789e1:q3:foo1:t2:aa1:y1:qe",
+    );
+    let r = replies_to(&mut d, from);
+    assert!(is_error(&r[0], error_code::METHOD_UNKNOWN), "{r:?}");
+    // Missing target: 203.
+    d.handle_datagram(
+        now,
+        from,
+        b"d1:ad2:id20:abcdefghij0123456789e1:q9:find_node1:t2:ab1:y1:qe",
+    );
+    let r = replies_to(&mut d, from);
+    assert!(
+        is_error(&r[0], error_code::PROTOCOL) && r[0].t == b"ab",
+        "{r:?}"
+    );
+    // Unknown method with a target: answered like find_node.
+    d.handle_datagram(
+        now,
+        from,
+        b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q3:get1:t2:ac1:y1:qe",
+    );
+    let r = replies_to(&mut d, from);
+    assert!(matches!(r[0].body, Body::Response(_)), "{r:?}");
+}
+
+/// Makes `peer` a confirmed node of `d` by answering the core's ping.
+fn confirm(d: &mut Dht, now: Instant, peer: SocketAddr, id: Id) {
+    d.ping(now, peer);
+    let sent = drain(d);
+    let (_, ping) = sent.iter().find(|(a, _)| *a == peer).expect("ping sent");
+    let resp = Message {
+        t: ping.t.clone(),
+        v: None,
+        ip: None,
+        ro: false,
+        body: Body::Response(Response {
+            id,
+            ..Response::default()
+        }),
+    };
+    d.handle_datagram(now, peer, &resp.to_bytes());
+}
+
+#[test]
+fn replies_to_unverified_sources_are_not_much_larger_than_the_query() {
+    let (mut d, now) = core(|_| {});
+    let ih = Id([0x55; 20]);
+    // Many stored peers and a full-ish table.
+    for p in 0..60u8 {
+        let from = SocketAddr::from(([127, 2, 0, p + 1], 6000));
+        let tok = get_token(&mut d, now, from, ih);
+        announce(&mut d, now, from, ih, tok, 6000, false);
+    }
+    for p in 0..30u8 {
+        confirm(
+            &mut d,
+            now,
+            SocketAddr::from(([127, 3, 0, p + 1], 6881)),
+            Id([p.wrapping_mul(7) ^ 0x80; 20]),
+        );
+    }
+    drain(&mut d);
+    let stranger = addr("127.0.0.200:1");
+    let q = query(b"zz", Id([0x66; 20]), QueryKind::GetPeers { info_hash: ih });
+    d.handle_datagram(now, stranger, &q);
+    let stranger_reply = drain(&mut d)
+        .into_iter()
+        .find(|(a, m)| *a == stranger && !matches!(m.body, Body::Query(_)))
+        .unwrap();
+    let size = stranger_reply.1.to_bytes().len();
+    assert!(
+        size <= 5 * q.len(),
+        "reply {size} bytes to a {}-byte query",
+        q.len()
+    );
+    // A node that has answered us gets the full answer.
+    let friend = addr("127.3.0.1:6881");
+    let q = query(b"zz", Id([0x80; 20]), QueryKind::GetPeers { info_hash: ih });
+    d.handle_datagram(now, friend, &q);
+    let friend_reply = replies_to(&mut d, friend);
+    let Body::Response(r) = &friend_reply[0].body else {
+        panic!()
+    };
+    assert_eq!(r.values.len(), 60);
+    assert_eq!(r.nodes.len(), 8);
+}
+
+#[test]
+fn poisoning_known_address_with_new_id_is_evicted_and_repinged() {
+    let (mut d, now) = core(|_| {});
+    let peer = addr("127.0.0.77:6881");
+    confirm(&mut d, now, peer, Id([0x70; 20]));
+    assert!(d
+        .routing_table_snapshot()
+        .iter()
+        .any(|n| n.addr == peer && n.id == Id([0x70; 20])));
+    // Same address, new id.
+    d.handle_datagram(now, peer, &query(b"q1", Id([0x71; 20]), QueryKind::Ping));
+    let sent = drain(&mut d);
+    assert!(
+        !d.routing_table_snapshot().iter().any(|n| n.addr == peer),
+        "evicted"
+    );
+    assert!(
+        sent.iter()
+            .any(|(a, m)| *a == peer
+                && matches!(&m.body, Body::Query(q) if q.kind == QueryKind::Ping)),
+        "re-pinged"
+    );
+    // A known id from a new address is ignored.
+    let other = addr("127.0.0.78:6881");
+    confirm(&mut d, now, other, Id([0x72; 20]));
+    confirm(&mut d, now, addr("127.0.0.79:6881"), Id([0x72; 20]));
+    let snap = d.routing_table_snapshot();
+    assert_eq!(snap.iter().filter(|n| n.id == Id([0x72; 20])).count(), 1);
+    assert!(snap
+        .iter()
+        .any(|n| n.id == Id([0x72; 20]) && n.addr == other));
+}
+
+#[test]
+fn read_only_answers_nothing_and_marks_its_queries() {
+    let (mut d, now) = core(|c| {
+        c.read_only = true;
+        c.bootstrap = vec![addr("127.0.0.9:6881")];
+    });
+    d.handle_datagram(
+        now,
+        addr("127.0.0.5:1"),
+        &query(b"aa", Id([0x22; 20]), QueryKind::Ping),
+    );
+    assert!(drain(&mut d).is_empty());
+    d.find_node(now, Id([1; 20]));
+    let sent = drain(&mut d);
+    assert!(!sent.is_empty());
+    assert!(sent
+        .iter()
+        .all(|(_, m)| m.ro && matches!(m.body, Body::Query(_))));
+}
+
+#[test]
+fn read_only_nodes_never_enter_the_table() {
+    let (mut d, now) = core(|_| {});
+    let ro_node = addr("127.0.0.44:6881");
+    let mut m = Message::decode(&query(b"aa", Id([0x23; 20]), QueryKind::Ping)).unwrap();
+    m.ro = true;
+    d.handle_datagram(now, ro_node, &m.to_bytes());
+    // It still gets an answer but is not added or pinged.
+    let sent = drain(&mut d);
+    assert_eq!(sent.len(), 1);
+    assert!(matches!(sent[0].1.body, Body::Response(_)));
+    assert_eq!(d.node_count(), 0);
+}
+
+#[test]
+fn sample_infohashes_lists_stored_hashes() {
+    let (mut d, now) = core(|_| {});
+    for t in 0..3u8 {
+        let from = SocketAddr::from(([127, 4, 0, t + 1], 6000));
+        let tok = get_token(&mut d, now, from, Id([t; 20]));
+        announce(&mut d, now, from, Id([t; 20]), tok, 6000, false);
+    }
+    let from = addr("127.0.0.8:1");
+    d.handle_datagram(
+        now,
+        from,
+        &query(
+            b"sa",
+            Id([0x22; 20]),
+            QueryKind::SampleInfohashes {
+                target: Id([0; 20]),
+            },
+        ),
+    );
+    let r = replies_to(&mut d, from);
+    let Body::Response(r) = &r[0].body else {
+        panic!()
+    };
+    let mut samples = r.samples.clone().unwrap();
+    samples.sort();
+    assert_eq!(samples, vec![Id([0; 20]), Id([1; 20]), Id([2; 20])]);
+    assert_eq!(r.num, Some(3));
+    assert!(r.interval.is_some());
+}
+
+#[test]
+fn responses_must_come_from_the_queried_address() {
+    let (mut d, now) = core(|_| {});
+    let peer = addr("127.0.0.90:6881");
+    d.ping(now, peer);
+    let sent = drain(&mut d);
+    let t = sent[0].1.t.clone();
+    let resp = Message {
+        t,
+        v: None,
+        ip: None,
+        ro: false,
+        body: Body::Response(Response {
+            id: Id([0x90; 20]),
+            ..Response::default()
+        }),
+    };
+    // A spoofed answer from elsewhere is ignored.
+    d.handle_datagram(now, addr("127.0.0.91:6881"), &resp.to_bytes());
+    assert_eq!(d.node_count(), 0);
+    assert_eq!(d.stats().unexpected_responses, 1);
+    d.handle_datagram(now, peer, &resp.to_bytes());
+    assert_eq!(d.node_count(), 1);
+    let mut events = Vec::new();
+    while let Some(e) = d.poll_event() {
+        events.push(e);
+    }
+    assert!(events.contains(&dht::Event::Pong {
+        addr: peer,
+        id: Id([0x90; 20])
+    }));
+}
