@@ -415,7 +415,8 @@ impl Storage {
         self.verify_many(&all)
     }
 
-    /// Fsyncs every file written since the last sync.
+    /// Fsyncs every file written since the last sync. (`sync_data`: the data and size are
+    /// durable; an mtime lost in a power cut only makes the next start recheck claims.)
     pub fn sync(&self) -> Result<(), StorageError> {
         let dirty: Vec<usize> = {
             let mut st = self.state();
@@ -429,12 +430,18 @@ impl Storage {
             st.dirty.iter_mut().for_each(|d| *d = false);
             d
         };
-        for i in dirty {
+        for (n, &i) in dirty.iter().enumerate() {
             let len = self.layout.files()[i].length;
-            let f = self.handle(i, Access::Write { len })?;
-            if let Err(e) = f.sync_data() {
-                self.state().dirty[i] = true;
-                return Err(self.io_err(i, e));
+            let synced = self
+                .handle(i, Access::Write { len })
+                .and_then(|f| f.sync_data().map_err(|e| self.io_err(i, e)));
+            if let Err(e) = synced {
+                // Whatever was not flushed stays dirty for the next attempt.
+                let mut st = self.state();
+                for &j in &dirty[n..] {
+                    st.dirty[j] = true;
+                }
+                return Err(e);
             }
         }
         Ok(())
