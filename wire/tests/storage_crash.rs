@@ -67,14 +67,14 @@ fn workload(dir: &Path) -> Storage {
             continue;
         }
         let data = piece_data(&l, p);
-        if p % 5 == 0 {
+        if p.is_multiple_of(5) {
             // A lying peer's block lands on disk first and fails verification.
             st.write_block(p, 0, &vec![0xBA; data.len() / 2]).unwrap();
             st.write_block(p, (data.len() / 2) as u32, &data[data.len() / 2..])
                 .unwrap();
             assert!(!st.verify_piece(p).unwrap());
         }
-        if p % 2 == 0 {
+        if p.is_multiple_of(2) {
             st.write_block(p, 0, &data[..data.len() / 2]).unwrap();
             st.write_block(p, (data.len() / 2) as u32, &data[data.len() / 2..])
                 .unwrap();
