@@ -25,7 +25,8 @@ pub fn allowed_fast_set(
     if k == 0 {
         return out;
     }
-    let mut x: Vec<u8> = match peer_ip {
+    // A v4 peer seen on a dual-stack socket (::ffff:a.b.c.d) is a v4 peer.
+    let mut x: Vec<u8> = match peer_ip.to_canonical() {
         IpAddr::V4(v4) => (u32::from(v4) & 0xFFFF_FF00).to_be_bytes().to_vec(),
         IpAddr::V6(v6) => {
             let mut o = v6.octets();
@@ -87,6 +88,8 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, [0, 1, 2]);
         assert!(allowed_fast_set(&ih, "10.1.2.3".parse().unwrap(), 0, 10).is_empty());
+        let mapped = allowed_fast_set(&ih, "::ffff:10.1.2.3".parse().unwrap(), 500, 10);
+        assert_eq!(mapped, a, "IPv4-mapped addresses count as IPv4");
         let v6 = allowed_fast_set(&ih, "2001:db8::1".parse().unwrap(), 100, 5);
         assert_eq!(v6.len(), 5);
     }
