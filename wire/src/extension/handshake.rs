@@ -140,7 +140,7 @@ impl ExtendedHandshake {
             e.key(b"v").str(v);
         }
         if let Some(ip) = self.your_ip {
-            match ip {
+            match ip.to_canonical() {
                 IpAddr::V4(v4) => e.key(b"yourip").bytes(&v4.octets()),
                 IpAddr::V6(v6) => e.key(b"yourip").bytes(&v6.octets()),
             };

@@ -96,7 +96,10 @@ impl PexMessage {
     pub fn encode(&self) -> Vec<u8> {
         let (mut a4, mut f4, mut d4) = (Vec::new(), Vec::new(), Vec::new());
         let (mut a6, mut f6, mut d6) = (Vec::new(), Vec::new(), Vec::new());
+        // IPv4 peers seen on a dual-stack socket (::ffff:a.b.c.d) go in the IPv4 lists.
+        let canonical = |a: &SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         for (addr, flags) in &self.added {
+            let addr = &canonical(addr);
             match addr {
                 SocketAddr::V4(_) => {
                     push_compact(&mut a4, addr);
@@ -109,6 +112,7 @@ impl PexMessage {
             }
         }
         for addr in &self.dropped {
+            let addr = &canonical(addr);
             match addr {
                 SocketAddr::V4(_) => push_compact(&mut d4, addr),
                 SocketAddr::V6(_) => push_compact(&mut d6, addr),
