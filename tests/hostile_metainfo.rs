@@ -399,3 +399,48 @@ fn swarm_create_refuses_unrepresentable_trees_with_one_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
 }
+
+#[test]
+fn swarm_create_writes_name_torrent_and_never_clobbers_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    tests::write_file(dir.path(), "data/f.bin", &tests::test_payload(40_000, 9));
+    let out = swarm_create(&["data"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let magnet = String::from_utf8(out.stdout).unwrap();
+    let written = std::fs::read(dir.path().join("data.torrent")).unwrap();
+    let m = Metainfo::from_bytes(&written).unwrap();
+    assert_eq!(
+        magnet.trim(),
+        wire::magnet::Magnet::parse(magnet.trim())
+            .unwrap()
+            .to_string()
+    );
+    assert!(magnet.starts_with(&format!("magnet:?xt=urn:btih:{}", m.info_hash.to_hex())));
+
+    // An existing file is kept, byte for byte, without --force.
+    std::fs::write(dir.path().join("data.torrent"), b"precious").unwrap();
+    let out = swarm_create(&["data"], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(
+        std::fs::read(dir.path().join("data.torrent")).unwrap(),
+        b"precious"
+    );
+    let out = swarm_create(&["data", "--force"], dir.path());
+    assert!(out.status.success());
+    let replaced = std::fs::read(dir.path().join("data.torrent")).unwrap();
+    assert_eq!(
+        Metainfo::from_bytes(&replaced).unwrap().info_hash,
+        m.info_hash
+    );
+    // No temporary files are left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}

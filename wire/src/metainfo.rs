@@ -15,7 +15,6 @@ pub mod paths;
 use crate::infohash::InfoHash;
 use bencode::{Dict, Value};
 use paths::{UnsafeReason, MAX_PATH_DEPTH};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Largest .torrent file accepted.
@@ -536,23 +535,21 @@ fn parse_files(name: &str, list: &bencode::List<'_>) -> Result<Vec<FileEntry>, M
 
 /// Two real files at the same path, or a file where another needs a directory, would
 /// overwrite each other's data. Padding files are never written, so they may repeat.
+///
+/// Sorted by components, a path that is a prefix of others (or equal to one) sits right
+/// before them, so checking neighbours finds every clash in O(n log n) with no extra sets.
 fn check_no_collisions(files: &[FileEntry]) -> Result<(), MetainfoError> {
-    let mut seen_files: HashSet<&[String]> = HashSet::new();
-    let mut seen_dirs: HashSet<&[String]> = HashSet::new();
-    for f in files.iter().filter(|f| !f.attr.padding) {
-        let p = f.path.as_slice();
-        let dup = || MetainfoError::DuplicatePath {
-            path: paths::display_path(p),
-        };
-        if seen_dirs.contains(p) || !seen_files.insert(p) {
-            return Err(dup());
-        }
-        for depth in 1..p.len() {
-            let dir = &p[..depth];
-            if seen_files.contains(dir) {
-                return Err(dup());
-            }
-            seen_dirs.insert(dir);
+    let mut sorted: Vec<&[String]> = files
+        .iter()
+        .filter(|f| !f.attr.padding)
+        .map(|f| f.path.as_slice())
+        .collect();
+    sorted.sort_unstable();
+    for pair in sorted.windows(2) {
+        if pair[1].starts_with(pair[0]) {
+            return Err(MetainfoError::DuplicatePath {
+                path: paths::display_path(pair[0]),
+            });
         }
     }
     Ok(())
