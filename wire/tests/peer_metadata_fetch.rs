@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use proptest::prelude::*;
 use wire::extension::{
     FetchEvent, FetcherConfig, MetadataFetcher, MetadataMessage, MetadataServer, Verdict,
 };
@@ -299,4 +300,36 @@ fn a_departed_peer_hands_its_blocks_to_others() {
         "no timeout needed: {:?}",
         sim.elapsed()
     );
+}
+
+fn behaviour() -> impl Strategy<Value = Behaviour> {
+    prop_oneof![
+        Just(Behaviour::Honest),
+        Just(Behaviour::Rejects),
+        Just(Behaviour::Corrupts),
+        Just(Behaviour::Silent),
+        (1u64..60_000).prop_map(Behaviour::WrongSize),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    /// Whatever mix of peers: the fetcher settles within bounded steps, never completes
+    /// with wrong bytes, and completes whenever one honest peer is present.
+    #[test]
+    fn correct_or_stalled_never_wrong(len in 1usize..80_000, mix in proptest::collection::vec(behaviour(), 1..6)) {
+        let info = metadata(len);
+        let peers: Vec<(u32, Behaviour)> = mix.iter().enumerate().map(|(i, b)| (i as u32 + 1, *b)).collect();
+        let mut sim = Sim::new(&info, &peers);
+        let got = sim.run();
+        if let Some(g) = &got {
+            prop_assert_eq!(g, &info);
+        }
+        if mix.contains(&Behaviour::Honest) {
+            prop_assert!(got.is_some(), "an honest peer was present: {:?}", mix);
+        } else {
+            prop_assert!(got.is_none());
+        }
+    }
 }

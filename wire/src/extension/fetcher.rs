@@ -222,6 +222,7 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
                     e.strikes += 1;
                     e.rejected.insert(piece);
                 }
+                self.source_failed(peer);
                 Verdict::Accepted
             }
             _ => Verdict::Ignored,
@@ -337,6 +338,7 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
 
     /// Time passed: requests older than the timeout go to other peers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mut struck = Vec::new();
         if let Some(asm) = self.assembly.as_mut() {
             for b in asm.blocks.iter_mut() {
                 if let Block::Requested { peer, at } = *b {
@@ -346,11 +348,23 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
                             e.in_flight = e.in_flight.saturating_sub(1);
                             e.strikes += 1;
                         }
+                        struck.push(peer);
                     }
                 }
             }
         }
+        for p in struck {
+            self.source_failed(p);
+        }
         self.schedule(now);
+    }
+
+    /// In single-source mode a reject or timeout from the source moves the job to
+    /// another peer (a source that refuses some blocks could otherwise stall it).
+    fn source_failed(&mut self, peer: P) {
+        if self.source == Some(peer) {
+            self.source = None;
+        }
     }
 
     /// When [`MetadataFetcher::handle_timeout`] should next be called.
@@ -410,7 +424,7 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
                 .source
                 .is_some_and(|s| self.peers.get(&s).is_some_and(|e| self.usable(e)))
         {
-            self.source = self.pick_peer(size, None);
+            self.source = self.pick_source(size);
         }
         let count = self.assembly.as_ref().map_or(0, |a| a.blocks.len());
         for i in 0..count as u32 {
@@ -427,7 +441,7 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
                     })
                 })
             } else {
-                self.pick_peer(size, Some(i))
+                self.pick_peer(size, i)
             };
             let Some(peer) = chosen else { continue };
             if let Some(e) = self.peers.get_mut(&peer) {
@@ -442,20 +456,31 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
         }
     }
 
-    /// The best peer to ask for block `piece` (or any block when `None`): usable, same
-    /// size, spare capacity, did not reject it; non-suspects, then fewest in flight,
-    /// then fewest strikes.
-    fn pick_peer(&self, size: u64, piece: Option<u32>) -> Option<P> {
+    /// The best peer to ask for block `piece`: usable, same size, spare capacity, did
+    /// not reject it; non-suspects, then fewest in flight, then fewest strikes.
+    fn pick_peer(&self, size: u64, piece: u32) -> Option<P> {
         self.peers
             .iter()
             .filter(|(_, e)| e.size == size && self.usable(e))
-            .filter(|(_, e)| match piece {
-                Some(i) => {
-                    e.in_flight < self.cfg.max_in_flight_per_peer && !e.rejected.contains(&i)
-                }
-                None => true,
+            .filter(|(_, e)| {
+                e.in_flight < self.cfg.max_in_flight_per_peer && !e.rejected.contains(&piece)
             })
             .min_by_key(|(p, e)| (self.suspects.contains(p), e.in_flight, e.strikes))
+            .map(|(p, _)| *p)
+    }
+
+    /// A peer to take every block from after an ambiguous mismatch: usable, same size,
+    /// has not rejected every missing block; non-suspects first, then fewest strikes.
+    fn pick_source(&self, size: u64) -> Option<P> {
+        let asm = self.assembly.as_ref()?;
+        let missing: Vec<u32> = (0..asm.blocks.len() as u32)
+            .filter(|&i| !matches!(asm.blocks[i as usize], Block::Have { .. }))
+            .collect();
+        self.peers
+            .iter()
+            .filter(|(_, e)| e.size == size && self.usable(e))
+            .filter(|(_, e)| missing.iter().any(|i| !e.rejected.contains(i)))
+            .min_by_key(|(p, e)| (self.suspects.contains(p), e.strikes, e.in_flight))
             .map(|(p, _)| *p)
     }
 
