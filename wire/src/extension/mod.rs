@@ -6,6 +6,13 @@
 //! `id` 0 is the handshake ([`ExtendedHandshake::parse`]); any other id is one *we*
 //! assigned in *our* handshake ([`OUR_UT_METADATA_ID`], [`OUR_UT_PEX_ID`]). When sending,
 //! use the id the *peer* assigned ([`ExtendedHandshake::id_of`]).
+//!
+//! - ut_metadata: a leecher feeds a [`MetadataFetcher`]; every peer serves with a
+//!   [`MetadataServer`] built from the raw info bytes (and advertises its
+//!   `metadata_size` in [`ExtendedHandshake::ours`]).
+//! - ut_pex: one [`PexSender`] per connection, polled with the current peer list (it
+//!   decides when and what to send); incoming messages go through [`PexMessage::parse`]
+//!   and a per-connection [`PexReceiver`] before their addresses are dialled.
 
 mod fetcher;
 mod handshake;

@@ -5,6 +5,15 @@
 //! loop. Outgoing: [`Handshake::encode`], [`Message::encode`] (or
 //! [`encode_piece_header`] + the block for a zero-copy send).
 //!
+//! Errors ([`HandshakeError`], [`WireError`]) mean the peer broke the protocol: log the
+//! `Display` text as the reason and close the connection. Two facts from real peers:
+//!
+//! - libtorrent dials with an encrypted (MSE/PE) handshake first and retries in plaintext
+//!   when that fails, so one [`HandshakeError::BadProtocolLength`] from an address is
+//!   normal and must not get it banned (the interop test sees exactly this).
+//! - Call [`Decoder::set_piece_count`] as soon as the piece count is known; before that
+//!   (magnet links) check a stored bitfield later with [`validate_bitfield`].
+//!
 //! ```
 //! use bytes::BytesMut;
 //! use wire::peer::{Decoder, Message};
