@@ -25,6 +25,7 @@ pub struct Progress {
     last_line: Option<Instant>,
     line_interval: Duration,
     label: String,
+    silent: bool,
 }
 
 impl Progress {
@@ -32,8 +33,11 @@ impl Progress {
         Self::with_terminal(label, std::io::stderr().is_terminal())
     }
 
+    /// Draws nothing at all (seeders inside `swarm demo`).
     pub fn hidden(label: &str) -> Self {
-        Self::with_terminal(label, false)
+        let mut p = Self::with_terminal(label, false);
+        p.silent = true;
+        p
     }
 
     fn with_terminal(label: &str, terminal: bool) -> Self {
@@ -55,10 +59,14 @@ impl Progress {
             last_line: None,
             line_interval: Duration::from_secs(5),
             label: label.to_string(),
+            silent: false,
         }
     }
 
     pub fn update(&mut self, s: &Snapshot) {
+        if self.silent {
+            return;
+        }
         let msg = format!(
             "{} | down {}/s up {}/s | {} peers | {} DHT nodes",
             s.state,
@@ -88,6 +96,9 @@ impl Progress {
     }
 
     pub fn finish(&self, message: &str) {
+        if self.silent {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.finish_with_message(message.to_string()),
             None => eprintln!("{}: {message}", self.label),

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each has an `Args` (clap) and a `run(Args) -> anyhow::Result<()>`.
 
 pub mod bootstrap;
+pub mod common;
 pub mod create;
 pub mod demo;
 pub mod get;

@@ -1,0 +1,322 @@
+//! `swarm get`, `swarm seed` and `swarm demo` as real processes on loopback: a fetch by
+//! magnet link through the DHT only, peer hints without the DHT, the demo, and hostile
+//! input (bad magnet links, traversal in a .torrent, a port in use).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tests::{free_port, next_loopback_ip, swarm_bin, swarm_command, test_payload, write_file};
+
+/// Kills the child process when dropped, so a failing test leaves nothing running.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A DHT node in this test process standing in for `swarm bootstrap`.
+struct Bootstrap {
+    addr: SocketAddr,
+    _rt: tokio::runtime::Runtime,
+    _node: dht::Node,
+}
+
+fn bootstrap_node() -> Bootstrap {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ip = next_loopback_ip();
+    let node = rt.block_on(async {
+        dht::Node::bind(dht::NodeConfig::new(
+            SocketAddr::new(ip.into(), 0),
+            dht::Config::loopback(vec![]),
+        ))
+        .await
+        .unwrap()
+    });
+    Bootstrap {
+        addr: node.local_addr(),
+        _rt: rt,
+        _node: node,
+    }
+}
+
+/// Starts `swarm seed` and returns it with the magnet link it prints first on stdout.
+fn start_seeder(data: &Path, args: &[String], state: &Path) -> (Reaper, String) {
+    let mut child = swarm_command(swarm_bin!())
+        .arg("seed")
+        .arg(data)
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn swarm seed");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let reaper = Reaper(child);
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("swarm seed printed its magnet link");
+    let magnet = line.trim().to_string();
+    assert!(
+        magnet.starts_with("magnet:?xt=urn:btih:") && magnet.len() >= 20 + 40,
+        "unexpected first line {magnet:?}"
+    );
+    (reaper, magnet)
+}
+
+fn run_get(args: &[String], limit: Duration) -> std::process::Output {
+    let child = swarm_command(swarm_bin!())
+        .arg("get")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn swarm get");
+    tests::wait_with_limit(child, limit)
+}
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+#[test]
+fn get_by_magnet_through_the_dht_only() {
+    let boot = bootstrap_node();
+    let dir = tempfile::tempdir().unwrap();
+    let data = test_payload(3 * 1024 * 1024 + 12345, 11);
+    let file = write_file(&dir.path().join("seed"), "payload.bin", &data);
+    let seed_ip = next_loopback_ip();
+    let seed_port = free_port(seed_ip);
+    let (_seeder, magnet) = start_seeder(
+        &file,
+        &[
+            s("--bind"),
+            s(seed_ip),
+            s("--port"),
+            s(seed_port),
+            s("--bootstrap"),
+            s(boot.addr),
+        ],
+        &dir.path().join("state-seed"),
+    );
+    // No x.pe hint: the magnet has only the info-hash and the name.
+    assert!(!magnet.contains("x.pe"), "{magnet}");
+    let out_dir = dir.path().join("out");
+    let leech_ip = next_loopback_ip();
+    let out = run_get(
+        &[
+            magnet,
+            s("-o"),
+            out_dir.display().to_string(),
+            s("--bind"),
+            s(leech_ip),
+            s("--port"),
+            s(free_port(leech_ip)),
+            s("--bootstrap"),
+            s(boot.addr),
+            s("--state-dir"),
+            dir.path().join("state-leech").display().to_string(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "swarm get failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(out_dir.join("payload.bin")).unwrap(), data);
+}
+
+#[test]
+fn get_without_dht_from_a_peer_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = test_payload(700_000, 12);
+    let file = write_file(&dir.path().join("seed"), "hinted.bin", &data);
+    let seed_ip = next_loopback_ip();
+    let seed_port = free_port(seed_ip);
+    let (_seeder, magnet) = start_seeder(
+        &file,
+        &[
+            s("--bind"),
+            s(seed_ip),
+            s("--port"),
+            s(seed_port),
+            s("--no-dht"),
+        ],
+        &dir.path().join("state-seed"),
+    );
+    let with_hint = format!("{magnet}&x.pe={seed_ip}:{seed_port}");
+    let out_dir = dir.path().join("out");
+    let leech_ip = next_loopback_ip();
+    let out = run_get(
+        &[
+            with_hint,
+            s("-o"),
+            out_dir.display().to_string(),
+            s("--bind"),
+            s(leech_ip),
+            s("--port"),
+            s(0),
+            s("--no-dht"),
+            s("--state-dir"),
+            dir.path().join("state-leech").display().to_string(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "swarm get failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(out_dir.join("hinted.bin")).unwrap(), data);
+}
+
+#[test]
+fn demo_fetches_through_the_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = swarm_command(swarm_bin!())
+        .args([
+            "demo",
+            "--peers",
+            "3",
+            "--size",
+            "2M",
+            "--timeout",
+            "90",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tests::wait_with_limit(child, Duration::from_secs(150));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verified byte for byte"), "{stdout}");
+    assert_eq!(
+        std::fs::read(dir.path().join("leech/demo.bin")).unwrap(),
+        std::fs::read(dir.path().join("seed/demo.bin")).unwrap()
+    );
+}
+
+/// Runs `swarm ARGS` expecting failure; returns stderr.
+fn fails(args: &[&str]) -> String {
+    let child = swarm_command(swarm_bin!())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tests::wait_with_limit(child, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "swarm {args:?} succeeded: {stderr}");
+    assert!(out.stdout.is_empty(), "stdout not empty for {args:?}");
+    stderr
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let e = fails(&["get", "magnet:?xt=urn:btih:xyz", "--no-dht"]);
+    assert!(e.contains("swarm: error: bad magnet link"), "{e}");
+    let e = fails(&["get", "magnet:?dn=nothing", "--no-dht"]);
+    assert!(
+        e.contains("swarm: error:") && e.contains("info-hash"),
+        "{e}"
+    );
+    let e = fails(&["get", "/no/such/file.torrent", "--no-dht"]);
+    assert!(e.contains("not a magnet link"), "{e}");
+    let e = fails(&["get", "--port", "notaport", "x"]);
+    assert!(e.contains("notaport"), "{e}");
+    let e = fails(&["seed", "/no/such/path", "--no-dht"]);
+    assert!(
+        e.contains("swarm: error:") && e.contains("/no/such/path"),
+        "{e}"
+    );
+}
+
+#[test]
+fn torrent_with_path_traversal_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A single-file torrent whose name climbs out of the output directory.
+    let mut info = Vec::new();
+    bencode::Encoder::new(&mut info)
+        .begin_dict()
+        .key(b"length")
+        .int(16384)
+        .key(b"name")
+        .bytes(b"../escape.bin")
+        .key(b"piece length")
+        .int(16384)
+        .key(b"pieces")
+        .bytes(&[0u8; 20])
+        .end();
+    let mut torrent = Vec::new();
+    bencode::Encoder::new(&mut torrent)
+        .begin_dict()
+        .key(b"info")
+        .raw(&info)
+        .end();
+    let tfile = write_file(dir.path(), "evil.torrent", &torrent);
+    let out_dir = dir.path().join("out");
+    let e = fails(&[
+        "get",
+        tfile.to_str().unwrap(),
+        "-o",
+        out_dir.to_str().unwrap(),
+        "--no-dht",
+        "--peer",
+        "127.0.0.1:9",
+    ]);
+    assert!(e.contains("not a valid .torrent"), "{e}");
+    assert!(!dir.path().join("escape.bin").exists());
+    assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none());
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "x.bin", &test_payload(50_000, 3));
+    let ip = next_loopback_ip();
+    let taken = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let e = fails(&[
+        "seed",
+        file.to_str().unwrap(),
+        "--bind",
+        &ip.to_string(),
+        "--port",
+        &port.to_string(),
+        "--no-dht",
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+    ]);
+    let last = e.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("swarm: error:")
+            && last.contains("cannot listen")
+            && last.contains(&port.to_string()),
+        "{e}"
+    );
+}
