@@ -299,7 +299,7 @@ impl Default for Config {
             request_queue_time: Duration::from_secs(2),
             default_peer_reqq: 250,
             max_incoming_requests: 2000,
-            max_uploads_in_flight: 64,
+            max_uploads_in_flight: 256,
             upload_rate_limit: 0,
             download_rate_limit: 0,
             endgame_max_requesters: 2,
