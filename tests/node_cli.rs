@@ -320,3 +320,80 @@ fn port_in_use_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn kill_9_mid_download_then_restart_completes_with_verified_data() {
+    let boot = bootstrap_node();
+    let dir = tempfile::tempdir().unwrap();
+    let data = test_payload(3 * 1024 * 1024, 13);
+    let file = write_file(&dir.path().join("seed"), "killed.bin", &data);
+    let seed_ip = next_loopback_ip();
+    // Rate-limited so the first leecher is surely killed mid-transfer.
+    let (_seeder, magnet) = start_seeder(
+        &file,
+        &[
+            s("--bind"),
+            s(seed_ip),
+            s("--port"),
+            s(free_port(seed_ip)),
+            s("--bootstrap"),
+            s(boot.addr),
+            s("--limit-up"),
+            s("300K"),
+        ],
+        &dir.path().join("state-seed"),
+    );
+    let out_dir = dir.path().join("out");
+    let leech_ip = next_loopback_ip();
+    let leech_port = free_port(leech_ip);
+    let get_args = vec![
+        magnet,
+        s("-o"),
+        out_dir.display().to_string(),
+        s("--bind"),
+        s(leech_ip),
+        s("--port"),
+        s(leech_port),
+        s("--bootstrap"),
+        s(boot.addr),
+        s("--state-dir"),
+        dir.path().join("state-leech").display().to_string(),
+    ];
+    let first = swarm_command(swarm_bin!())
+        .arg("get")
+        .args(&get_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = Reaper(first);
+    let target = out_dir.join("killed.bin");
+    assert!(
+        tests::wait_until(Duration::from_secs(60), || target.exists()),
+        "the first leecher never started writing"
+    );
+    // Let some pieces land (the limit makes the whole file take about 10 s), then kill -9.
+    let chunks_done = |d: &[u8]| {
+        d.chunks(64 * 1024)
+            .zip(data.chunks(64 * 1024))
+            .filter(|(a, b)| a == b)
+            .count()
+    };
+    assert!(tests::wait_until(Duration::from_secs(30), || {
+        std::fs::read(&target).is_ok_and(|d| chunks_done(&d) >= 4)
+    }));
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let partial = std::fs::read(&target).unwrap_or_default();
+    assert_ne!(
+        partial, data,
+        "the transfer finished before the kill; the test proves nothing"
+    );
+    let out = run_get(&get_args, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "restarted get failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+}
