@@ -2,7 +2,7 @@
 """A loopback-only libtorrent peer for the wire crate's interop tests.
 
   lt_wire_peer.py create DATA_PATH TORRENT_OUT PIECE_SIZE   make a v1-only .torrent
-  lt_wire_peer.py seed TORRENT SAVE_DIR                     seed it; print {"port": P}
+  lt_wire_peer.py seed TORRENT SAVE_DIR                     seed until killed; print {"port": P}
   lt_wire_peer.py get INFO_HASH_HEX SAVE_DIR PEER_IP:PORT   fetch by info-hash from PEER
 
 No DHT, LSD, UPnP or NAT-PMP: peers are given directly. One JSON object per line on
@@ -83,8 +83,6 @@ def main():
         st = h.status()
         if job == "get" and st.is_seeding:
             emit(event="done", total_done=st.total_done)
-            return 0
-        if job == "seed" and sys.stdin.closed:
             return 0
         time.sleep(0.05)
     emit(event="error", message="timeout")
