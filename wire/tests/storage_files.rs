@@ -456,6 +456,13 @@ fn recheck_all_finds_existing_data_for_seeding() {
     write("t/c.bin", 21..51);
     write("t/d", 51..52);
     let st = fx.storage();
-    assert_eq!(st.recheck_all().unwrap(), 7);
+    let seen = std::sync::atomic::AtomicU32::new(0);
+    let present = st
+        .recheck_all_with_progress(&|n| {
+            seen.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+    assert_eq!(present, 7);
+    assert_eq!(seen.into_inner(), 7, "progress reached every piece");
     assert!(st.is_complete());
 }

@@ -31,6 +31,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -389,30 +390,44 @@ impl Storage {
         }
     }
 
-    /// Hashes the given pieces on all cores and marks each present or absent.
-    fn verify_many(&self, pieces: &[u32]) -> Result<u32, StorageError> {
+    /// Hashes the given pieces on all cores and marks each present or absent as it goes;
+    /// `progress` gets the number checked so far after each piece.
+    fn verify_many(
+        &self,
+        pieces: &[u32],
+        progress: &(dyn Fn(u32) + Sync),
+    ) -> Result<u32, StorageError> {
         let piece_len = self.layout.piece_length() as usize;
-        let results: Vec<Result<(u32, bool), StorageError>> = pieces
-            .par_iter()
-            .map_init(
-                || Vec::with_capacity(piece_len),
-                |buf, &p| self.verify_into(p, buf).map(|ok| (p, ok)),
-            )
-            .collect();
-        let mut good = 0;
-        for r in results {
-            let (p, ok) = r?;
-            self.mark(p, ok);
-            good += ok as u32;
-        }
-        Ok(good)
+        let checked = AtomicU32::new(0);
+        let good = AtomicU32::new(0);
+        pieces.par_iter().try_for_each_init(
+            || Vec::with_capacity(piece_len),
+            |buf, &p| {
+                let ok = self.verify_into(p, buf)?;
+                self.mark(p, ok);
+                good.fetch_add(ok as u32, Ordering::Relaxed);
+                progress(checked.fetch_add(1, Ordering::Relaxed) + 1);
+                Ok::<(), StorageError>(())
+            },
+        )?;
+        Ok(good.into_inner())
     }
 
     /// Hashes every piece (in parallel) and sets the present set from what is on disk:
     /// for `swarm seed`, or when no resume data can be trusted. Returns pieces present.
     pub fn recheck_all(&self) -> Result<u32, StorageError> {
+        self.recheck_all_with_progress(&|_| {})
+    }
+
+    /// [`Storage::recheck_all`], calling `progress(pieces checked so far)` after each
+    /// piece (from worker threads) so a progress bar can follow a long check. Pieces
+    /// become present ([`Storage::has_piece`]) as soon as they are checked.
+    pub fn recheck_all_with_progress(
+        &self,
+        progress: &(dyn Fn(u32) + Sync),
+    ) -> Result<u32, StorageError> {
         let all: Vec<u32> = (0..self.layout.piece_count()).collect();
-        self.verify_many(&all)
+        self.verify_many(&all, progress)
     }
 
     /// Fsyncs every file written since the last sync. (`sync_data`: the data and size are
@@ -551,7 +566,7 @@ impl Storage {
                 self.have_count(),
             ));
         }
-        self.verify_many(&claimed)?;
+        self.verify_many(&claimed, &|_| {})?;
         Ok(report(
             ResumeStatus::Rechecked,
             claimed.len() as u32,
