@@ -124,6 +124,19 @@ impl Handshake {
         dst.put_slice(&self.peer_id.0);
     }
 
+    /// The info-hash of a handshake still arriving, once its first 48 bytes are in and the
+    /// protocol string checks out (nothing is consumed). A listener serving several
+    /// torrents uses it to pick the torrent, and may answer before the peer id arrives.
+    pub fn peek_info_hash(src: &[u8]) -> Option<InfoHash> {
+        const END: usize = 1 + 19 + 8 + 20;
+        if src.len() < END || src[0] as usize != PROTOCOL.len() || &src[1..20] != PROTOCOL {
+            return None;
+        }
+        let mut ih = [0u8; 20];
+        ih.copy_from_slice(&src[28..END]);
+        Some(InfoHash(ih))
+    }
+
     /// Decodes a handshake from the front of `src`, consuming it. `Ok(None)` means more
     /// bytes are needed; a wrong protocol string is reported as soon as it is visible, so
     /// a non-BitTorrent peer is dropped without waiting for 68 bytes.
@@ -189,6 +202,22 @@ mod tests {
         buf.extend_from_slice(b"\x00\x00\x00\x00"); // a keep-alive right behind it
         assert_eq!(Handshake::decode(&mut buf), Ok(Some(hs)));
         assert_eq!(&buf[..], b"\x00\x00\x00\x00");
+    }
+
+    #[test]
+    fn info_hash_is_visible_before_the_peer_id() {
+        let hs = Handshake::new(InfoHash([9; 20]), PeerId([1; 20]));
+        let mut buf = BytesMut::new();
+        hs.encode(&mut buf);
+        assert_eq!(Handshake::peek_info_hash(&buf[..47]), None);
+        assert_eq!(
+            Handshake::peek_info_hash(&buf[..48]),
+            Some(InfoHash([9; 20]))
+        );
+        assert_eq!(Handshake::peek_info_hash(&buf), Some(InfoHash([9; 20])));
+        let mut bad = buf.to_vec();
+        bad[5] = b'x';
+        assert_eq!(Handshake::peek_info_hash(&bad), None);
     }
 
     #[test]
