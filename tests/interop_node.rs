@@ -2,55 +2,13 @@
 //! tracker, no peer hints. Our DHT node is the only bootstrap node of both sides.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::Duration;
 
 use tests::{
     free_port, next_loopback_ip, require_libtorrent, run_python, swarm_bin, swarm_command,
     test_payload, write_file,
 };
-
-const LT_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lt_peer.py");
-
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Our bootstrap node: the `swarm bootstrap`-like DHT node, in this process.
-struct Bootstrap {
-    addr: SocketAddr,
-    _rt: tokio::runtime::Runtime,
-    _node: dht::Node,
-}
-
-fn bootstrap_node() -> Bootstrap {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let ip = next_loopback_ip();
-    let node = rt.block_on(async {
-        dht::Node::bind(dht::NodeConfig::new(
-            SocketAddr::new(ip.into(), 0),
-            dht::Config::loopback(vec![]),
-        ))
-        .await
-        .unwrap()
-    });
-    Bootstrap {
-        addr: node.local_addr(),
-        _rt: rt,
-        _node: node,
-    }
-}
 
 /// Makes a v1-only .torrent of `dir/name` with libtorrent; returns its path.
 fn lt_make_torrent(python: &str, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
@@ -73,43 +31,6 @@ open(out, "wb").write(lt.bencode(ct.generate()))
     out
 }
 
-/// Starts lt_peer.py with `args`; returns the process and a channel of its JSON lines.
-fn lt_peer(python: &str, args: &[String]) -> (Reaper, mpsc::Receiver<String>) {
-    let mut child = std::process::Command::new(python)
-        .arg(LT_PEER)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn lt_peer.py");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Reaper(child), rx)
-}
-
-/// Waits for a line containing `needle`; panics with what was seen after `limit`.
-fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> String {
-    let deadline = std::time::Instant::now() + limit;
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(line) => seen.push(line),
-            Err(_) => break,
-        }
-    }
-    let tail: Vec<_> = seen.iter().rev().take(10).rev().collect();
-    panic!("no line with {needle:?} within {limit:?}; last lines: {tail:#?}");
-}
-
 fn s(x: impl ToString) -> String {
     x.to_string()
 }
@@ -117,14 +38,14 @@ fn s(x: impl ToString) -> String {
 #[test]
 fn swarm_get_fetches_from_a_libtorrent_seed_through_the_dht() {
     let python = require_libtorrent!();
-    let boot = bootstrap_node();
+    let boot = tests::InProcessBootstrap::start();
     let dir = tempfile::tempdir().unwrap();
     let data = test_payload(2 * 1024 * 1024 + 777, 21);
     let seed_dir = dir.path().join("seed");
     write_file(&seed_dir, "from_lt.bin", &data);
     let torrent = lt_make_torrent(python, &seed_dir, "from_lt.bin");
     let lt_ip = next_loopback_ip();
-    let (_lt, lines) = lt_peer(
+    let (_lt, lines) = tests::spawn_lt_peer(
         python,
         &[
             s("--listen"),
@@ -140,7 +61,7 @@ fn swarm_get_fetches_from_a_libtorrent_seed_through_the_dht() {
             seed_dir.display().to_string(),
         ],
     );
-    wait_line(&lines, "\"ready\"", Duration::from_secs(30));
+    tests::wait_line(&lines, "\"ready\"", Duration::from_secs(30));
     let meta = wire::metainfo::Metainfo::from_bytes(&std::fs::read(&torrent).unwrap()).unwrap();
     let magnet = format!("magnet:?xt=urn:btih:{}", meta.info_hash.to_hex());
     let out_dir = dir.path().join("out");
@@ -174,7 +95,7 @@ fn swarm_get_fetches_from_a_libtorrent_seed_through_the_dht() {
 #[test]
 fn libtorrent_fetches_from_swarm_seed_through_the_dht() {
     let python = require_libtorrent!();
-    let boot = bootstrap_node();
+    let boot = tests::InProcessBootstrap::start();
     let dir = tempfile::tempdir().unwrap();
     let data = test_payload(2 * 1024 * 1024 + 4321, 22);
     let file = write_file(&dir.path().join("seed"), "from_swarm.bin", &data);
@@ -198,13 +119,13 @@ fn libtorrent_fetches_from_swarm_seed_through_the_dht() {
     BufReader::new(seeder.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    let _seeder = Reaper(seeder);
+    let _seeder = tests::Reaper(seeder);
     let magnet = first.trim().to_string();
     assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet:?}");
     let out_dir = dir.path().join("lt_out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let lt_ip = next_loopback_ip();
-    let (_lt, lines) = lt_peer(
+    let (_lt, lines) = tests::spawn_lt_peer(
         python,
         &[
             s("--listen"),
@@ -220,6 +141,6 @@ fn libtorrent_fetches_from_swarm_seed_through_the_dht() {
             out_dir.display().to_string(),
         ],
     );
-    wait_line(&lines, "\"done\"", Duration::from_secs(110));
+    tests::wait_line(&lines, "\"done\"", Duration::from_secs(110));
     assert_eq!(std::fs::read(out_dir.join("from_swarm.bin")).unwrap(), data);
 }

@@ -182,3 +182,89 @@ pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     std::fs::write(&p, data).expect("write file");
     p
 }
+
+/// Kills the child process when dropped, so a failing test leaves nothing running.
+pub struct Reaper(pub std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A DHT node in the test process, standing in for `swarm bootstrap`: the only bootstrap
+/// node of a private loopback DHT (it stores announces).
+pub struct InProcessBootstrap {
+    pub addr: SocketAddr,
+    _node: dht::Node,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl InProcessBootstrap {
+    pub fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let ip = next_loopback_ip();
+        let node = rt.block_on(async {
+            dht::Node::bind(dht::NodeConfig::new(
+                SocketAddr::new(ip.into(), 0),
+                dht::Config::loopback(vec![]),
+            ))
+            .await
+            .expect("bind bootstrap node")
+        });
+        InProcessBootstrap {
+            addr: node.local_addr(),
+            _node: node,
+            _rt: rt,
+        }
+    }
+}
+
+/// Path of `lt_peer.py`, the command-line libtorrent peer.
+pub const LT_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lt_peer.py");
+
+/// Starts `lt_peer.py ARGS` with `python`; returns the process and its stdout lines.
+pub fn spawn_lt_peer(python: &str, args: &[String]) -> (Reaper, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(python)
+        .arg(LT_PEER)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn lt_peer.py");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Reaper(child), rx)
+}
+
+/// Waits for a line containing `needle`; panics with the last lines seen after `limit`.
+pub fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let tail: Vec<_> = seen.iter().rev().take(10).rev().collect();
+    panic!("no line with {needle:?} within {limit:?}; last lines: {tail:#?}");
+}

@@ -3,55 +3,15 @@
 //! input (bad magnet links, traversal in a .torrent, a port in use).
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use tests::{free_port, next_loopback_ip, swarm_bin, swarm_command, test_payload, write_file};
 
-/// Kills the child process when dropped, so a failing test leaves nothing running.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A DHT node in this test process standing in for `swarm bootstrap`.
-struct Bootstrap {
-    addr: SocketAddr,
-    _rt: tokio::runtime::Runtime,
-    _node: dht::Node,
-}
-
-fn bootstrap_node() -> Bootstrap {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let ip = next_loopback_ip();
-    let node = rt.block_on(async {
-        dht::Node::bind(dht::NodeConfig::new(
-            SocketAddr::new(ip.into(), 0),
-            dht::Config::loopback(vec![]),
-        ))
-        .await
-        .unwrap()
-    });
-    Bootstrap {
-        addr: node.local_addr(),
-        _rt: rt,
-        _node: node,
-    }
-}
-
 /// Starts `swarm seed` and returns it with the magnet link it prints first on stdout.
-fn start_seeder(data: &Path, args: &[String], state: &Path) -> (Reaper, String) {
+fn start_seeder(data: &Path, args: &[String], state: &Path) -> (tests::Reaper, String) {
     let mut child = swarm_command(swarm_bin!())
         .arg("seed")
         .arg(data)
@@ -69,7 +29,7 @@ fn start_seeder(data: &Path, args: &[String], state: &Path) -> (Reaper, String) 
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let reaper = Reaper(child);
+    let reaper = tests::Reaper(child);
     let line = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("swarm seed printed its magnet link");
@@ -98,7 +58,7 @@ fn s(x: impl ToString) -> String {
 
 #[test]
 fn get_by_magnet_through_the_dht_only() {
-    let boot = bootstrap_node();
+    let boot = tests::InProcessBootstrap::start();
     let dir = tempfile::tempdir().unwrap();
     let data = test_payload(3 * 1024 * 1024 + 12345, 11);
     let file = write_file(&dir.path().join("seed"), "payload.bin", &data);
@@ -323,7 +283,7 @@ fn port_in_use_is_a_clear_error() {
 
 #[test]
 fn kill_9_mid_download_then_restart_completes_with_verified_data() {
-    let boot = bootstrap_node();
+    let boot = tests::InProcessBootstrap::start();
     let dir = tempfile::tempdir().unwrap();
     let data = test_payload(3 * 1024 * 1024, 13);
     let file = write_file(&dir.path().join("seed"), "killed.bin", &data);
@@ -366,7 +326,7 @@ fn kill_9_mid_download_then_restart_completes_with_verified_data() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut first = Reaper(first);
+    let mut first = tests::Reaper(first);
     let target = out_dir.join("killed.bin");
     assert!(
         tests::wait_until(Duration::from_secs(60), || target.exists()),
