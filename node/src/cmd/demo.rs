@@ -222,7 +222,12 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         human_bytes(rate as u64)
     );
     let used = stats.received_from.values().filter(|b| **b > 0).count();
-    println!("demo: {used} of {} seeders sent data:", args.peers);
+    println!(
+        "demo: {used} of {} seeders sent data ({} received in all, {} of it duplicate or unneeded):",
+        args.peers,
+        human_bytes(stats.received_from.values().sum()),
+        human_bytes(stats.wasted)
+    );
     for (addr, bytes) in &stats.received_from {
         println!("  {addr:<22} {:>12}", human_bytes(*bytes));
     }
