@@ -437,6 +437,28 @@ impl Dht {
         s
     }
 
+    /// Approximate heap bytes held by this core (tables, buffers, maps; not counting
+    /// allocator overhead). The simulator runs 100,000 cores, so this must stay small.
+    pub fn approx_heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let tables: usize = self.tables().map(RoutingTable::heap_bytes).sum();
+        let tx = self.transactions.capacity() * (size_of::<(u16, Tx)>() + 1);
+        let deques = (self.slow_checks.capacity() + self.deadlines.capacity())
+            * size_of::<(Instant, u16)>()
+            + self.queue.capacity() * size_of::<PendingQuery>()
+            + self.transmits.capacity() * size_of::<Transmit>()
+            + self
+                .transmits
+                .iter()
+                .map(|t| t.data.capacity())
+                .sum::<usize>()
+            + self.events.capacity() * size_of::<Event>();
+        let lookups = self.lookups.len() * (size_of::<Lookup>() + 64 * 80);
+        let seeds = self.seed_nodes.capacity() * size_of::<NodeInfo>()
+            + self.config.bootstrap.capacity() * size_of::<SocketAddr>();
+        tables + tx + deques + lookups + seeds + self.inbound.heap_bytes() + self.store.heap_bytes()
+    }
+
     /// Every node in the routing tables, nearest buckets last.
     pub fn routing_table_snapshot(&self) -> Vec<NodeInfo> {
         self.tables()
@@ -1123,16 +1145,37 @@ impl Dht {
     // -----------------------------------------------------------------------------------
     // internals: housekeeping
 
+    /// Gives back memory held after a burst (100,000 cores must stay small at rest).
+    fn shrink_buffers(&mut self) {
+        fn sparse(len: usize, cap: usize) -> bool {
+            cap > 16 && len * 4 < cap
+        }
+        if sparse(self.transactions.len(), self.transactions.capacity()) {
+            self.transactions.shrink_to_fit();
+        }
+        if sparse(self.slow_checks.len(), self.slow_checks.capacity()) {
+            self.slow_checks.shrink_to_fit();
+        }
+        if sparse(self.deadlines.len(), self.deadlines.capacity()) {
+            self.deadlines.shrink_to_fit();
+        }
+        if sparse(self.transmits.len(), self.transmits.capacity()) {
+            self.transmits.shrink_to_fit();
+        }
+        if sparse(self.events.len(), self.events.capacity()) {
+            self.events.shrink_to_fit();
+        }
+        if sparse(self.queue.len(), self.queue.capacity()) {
+            self.queue.shrink_to_fit();
+        }
+    }
+
     fn tick(&mut self, now: Instant) {
         self.next_tick = now + self.config.tick;
         self.tokens.maybe_rotate(now, &mut self.rng);
         self.store.expire(now);
         self.inbound.sweep(now);
-        if self.transactions.is_empty() {
-            self.transactions.shrink_to_fit();
-            self.slow_checks.shrink_to_fit();
-            self.deadlines.shrink_to_fit();
-        }
+        self.shrink_buffers();
         let count = self.node_count();
         let have_seeds = !self.config.bootstrap.is_empty() || !self.seed_nodes.is_empty();
         if count >= self.config.k {

@@ -108,6 +108,11 @@ impl InboundLimiter {
         }
     }
 
+    /// Heap bytes held (approximate).
+    pub fn heap_bytes(&self) -> usize {
+        self.sources.capacity() * (std::mem::size_of::<(IpAddr, Source)>() + 1)
+    }
+
     pub fn tracked(&self) -> usize {
         self.sources.len()
     }
@@ -150,8 +155,8 @@ impl InboundLimiter {
     pub fn sweep(&mut self, now: Instant) {
         self.sources
             .retain(|_, s| s.banned_until.is_some_and(|u| now < u) || !s.bucket.is_full(now));
-        if self.sources.is_empty() {
-            self.sources = HashMap::new();
+        if self.sources.len() * 4 < self.sources.capacity() {
+            self.sources.shrink_to_fit();
         }
     }
 }

@@ -166,6 +166,17 @@ impl RoutingTable {
         self.buckets.iter().map(|b| b.replacements.len()).sum()
     }
 
+    /// Heap bytes held by the table (approximate: vector capacities).
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<Entry>();
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self
+                .buckets
+                .iter()
+                .map(|b| (b.nodes.capacity() + b.replacements.capacity()) * entry)
+                .sum::<usize>()
+    }
+
     /// Nodes in each bucket, nearest-to-us last (for stats and tests).
     pub fn bucket_sizes(&self) -> Vec<usize> {
         self.buckets.iter().map(|b| b.nodes.len()).collect()

@@ -2,7 +2,7 @@
 //! evicted first, and every peer expires unless re-announced. Memory is only used when
 //! something is stored.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ struct Swarm {
 
 #[derive(Clone, Debug)]
 pub struct PeerStore {
-    swarms: HashMap<Id, Swarm>,
+    swarms: BTreeMap<Id, Swarm>,
     total: usize,
     max_torrents: usize,
     max_per_torrent: usize,
@@ -36,13 +36,23 @@ impl PeerStore {
         ttl: Duration,
     ) -> PeerStore {
         PeerStore {
-            swarms: HashMap::new(),
+            swarms: BTreeMap::new(),
             total: 0,
             max_torrents,
             max_per_torrent: max_per_torrent.max(1),
             max_total: max_total.max(1),
             ttl,
         }
+    }
+
+    /// Heap bytes held (approximate).
+    pub fn heap_bytes(&self) -> usize {
+        self.swarms.len() * (std::mem::size_of::<(Id, Swarm)>() + 16)
+            + self
+                .swarms
+                .values()
+                .map(|s| s.peers.capacity() * std::mem::size_of::<(SocketAddr, Instant)>())
+                .sum::<usize>()
     }
 
     pub fn torrent_count(&self) -> usize {
@@ -147,12 +157,10 @@ impl PeerStore {
             !s.peers.is_empty()
         });
         self.total -= removed;
-        if self.swarms.is_empty() {
-            self.swarms = HashMap::new();
-        }
     }
 
-    /// Up to `max` stored info-hashes at random (BEP 51 samples).
+    /// Up to `max` stored info-hashes at random (BEP 51 samples). Deterministic for a seeded
+    /// RNG: the map is ordered.
     pub fn sample(&self, max: usize, rng: &mut impl RngCore) -> Vec<Id> {
         let mut all: Vec<Id> = self.swarms.keys().copied().collect();
         all.shuffle(rng);
