@@ -22,6 +22,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Smallest piece length chosen automatically.
 pub const AUTO_MIN_PIECE_LENGTH: u64 = 16 << 10;
@@ -334,26 +335,33 @@ fn hash_pieces(
         .build()
         .map_err(|e| CreateError::Threads(e.to_string()))?;
 
+    // One read buffer and open file per worker thread, reused across tasks: a fresh
+    // multi-MiB buffer per task would be a fresh mmap and a page fault per 4 KiB.
+    let workers: Vec<Mutex<(Vec<u8>, OpenFile)>> = (0..pool.current_num_threads())
+        .map(|_| Mutex::default())
+        .collect();
     let mut hashes = vec![0u8; num_pieces * 20];
     pool.install(|| {
         hashes
             .par_chunks_mut(pieces_per_task * 20)
             .enumerate()
-            .try_for_each_init(
-                || (Vec::new(), OpenFile::default()),
-                |(buf, open), (task, out)| {
-                    let first_piece = task * pieces_per_task;
-                    let start = first_piece as u64 * piece_length;
-                    let len = (total - start).min(pieces_per_task as u64 * piece_length);
-                    buf.resize(len as usize, 0);
-                    read_stream(files, start, buf, open)?;
-                    for (piece, hash) in buf.chunks(piece_length as usize).zip(out.chunks_mut(20)) {
-                        hash.copy_from_slice(&Sha1::digest(piece));
-                    }
-                    progress(done.fetch_add(len, Ordering::Relaxed) + len);
-                    Ok::<(), CreateError>(())
-                },
-            )
+            .try_for_each(|(task, out)| {
+                let worker = rayon::current_thread_index().unwrap_or(0) % workers.len();
+                let mut guard = workers[worker]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let (buf, open) = &mut *guard;
+                let first_piece = task * pieces_per_task;
+                let start = first_piece as u64 * piece_length;
+                let len = (total - start).min(pieces_per_task as u64 * piece_length);
+                buf.resize(len as usize, 0);
+                read_stream(files, start, buf, open)?;
+                for (piece, hash) in buf.chunks(piece_length as usize).zip(out.chunks_mut(20)) {
+                    hash.copy_from_slice(&Sha1::digest(piece));
+                }
+                progress(done.fetch_add(len, Ordering::Relaxed) + len);
+                Ok::<(), CreateError>(())
+            })
     })?;
     debug_assert!(num_tasks * pieces_per_task >= num_pieces);
     Ok(hashes)

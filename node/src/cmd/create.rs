@@ -102,7 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         info.num_pieces(),
         info.piece_length
     );
-    println!("{}", created.magnet);
+    // Not println!: a closed stdout must be an error, not a panic.
+    writeln!(std::io::stdout().lock(), "{}", created.magnet).context("cannot write to stdout")?;
     Ok(())
 }
 
