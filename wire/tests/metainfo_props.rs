@@ -147,3 +147,67 @@ proptest! {
         }
     }
 }
+
+/// A multi-file info dictionary with the given file lengths (names f0, f1, ...).
+fn info_with_lengths(lengths: &[u64], piece_length: u64) -> Vec<u8> {
+    let total: u64 = lengths.iter().sum();
+    let n = total.div_ceil(piece_length) as usize;
+    let mut info = Vec::new();
+    let mut e = bencode::Encoder::new(&mut info);
+    e.begin_dict().key(b"files").begin_list();
+    for (i, len) in lengths.iter().enumerate() {
+        e.begin_dict()
+            .key(b"length")
+            .int(*len as i64)
+            .key(b"path")
+            .begin_list()
+            .str(&format!("f{i}"))
+            .end()
+            .end();
+    }
+    e.end()
+        .key(b"name")
+        .str("t")
+        .key(b"piece length")
+        .int(piece_length as i64)
+        .key(b"pieces")
+        .bytes(&vec![0; n * 20])
+        .end();
+    info
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Piece-to-file mapping agrees with a byte-by-byte walk of the file list.
+    #[test]
+    fn piece_file_slices_match_a_naive_walk(
+        lengths in proptest::collection::vec(prop_oneof![Just(0u64), 1u64..70_000], 1..8),
+    ) {
+        prop_assume!(lengths.iter().sum::<u64>() > 0);
+        let info = Info::from_bytes(&info_with_lengths(&lengths, 16384)).unwrap();
+        // Naive: owner file of every byte.
+        let mut owner = Vec::new();
+        for (i, len) in lengths.iter().enumerate() {
+            owner.extend(std::iter::repeat_n(i, *len as usize));
+        }
+        for p in 0..info.num_pieces() {
+            let start = p * 16384;
+            let end = (start + 16384).min(owner.len());
+            let mut expected: Vec<(usize, u64, u64)> = Vec::new();
+            for (b, &f) in owner[start..end].iter().enumerate() {
+                let at = (start + b) as u64 - info.files[f].offset;
+                match expected.last_mut() {
+                    Some(last) if last.0 == f => last.2 += 1,
+                    _ => expected.push((f, at, 1)),
+                }
+            }
+            let got: Vec<(usize, u64, u64)> = info
+                .piece_file_slices(p)
+                .iter()
+                .map(|s| (s.file_index, s.offset_in_file, s.length))
+                .collect();
+            prop_assert_eq!(got, expected, "piece {}", p);
+        }
+    }
+}
