@@ -22,7 +22,11 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
+import warnings
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import libtorrent as lt
 
@@ -55,6 +59,28 @@ def make_session(args):
         settings["upload_rate_limit"] = args.upload_limit
     ses = lt.session(settings)
     return ses
+
+
+def dht_announce(ses, target, args, state):
+    """Announces `target` on the DHT; returns the announced port.
+
+    The Python binding of libtorrent 2.0.8 cannot call session.dht_announce (its flags
+    type is not exported), so on that error this falls back to adding a metadata-less
+    torrent for the info-hash and forcing its DHT announce: the port is then the listen
+    port."""
+    if state.get("handle") is None and state.get("via") != "torrent":
+        try:
+            ses.dht_announce(target, args.port, 0)
+            state["via"] = "dht_announce"
+            return args.port
+        except TypeError:
+            state["via"] = "torrent"
+    if state.get("handle") is None:
+        atp = lt.parse_magnet_uri("magnet:?xt=urn:btih:" + args.info_hash)
+        atp.save_path = tempfile.mkdtemp(prefix="lt_peer_")
+        state["handle"] = ses.add_torrent(atp)
+    state["handle"].force_dht_announce()
+    return ses.listen_port()
 
 
 def peer_arg(s):
@@ -115,6 +141,7 @@ def main():
     last_announce = 0.0
     ready_since = None
     found = set()
+    state = {}
     target = None
     if args.job in ("dht-get-peers", "dht-announce"):
         target = lt.sha1_hash(bytes.fromhex(args.info_hash))
@@ -159,10 +186,10 @@ def main():
                 if args.job == "dht-get-peers":
                     ses.dht_get_peers(target)
                 else:
-                    ses.dht_announce(target, args.port, 0)
+                    port = dht_announce(ses, target, args, state)
                     if ready_since is None:
                         ready_since = now
-                        emit(event="announced")
+                        emit(event="announced", port=port, via=state["via"])
             if args.job == "dht-get-peers" and len(found) >= args.want:
                 emit(event="done", peers=sorted(found))
                 return 0

@@ -1,9 +1,286 @@
-//! `swarm bootstrap`.
+//! `swarm bootstrap`: a dedicated DHT bootstrap node.
+//!
+//! It runs the ordinary [`dht::Node`] (the same sans-IO core as every other node) with
+//! settings for a server: no default routers, large socket buffers, a bounded peer store
+//! (unless `--router-only`), a per-IP inbound rate limit, its node pool saved in the state
+//! directory, and a stats line every `--stats-every` seconds.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// Name of the state file (id and node pool) inside the state directory.
+pub const STATE_FILE: &str = "bootstrap-dht.state";
 
 /// Arguments of `swarm bootstrap`.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "\
+On a loopback or private address (127.0.0.0/8, 10/8, 172.16/12, 192.168/16, ::1, fc00::/7) \
+the node runs in private mode: no one-node-per-IP or per-subnet limits in its routing table, \
+and a generous per-IP rate limit, so that a private swarm whose nodes share one IP or subnet \
+works. On a public or unspecified address (0.0.0.0) the Mainline rules apply. \
+--private / --public override the choice.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`swarm bootstrap` is not implemented yet")
+Ctrl-C (or SIGTERM) saves the node pool to STATE_DIR/bootstrap-dht.state and exits 0.")]
+pub struct Args {
+    /// UDP port to listen on.
+    #[arg(long, env = "SWARM_PORT", default_value_t = 6881)]
+    pub port: u16,
+    /// IP address to bind (IPv4 or IPv6).
+    #[arg(long, env = "SWARM_BIND", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind: IpAddr,
+    /// Store nothing: answer get_peers with nodes only, like the public routers.
+    #[arg(long, env = "SWARM_ROUTER_ONLY")]
+    pub router_only: bool,
+    /// Where the node pool is saved (default: $XDG_DATA_HOME/swarm).
+    #[arg(long, env = "SWARM_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Do not load or save any state.
+    #[arg(long)]
+    pub no_state: bool,
+    /// Seconds between stats lines (0: none).
+    #[arg(
+        long,
+        env = "SWARM_STATS_EVERY",
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
+    pub stats_every: u64,
+    /// Other DHT nodes to join through (repeatable). None by default: a bootstrap node
+    /// waits to be contacted.
+    #[arg(
+        long = "bootstrap",
+        value_name = "HOST:PORT",
+        env = "SWARM_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<String>,
+    /// Per-IP inbound queries per second (burst: twice this). Default: 20 in public mode,
+    /// 1000 in private mode.
+    #[arg(long, env = "SWARM_RATE_LIMIT", value_name = "QPS")]
+    pub rate_limit: Option<u32>,
+    /// Private mode even on a public address (no per-IP routing limits).
+    #[arg(long, conflicts_with = "public")]
+    pub private: bool,
+    /// Public mode even on a loopback or private address.
+    #[arg(long)]
+    pub public: bool,
+}
+
+/// Whether `ip` is loopback or private (RFC 1918, ULA): private mode by default there.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            let seg0 = v6.segments()[0];
+            v6.is_loopback() || (seg0 & 0xfe00) == 0xfc00 || (seg0 & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Settings of a bootstrap node: everything `swarm bootstrap` decides, so that tests and
+/// the benchmark can run the very same node in-process.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub router_only: bool,
+    /// No per-IP routing limits, generous rate limit.
+    pub private: bool,
+    /// Per-IP inbound queries per second; `None`: the mode's default.
+    pub rate_limit: Option<u32>,
+    pub bootstrap: Vec<SocketAddr>,
+    pub state_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Defaults for `bind`: private mode on a loopback/private address, stores announces,
+    /// no state file.
+    pub fn new(bind: SocketAddr) -> Settings {
+        Settings {
+            bind,
+            router_only: false,
+            private: is_private(bind.ip()),
+            rate_limit: None,
+            bootstrap: Vec::new(),
+            state_file: None,
+        }
+    }
+
+    /// The [`dht::NodeConfig`] of a bootstrap node with these settings.
+    pub fn node_config(&self) -> dht::NodeConfig {
+        let base = if self.private {
+            dht::Config::loopback(self.bootstrap.clone())
+        } else {
+            dht::Config {
+                bootstrap: self.bootstrap.clone(),
+                ..dht::Config::default()
+            }
+        };
+        let rate = self.rate_limit.unwrap_or(base.inbound_rate).max(1);
+        let core = dht::Config {
+            store_announces: !self.router_only,
+            // Bounded, but roomier than an ordinary node: many peers announce here.
+            max_torrents: 20_000,
+            max_peers_per_torrent: 500,
+            max_peers_total: 200_000,
+            inbound_rate: rate,
+            inbound_burst: rate.saturating_mul(2),
+            max_tracked_ips: 100_000,
+            ipv4: self.bind.is_ipv4(),
+            ipv6: self.bind.is_ipv6(),
+            ..base
+        };
+        let mut cfg = dht::NodeConfig::new(self.bind, core);
+        cfg.state_file = self.state_file.clone();
+        cfg.save_every = Duration::from_secs(60);
+        cfg.recv_buffer = 16 << 20;
+        cfg.send_buffer = 16 << 20;
+        cfg
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let bind = SocketAddr::new(args.bind, args.port);
+    let mut settings = Settings::new(bind);
+    settings.router_only = args.router_only;
+    if args.private {
+        settings.private = true;
+    }
+    if args.public {
+        settings.private = false;
+    }
+    settings.rate_limit = args.rate_limit;
+    if !args.bootstrap.is_empty() {
+        settings.bootstrap = crate::addr::resolve_all(&args.bootstrap).await?;
+    }
+    if !args.no_state {
+        let dir = crate::state::state_dir(args.state_dir.as_deref())?;
+        settings.state_file = Some(dir.join(STATE_FILE));
+    }
+    let node = dht::Node::bind(settings.node_config()).await?;
+    let addr = node.local_addr();
+    println!("listening on {addr} (node id {})", node.id().to_hex());
+    tracing::info!(
+        "bootstrap node on {addr}: {} mode, {}",
+        if settings.private {
+            "private"
+        } else {
+            "public"
+        },
+        if settings.router_only {
+            "router only"
+        } else {
+            "storing announces"
+        }
+    );
+
+    let mut ticker = (args.stats_every > 0).then(|| {
+        let every = Duration::from_secs(args.stats_every);
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+    });
+    let mut last = (Instant::now(), node.stats().await);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => {
+                r?;
+                break;
+            }
+            _ = async {
+                match ticker.as_mut() {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                let now = Instant::now();
+                let s = node.stats().await;
+                let line = stats_line(&s, &last.1, now - last.0);
+                tracing::info!("{line}");
+                eprintln!("{line}");
+                last = (now, s);
+            }
+        }
+    }
+    let nodes = node.stats().await.nodes4;
+    node.shutdown().await;
+    eprintln!("swarm bootstrap: stopped, {nodes} nodes saved");
+    Ok(())
+}
+
+/// One line of counters with rates since the previous line.
+fn stats_line(s: &dht::Stats, prev: &dht::Stats, dt: Duration) -> String {
+    let secs = dt.as_secs_f64().max(1e-3);
+    let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+    format!(
+        "bootstrap stats: nodes {} (+{} replacements), queries {} ({:.0}/s), replies {} ({:.0}/s), \
+         errors sent {}, rate limited {}, banned drops {}, invalid {}, torrents {}, peers {}, \
+         announces {}, own queries {}, timeouts {}",
+        s.nodes4 + s.nodes6,
+        s.replacements,
+        s.queries_received,
+        rate(s.queries_received, prev.queries_received),
+        s.responses_sent,
+        rate(s.responses_sent, prev.responses_sent),
+        s.errors_sent,
+        s.rate_limited,
+        s.banned_drops,
+        s.invalid_packets,
+        s.torrents,
+        s.peers,
+        s.announces_stored,
+        s.queries_sent,
+        s.timeouts,
+    )
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_mode_on_loopback_and_private_addresses() {
+        assert!(is_private("127.0.0.9".parse().unwrap()));
+        assert!(is_private("192.168.1.2".parse().unwrap()));
+        assert!(is_private("::1".parse().unwrap()));
+        assert!(!is_private("0.0.0.0".parse().unwrap()));
+        assert!(!is_private("8.8.8.8".parse().unwrap()));
+        let s = Settings::new("127.0.0.1:6881".parse().unwrap());
+        let c = s.node_config();
+        assert!(!c.core.restrict_ips);
+        assert!(c.core.store_announces);
+        assert!(c.core.bootstrap.is_empty());
+        let mut p = Settings::new("0.0.0.0:6881".parse().unwrap());
+        p.router_only = true;
+        let c = p.node_config();
+        assert!(c.core.restrict_ips);
+        assert!(!c.core.store_announces);
+    }
 }

@@ -1,0 +1,150 @@
+//! `swarm bootstrap` as a real process on 127.0.0.x: its ready line, a KRPC ping from a
+//! plain UDP socket (hand-encoded BEP 5 bencode), a clear error when the port is taken,
+//! and Ctrl-C saving the node pool and exiting 0.
+
+#[path = "bootstrap_proc.rs"]
+mod bootstrap_proc;
+
+use std::net::{IpAddr, UdpSocket};
+use std::time::Duration;
+
+use tests::{next_loopback_ip, swarm_bin, wait_until, wait_with_limit};
+
+/// Sends a BEP 5 ping from `sock` to `to` (up to 3 tries) and returns the reply bytes.
+fn krpc_ping(sock: &UdpSocket, to: std::net::SocketAddr, t: &[u8; 2]) -> Vec<u8> {
+    let mut q = Vec::new();
+    q.extend_from_slice(b"d1:ad2:id20:");
+    q.extend_from_slice(b"abcdefghij0123456789");
+    q.extend_from_slice(b"e1:q4:ping1:t2:");
+    q.extend_from_slice(t);
+    q.extend_from_slice(b"1:y1:qe");
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 1500];
+    for _ in 0..3 {
+        sock.send_to(&q, to).expect("send ping");
+        // The node may also ping us back (to verify us): skip its queries. Bounded.
+        for _ in 0..8 {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            assert_eq!(from, to, "datagram from the node");
+            if !contains(&buf[..n], b"1:y1:q") {
+                return buf[..n].to_vec();
+            }
+        }
+    }
+    panic!("no reply to a KRPC ping from {to}");
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn bootstrap_answers_ping_refuses_a_taken_port_and_saves_on_ctrl_c() {
+    let state = tempfile::tempdir().unwrap();
+    let ip = IpAddr::V4(next_loopback_ip());
+    let mut boot =
+        bootstrap_proc::start(swarm_bin!(), ip, 0, state.path(), &["--stats-every", "1"]);
+    assert_eq!(boot.addr.ip(), ip);
+    assert_ne!(boot.addr.port(), 0);
+
+    // A KRPC ping, hand-encoded: the reply is a response with our transaction id, the
+    // node's id (the one on the ready line) and our address in `ip` (BEP 42).
+    let client = UdpSocket::bind((next_loopback_ip(), 0)).unwrap();
+    let reply = krpc_ping(&client, boot.addr, b"xy");
+    assert!(reply.starts_with(b"d"), "{reply:?}");
+    assert!(
+        contains(&reply, b"1:t2:xy"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(
+        contains(&reply, b"1:y1:r"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let id = hex::decode(&boot.id).unwrap();
+    let mut want_id = b"2:id20:".to_vec();
+    want_id.extend_from_slice(&id);
+    assert!(contains(&reply, &want_id), "reply carries the node id");
+    let mut want_ip = b"2:ip6:".to_vec();
+    match client.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => {
+            want_ip.extend_from_slice(&a.ip().octets());
+            want_ip.extend_from_slice(&a.port().to_be_bytes());
+        }
+        _ => unreachable!(),
+    }
+    assert!(contains(&reply, &want_ip), "reply echoes our address");
+
+    // Garbage gets no reply (no reflection).
+    client.send_to(b"not bencode at all", boot.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    // Bounded reads: a reply (if any) to garbage would arrive within the timeout. The
+    // node's own queries (it pings new nodes back) are not replies.
+    for _ in 0..8 {
+        match client.recv_from(&mut buf) {
+            Ok((n, _)) => assert!(contains(&buf[..n], b"1:y1:q"), "garbage got a reply"),
+            Err(_) => break,
+        }
+    }
+
+    // The stats line shows up on stderr and counts the ping.
+    assert!(
+        wait_until(Duration::from_secs(10), || boot
+            .stderr()
+            .contains("bootstrap stats:")),
+        "no stats line; stderr:\n{}",
+        boot.stderr()
+    );
+
+    // A second instance on the same address fails at once with one clear line.
+    let second = tests::swarm_command(swarm_bin!())
+        .args(["bootstrap", "--bind", &ip.to_string(), "--port"])
+        .arg(boot.addr.port().to_string())
+        .arg("--state-dir")
+        .arg(state.path().join("second"))
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_limit(second, Duration::from_secs(20));
+    assert!(!out.status.success(), "second instance must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("swarm: error: "), "{err}");
+    assert!(
+        err.contains(&boot.addr.to_string()),
+        "names the address: {err}"
+    );
+    assert!(err.to_lowercase().contains("in use"), "says why: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "no ready line from the failed instance"
+    );
+
+    // The first one still answers, and Ctrl-C saves its state and exits 0.
+    let reply = krpc_ping(&client, boot.addr, b"zz");
+    assert!(contains(&reply, b"1:t2:zz"));
+    let st = boot.interrupt(Duration::from_secs(10));
+    assert!(st.success(), "exit status after SIGINT: {st}");
+    let saved = std::fs::read(state.path().join("bootstrap-dht.state")).expect("state saved");
+    let saved = dht::SavedState::from_bytes(&saved).expect("valid state");
+    assert_eq!(saved.id.to_hex(), boot.id);
+}
+
+#[test]
+fn ready_line_parses() {
+    let (a, id) = bootstrap_proc::parse_ready(
+        "listening on 127.0.0.5:6881 (node id 0123456789abcdef0123456789abcdef01234567)",
+    )
+    .unwrap();
+    assert_eq!(a, "127.0.0.5:6881".parse().unwrap());
+    assert_eq!(id.len(), 40);
+    assert!(bootstrap_proc::parse_ready("listening on nowhere").is_none());
+}
