@@ -11,7 +11,7 @@ use simulations::dht_sim::WorldConfig;
 use simulations::net::churn::ChurnConfig;
 use simulations::net::NetConfig;
 use simulations::plot::{line_chart, Chart, Series};
-use simulations::scenarios::{dht_attack, dht_bootstrap, dht_lookup};
+use simulations::scenarios::{dht_attack, dht_bootstrap, dht_lookup, swarm};
 use simulations::stats::{Samples, Table};
 use simulations::{HostId, SimTime, Simulator};
 use std::path::{Path, PathBuf};
@@ -89,6 +89,34 @@ enum Scenario {
         /// Target info-hashes the attackers surround.
         #[arg(long, default_value_t = 10)]
         targets: usize,
+    },
+    /// One seeder, N leechers on the real wire engine: completion vs the fluid bound.
+    Swarm {
+        /// Leechers.
+        #[arg(long, default_value_t = 100)]
+        leechers: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "sim-out")]
+        out: PathBuf,
+        /// File size in MiB.
+        #[arg(long, default_value_t = 16)]
+        file_mib: u64,
+        /// Piece size in KiB.
+        #[arg(long, default_value_t = 256)]
+        piece_kib: u64,
+        /// Seeder upload, MB/s.
+        #[arg(long, default_value_t = 2.0)]
+        seed_up: f64,
+        /// Leecher upload, MB/s.
+        #[arg(long, default_value_t = 1.0)]
+        up: f64,
+        /// Leecher download, MB/s.
+        #[arg(long, default_value_t = 5.0)]
+        down: f64,
+        /// Connections per peer (full mesh below this).
+        #[arg(long, default_value_t = 40)]
+        degree: usize,
     },
     /// Raw engine throughput with the protocol-free probe app.
     EngineBench {
@@ -292,6 +320,96 @@ fn main() {
             );
         }
         Scenario::EngineBench { common, interval } => engine_bench(&common, interval, wall),
+        Scenario::Swarm {
+            leechers,
+            seed,
+            out,
+            file_mib,
+            piece_kib,
+            seed_up,
+            up,
+            down,
+            degree,
+        } => {
+            let mut p = swarm::SwarmParams::new(leechers, seed);
+            p.file_bytes = file_mib << 20;
+            p.piece_bytes = piece_kib << 10;
+            p.seed_upload = seed_up * 1e6;
+            p.leecher_upload = up * 1e6;
+            p.leecher_download = down * 1e6;
+            p.degree = degree;
+            let r = swarm::run(&p);
+            let mut done: Samples = r.completion.iter().flatten().copied().collect();
+            let finished = done.len();
+            let mut t = Table::new(&[
+                "leechers",
+                "file_mib",
+                "finished",
+                "t_min_s",
+                "client_server_s",
+                "p50_s",
+                "p90_s",
+                "last_s",
+                "last_over_t_min",
+                "seed_uploaded_mib",
+                "total_uploaded_mib",
+            ]);
+            let last = r.last_completion().unwrap_or(f64::NAN);
+            t.row(vec![
+                leechers.to_string(),
+                file_mib.to_string(),
+                finished.to_string(),
+                format!("{:.1}", r.t_min),
+                format!("{:.1}", r.client_server),
+                format!("{:.1}", done.percentile(50.0)),
+                format!("{:.1}", done.percentile(90.0)),
+                format!("{last:.1}"),
+                format!("{:.3}", last / r.t_min),
+                format!("{:.1}", r.uploaded_by_seed as f64 / 1048576.0),
+                format!("{:.1}", r.uploaded_total as f64 / 1048576.0),
+            ]);
+            print!("{t}");
+            println!(
+                "events {}  wall {:.1}s",
+                r.events,
+                wall.elapsed().as_secs_f64()
+            );
+            save(&out, "swarm", &t);
+            let mut av = Table::new(&["t_s", "mean_share_held", "min_copies"]);
+            for (x, share, min) in &r.availability {
+                av.row(vec![
+                    format!("{x:.0}"),
+                    format!("{share:.4}"),
+                    min.to_string(),
+                ]);
+            }
+            save(&out, "swarm-availability", &av);
+            let mut finished_curve: Vec<(f64, f64)> = vec![(0.0, 0.0)];
+            for i in 0..=100 {
+                if finished > 0 {
+                    let q = f64::from(i);
+                    finished_curve.push((
+                        done.percentile(q.max(0.5)),
+                        q / 100.0 * finished as f64 / leechers as f64,
+                    ));
+                }
+            }
+            plot(
+                &out,
+                "swarm",
+                &Chart {
+                    title: &format!("{leechers} leechers, {file_mib} MiB, seeder {seed_up} MB/s, peers {up}/{down} MB/s"),
+                    x_label: "virtual time (s)",
+                    y_label: "share",
+                    references: vec![],
+                },
+                &[
+                    Series::new("pieces held (mean)", r.availability.iter().map(|a| (a.0, a.1)).collect()),
+                    Series::new("leechers finished", finished_curve),
+                    Series::new(format!("T_min = {:.1} s", r.t_min), vec![(r.t_min, 0.0), (r.t_min, 1.0)]),
+                ],
+            );
+        }
     }
 }
 

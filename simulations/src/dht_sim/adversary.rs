@@ -43,6 +43,7 @@ fn is_query(data: &[u8]) -> bool {
 pub struct GarbageNode {
     rng: SimRng,
     pub outbox: Vec<Transmit>,
+    pub queries_answered: u64,
 }
 
 impl GarbageNode {
@@ -50,6 +51,7 @@ impl GarbageNode {
         GarbageNode {
             rng: SimRng::seed_from_u64(seed),
             outbox: Vec::new(),
+            queries_answered: 0,
         }
     }
 
@@ -66,6 +68,7 @@ impl GarbageNode {
         if !is_query(data) {
             return;
         }
+        self.queries_answered += 1;
         let len = self.rng.gen_range(1..300);
         let mut data = vec![0; len];
         self.rng.fill_bytes(&mut data);
@@ -238,6 +241,19 @@ impl Attack {
         }
         self.hosts.replace(hosts);
         count
+    }
+
+    /// Queries the attackers answered (with garbage or poison): how engaged they were.
+    pub fn queries_answered(&self, world: &super::DhtWorld) -> u64 {
+        self.hosts
+            .borrow()
+            .iter()
+            .map(|&h| match world.sim.app(h) {
+                Some(super::DhtHost::Sybil(s)) => s.queries_answered,
+                Some(super::DhtHost::Garbage(g)) => g.queries_answered,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Attacker `i` introduces itself.

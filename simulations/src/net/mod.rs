@@ -191,6 +191,11 @@ impl Network {
         &self.hosts[h.index()].link
     }
 
+    /// For stream transports that queue on the access links themselves.
+    pub fn link_mut(&mut self, h: HostId) -> &mut AccessLink {
+        &mut self.hosts[h.index()].link
+    }
+
     pub fn one_way(&self, a: HostId, b: HostId) -> Duration {
         self.latency.one_way(a, b)
     }

@@ -60,6 +60,8 @@ pub struct LookupReport {
     pub leaves: u64,
     pub online_at_end: usize,
     pub attackers: usize,
+    /// Queries the attackers answered.
+    pub attacker_answers: u64,
 }
 
 impl LookupReport {
@@ -263,6 +265,7 @@ pub fn run(p: &LookupParams) -> LookupReport {
         leaves: world.leaves,
         online_at_end: world.online_honest().count(),
         attackers,
+        attacker_answers: p.attack.as_ref().map_or(0, |a| a.queries_answered(&world)),
     }
 }
 

@@ -5,3 +5,4 @@
 pub mod dht_attack;
 pub mod dht_bootstrap;
 pub mod dht_lookup;
+pub mod swarm;
