@@ -514,14 +514,14 @@ impl Dht {
         !self.config.bep42 || bep42::is_valid_id(id, ip)
     }
 
-    /// Whether `addr` has answered us as a node we keep (its source address is real).
-    fn is_confirmed(&self, addr: &SocketAddr) -> bool {
+    /// Whether `addr` has answered us as node `id` (its source address is real).
+    fn is_confirmed(&self, id: &Id, addr: &SocketAddr) -> bool {
         let t = if addr.is_ipv4() {
             self.table4.as_ref()
         } else {
             self.table6.as_ref()
         };
-        t.is_some_and(|t| t.entries().any(|e| e.addr == *addr && e.confirmed))
+        t.is_some_and(|t| t.is_confirmed(id, addr))
     }
 
     fn apply_outcome(&mut self, addr: SocketAddr, outcome: InsertOutcome) {
@@ -576,7 +576,7 @@ impl Dht {
                 }
             }
         }
-        let confirmed = self.is_confirmed(&from);
+        let confirmed = self.is_confirmed(&q.id, &from);
         let mut r = Response {
             id: self.id,
             ..Response::default()

@@ -374,7 +374,15 @@ impl Driver {
     }
 
     async fn flush(&mut self) {
-        while let Some(t) = self.dht.poll_transmit() {
+        let v6_socket = self.socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        while let Some(mut t) = self.dht.poll_transmit() {
+            // The core speaks plain IPv4; a dual-stack IPv6 socket needs mapped addresses.
+            if v6_socket {
+                if let SocketAddr::V4(v4) = t.to {
+                    t.to =
+                        SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port());
+                }
+            }
             match self.socket.try_send_to(&t.data, t.to) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -239,6 +239,23 @@ impl RoutingTable {
         if id == self.own || addr.port() == 0 {
             return InsertOutcome::Ignored;
         }
+        // Fast path for a node we know: addresses are unique in the table, so an entry with
+        // this id and address means no other entry can hold the address.
+        let home = self.bucket_index(&id);
+        if let Some(e) = self.buckets[home]
+            .nodes
+            .iter_mut()
+            .find(|e| e.id == id && e.addr == addr)
+        {
+            if answered {
+                e.confirmed = true;
+                e.fails = 0;
+                e.last_seen = now;
+                e.pinged_at = None;
+                self.buckets[home].last_changed = now;
+            }
+            return InsertOutcome::Updated;
+        }
         // Poisoning rules.
         if let Some((bi, ni)) = self.find_addr(&addr) {
             let e = &mut self.buckets[bi].nodes[ni];
@@ -435,18 +452,30 @@ impl RoutingTable {
     /// Up to `count` nodes closest to `target`, nearest first. With `confirmed_only`,
     /// nodes that never answered us are left out (what we tell others).
     pub fn closest(&self, target: &Id, count: usize, confirmed_only: bool) -> Vec<NodeInfo> {
-        let mut all: Vec<(Id, NodeInfo)> = self
-            .entries()
-            .filter(|e| !confirmed_only || (e.confirmed && e.fails == 0))
-            .map(|e| (e.id.distance(target), e.info()))
-            .collect();
-        if all.len() > count && count > 0 {
-            all.select_nth_unstable_by(count - 1, |a, b| a.0.cmp(&b.0));
-            all.truncate(count);
+        // Keep the best `count` in a small sorted vector: no allocation per entry, and
+        // cheap for the table sizes we have (hundreds of nodes, count = k).
+        let mut best: Vec<(Id, NodeInfo)> = Vec::with_capacity(count + 1);
+        if count == 0 {
+            return Vec::new();
         }
-        all.sort_unstable_by_key(|a| a.0);
-        all.truncate(count);
-        all.into_iter().map(|(_, n)| n).collect()
+        for e in self.entries() {
+            if confirmed_only && !(e.confirmed && e.fails == 0) {
+                continue;
+            }
+            let d = e.id.distance(target);
+            if best.len() == count && d >= best[count - 1].0 {
+                continue;
+            }
+            let pos = best.partition_point(|(bd, _)| *bd < d);
+            best.insert(pos, (d, e.info()));
+            best.truncate(count);
+        }
+        best.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Whether `addr` is in the table as `id` and has answered us.
+    pub fn is_confirmed(&self, id: &Id, addr: &SocketAddr) -> bool {
+        self.get(id).is_some_and(|e| e.addr == *addr && e.confirmed)
     }
 
     /// Confirmed nodes that are currently good: what we save and what a bootstrap node
