@@ -37,6 +37,7 @@ fn answer_rate() {
     let mut c = Config::loopback(vec![]);
     c.inbound_rate = u32::MAX / 2;
     c.inbound_burst = u32::MAX / 2;
+    c.max_replies_per_sec = u32::MAX / 2;
     let mut d = Dht::new(c, now, 1);
     // Give it a table: answer its pings from 300 nodes.
     for i in 0..300u32 {

@@ -55,6 +55,9 @@ pub struct Config {
     /// Queries dropped in one burst before the source is banned for `ban_duration`.
     pub ban_after_drops: u32,
     pub ban_duration: Duration,
+    /// Replies per second to everyone together (and burst): bounds what a flood from
+    /// many (possibly spoofed) sources can make us send.
+    pub max_replies_per_sec: u32,
     /// Source IPs tracked by the rate limiter (bounded memory).
     pub max_tracked_ips: usize,
     /// Our own outgoing queries per second (all lookups share this) and burst.
@@ -104,6 +107,7 @@ impl Default for Config {
             inbound_burst: 50,
             ban_after_drops: 100,
             ban_duration: Duration::from_secs(5 * 60),
+            max_replies_per_sec: 200_000,
             max_tracked_ips: 10_000,
             outbound_rate: 250,
             outbound_burst: 100,

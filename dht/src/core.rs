@@ -154,6 +154,9 @@ pub struct Dht {
     store: PeerStore,
     inbound: InboundLimiter,
     outbound: TokenBucket,
+    /// All replies together (a flood from many spoofed sources cannot turn us into a
+    /// reflector beyond this).
+    replies: TokenBucket,
     voter: ExternalIpVoter,
     /// Extra lookup seeds with known ids (a saved state's nodes).
     seed_nodes: Vec<NodeInfo>,
@@ -208,6 +211,7 @@ impl Dht {
             config.max_tracked_ips,
         );
         let outbound = TokenBucket::new(config.outbound_rate, config.outbound_burst, now);
+        let replies = TokenBucket::new(config.max_replies_per_sec, config.max_replies_per_sec, now);
         let next_tid = rng.next_u32() as u16;
         Dht {
             id,
@@ -218,6 +222,7 @@ impl Dht {
             store,
             inbound,
             outbound,
+            replies,
             voter: ExternalIpVoter::default(),
             seed_nodes: Vec::new(),
             lookups: BTreeMap::new(),
@@ -541,7 +546,11 @@ impl Dht {
 
     fn admit(&mut self, now: Instant, ip: IpAddr) -> bool {
         match self.inbound.check(ip, now) {
-            Admit::Yes => true,
+            Admit::Yes if self.replies.try_take(now) => true,
+            Admit::Yes => {
+                self.stats.rate_limited += 1;
+                false
+            }
             Admit::Limited => {
                 self.stats.rate_limited += 1;
                 false
@@ -846,7 +855,8 @@ impl Dht {
             self.config.k,
             self.config.alpha,
             self.config.max_in_flight,
-        );
+        )
+        .with_one_per_ip(self.config.restrict_ips);
         if kind.wants_peers() {
             // Our own store counts: in a tiny network we may be the one that was told.
             let stored =

@@ -87,6 +87,9 @@ pub struct Lookup {
     peers_seen: HashSet<SocketAddr>,
     pub queries_sent: u32,
     pub responses: u32,
+    /// At most one candidate per IP, so a hostile reply cannot point a lookup's queries
+    /// at one victim on many ports (off on loopback, where every node shares an IP).
+    one_per_ip: bool,
 }
 
 impl Lookup {
@@ -112,7 +115,14 @@ impl Lookup {
             peers_seen: HashSet::new(),
             queries_sent: 0,
             responses: 0,
+            one_per_ip: false,
         }
+    }
+
+    /// Allows only one candidate per IP address (see the field's docs).
+    pub fn with_one_per_ip(mut self, on: bool) -> Lookup {
+        self.one_per_ip = on;
+        self
     }
 
     fn sort(&mut self) {
@@ -127,11 +137,10 @@ impl Lookup {
     /// Adds nodes learned from the routing table or a reply.
     pub fn add_nodes<'n>(&mut self, nodes: impl IntoIterator<Item = &'n NodeInfo>) {
         for n in nodes {
-            if self
-                .candidates
-                .iter()
-                .any(|c| c.addr == n.addr || c.id == Some(n.id))
-            {
+            let one_per_ip = self.one_per_ip;
+            if self.candidates.iter().any(|c| {
+                c.addr == n.addr || c.id == Some(n.id) || (one_per_ip && c.addr.ip() == n.addr.ip())
+            }) {
                 continue;
             }
             self.candidates.push(Candidate {
@@ -434,6 +443,19 @@ mod tests {
         l.on_response(&boot, Id([1; 20]), None);
         assert!(l.traversal_done());
         assert_eq!(l.closest_responded()[0].id, Id([1; 20]));
+    }
+
+    #[test]
+    fn one_candidate_per_ip_when_restricted() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let victim: Vec<NodeInfo> = (1..=8).map(|i| node(&mut rng, i)).collect();
+        let mut l =
+            Lookup::new(LookupId(1), LookupKind::FindNode, Id::ZERO, 8, 3, 8).with_one_per_ip(true);
+        l.add_nodes(&victim);
+        assert_eq!(l.candidate_count(), 1);
+        let mut open = Lookup::new(LookupId(2), LookupKind::FindNode, Id::ZERO, 8, 3, 8);
+        open.add_nodes(&victim);
+        assert_eq!(open.candidate_count(), 8);
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use dht::krpc::{error_code, Body, KrpcError, Message, Query, QueryKind, Response, Want};
 use dht::{Config, Dht, Id};
 
-
 fn core(tweak: impl FnOnce(&mut Config)) -> (Dht, Instant) {
     let mut c = Config::loopback(vec![]);
     c.id = Some(Id([0x11; 20]));
@@ -231,6 +230,20 @@ fn inbound_rate_limit_and_temporary_ban() {
     assert_eq!(replies_to(&mut d, flood).len(), 1, "ban lifted");
     let s = d.stats();
     assert!(s.rate_limited >= 20 && s.banned_drops >= 1, "{s:?}");
+}
+
+#[test]
+fn global_reply_budget_bounds_a_flood_from_many_sources() {
+    let (mut d, now) = core(|c| c.max_replies_per_sec = 5);
+    let ping = query(b"pp", Id([0x22; 20]), QueryKind::Ping);
+    for i in 0..20u8 {
+        d.handle_datagram(now, SocketAddr::from(([127, 9, 0, i + 1], 1000)), &ping);
+    }
+    let replies = drain(&mut d)
+        .into_iter()
+        .filter(|(_, m)| matches!(m.body, Body::Response(_)))
+        .count();
+    assert_eq!(replies, 5);
 }
 
 #[test]
