@@ -7,9 +7,9 @@ use std::time::Duration;
 #[test]
 fn three_thousand_nodes_reach_routing_table_depth_8() {
     let mut config = WorldConfig::new(3_000, 1);
-    config.join_over = Duration::from_secs(60);
+    config.join_over = Duration::from_secs(45);
     let mut world = DhtWorld::new(config);
-    world.run_until(SimTime::from_secs(4 * 60));
+    world.run_until(SimTime::from_secs(150));
     let s = world.table_summary();
     assert_eq!(s.nodes, 3_000);
     // log2(3000 / 8) ~ 8.6 splits: a node that found its neighbourhood has >= 9 buckets.
