@@ -268,7 +268,15 @@ impl Task {
                         }
                     }
                 }
-                Some(d) = disk.recv() => self.on_disk(d),
+                Some(d) = disk.recv() => {
+                    self.on_disk(d);
+                    for _ in 0..256 {
+                        match disk.try_recv() {
+                            Ok(d) => self.on_disk(d),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Some((stream, addr)) = accepted.recv() => self.incoming(stream, addr),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => self.on_timer(),
                 _ = stats_tick.tick() => self.publish(),
