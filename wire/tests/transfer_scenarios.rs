@@ -169,3 +169,48 @@ async fn leecher_with_only_the_info_hash_fetches_metadata_first() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_not_yet_listening_is_retried() {
+    let seed_dir = tempfile::tempdir().unwrap();
+    let leech_dir = tempfile::tempdir().unwrap();
+    let files = vec![("data.bin", payload(300_000, 9))];
+    let meta = make_torrent(seed_dir.path(), "data.bin", &files, 32 * 1024);
+    // Reserve an address, then free it: the first connection attempt is refused.
+    let addr = std::net::TcpListener::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut leecher = Torrent::start(
+        Source::Metainfo(Box::new(meta.clone())),
+        leech_dir.path().into(),
+        config(),
+    )
+    .await
+    .unwrap();
+    leecher.add_peer(addr);
+    let s = wait_for(
+        LIMIT,
+        || leecher.stats(),
+        |s| s.dropped.iter().any(|(a, _)| *a == addr),
+    )
+    .await;
+    assert!(s.dropped[0].1.contains("connect failed"), "{:?}", s.dropped);
+    let mut cfg = config();
+    cfg.listen = Some(addr);
+    let seeder = Torrent::start(
+        Source::Metainfo(Box::new(meta)),
+        seed_dir.path().into(),
+        cfg,
+    )
+    .await
+    .unwrap();
+    // No second add_peer: the session retries on its own.
+    tokio::time::timeout(LIMIT, leecher.wait_complete())
+        .await
+        .expect("in time")
+        .unwrap();
+    same_tree(seed_dir.path(), leech_dir.path(), &files);
+    leecher.shutdown().await;
+    seeder.shutdown().await;
+}

@@ -29,6 +29,10 @@ use crate::storage::{FileSpec, Storage, StorageLayout, StorageOptions};
 const MAX_DROPPED: usize = 64;
 /// Messages kept per peer while the metadata is unknown (bitfield + haves).
 const MAX_BACKLOG: usize = 100_000;
+/// An outgoing connection that fails before the handshake completes (refused, reset,
+/// closed: clients often do that while a torrent is starting) is retried this many
+/// times, after 1, 2, 4, ... seconds.
+const MAX_RETRIES: u32 = 4;
 
 enum DiskDone {
     Verified {
@@ -49,6 +53,7 @@ struct ReadJob {
 
 struct Conn {
     addr: SocketAddr,
+    outgoing: bool,
     tx: mpsc::UnboundedSender<ToConn>,
     ready: bool,
     fast: bool,
@@ -84,6 +89,9 @@ struct Task {
     by_slot: HashMap<PeerSlot, ConnId>,
     addrs: HashSet<SocketAddr>,
     next_id: ConnId,
+    /// Failed attempts per address, and when to try again.
+    retries: HashMap<SocketAddr, u32>,
+    retry_at: Vec<(Instant, SocketAddr)>,
     events_tx: mpsc::UnboundedSender<FromConn>,
     disk_tx: mpsc::UnboundedSender<DiskDone>,
     stats_tx: watch::Sender<TorrentStats>,
@@ -131,6 +139,8 @@ pub(super) async fn spawn(
         by_slot: HashMap::new(),
         addrs: HashSet::new(),
         next_id: 1,
+        retries: HashMap::new(),
+        retry_at: Vec::new(),
         events_tx,
         disk_tx,
         stats_tx,
@@ -304,7 +314,11 @@ impl Task {
             Phase::Metadata(f) => f.poll_timeout(),
             Phase::Failed => None,
         };
-        t.map_or(fallback, |t| t.min(fallback))
+        let t = t.map_or(fallback, |t| t.min(fallback));
+        self.retry_at
+            .iter()
+            .map(|&(at, _)| at)
+            .fold(t, Instant::min)
     }
 
     fn on_timer(&mut self) {
@@ -313,6 +327,16 @@ impl Task {
             Phase::Pieces(p) => p.engine.handle_timeout(now),
             Phase::Metadata(f) => f.handle_timeout(now),
             Phase::Failed => {}
+        }
+        let due: Vec<SocketAddr> = self
+            .retry_at
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|&(_, a)| a)
+            .collect();
+        self.retry_at.retain(|(at, _)| *at > now);
+        for addr in due {
+            self.connect(addr);
         }
     }
 
@@ -323,7 +347,11 @@ impl Task {
         }
     }
 
-    fn new_conn(&mut self, addr: SocketAddr) -> (ConnParams, mpsc::UnboundedReceiver<ToConn>) {
+    fn new_conn(
+        &mut self,
+        addr: SocketAddr,
+        outgoing: bool,
+    ) -> (ConnParams, mpsc::UnboundedReceiver<ToConn>) {
         let id = self.next_id;
         self.next_id += 1;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -331,6 +359,7 @@ impl Task {
             id,
             Conn {
                 addr,
+                outgoing,
                 tx,
                 ready: false,
                 fast: false,
@@ -369,7 +398,7 @@ impl Task {
                 return;
             }
         }
-        let (params, rx) = self.new_conn(addr);
+        let (params, rx) = self.new_conn(addr, true);
         let events = self.events_tx.clone();
         let timeout = self.cfg.connect_timeout;
         tokio::spawn(async move {
@@ -402,7 +431,7 @@ impl Task {
         if self.at_capacity() || banned {
             return; // dropping the stream closes it
         }
-        let (params, rx) = self.new_conn(addr);
+        let (params, rx) = self.new_conn(addr, false);
         let events = self.events_tx.clone();
         tokio::spawn(connection::run(params, stream, false, events, rx));
     }
@@ -417,6 +446,14 @@ impl Task {
             }
             self.dropped.push_back((c.addr, reason));
             let now = Instant::now();
+            if c.outgoing && !c.ready {
+                let tries = self.retries.entry(c.addr).or_insert(0);
+                if *tries < MAX_RETRIES {
+                    self.retry_at
+                        .push((now + Duration::from_secs(1 << *tries), c.addr));
+                    *tries += 1;
+                }
+            }
             match &mut self.phase {
                 Phase::Pieces(p) => {
                     if let Some(slot) = c.slot {
@@ -443,6 +480,7 @@ impl Task {
             return;
         };
         c.ready = true;
+        self.retries.remove(&c.addr);
         let common = reserved.common(&Reserved::OURS);
         c.fast = common.fast();
         c.extended = common.extension_protocol();
