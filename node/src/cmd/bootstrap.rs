@@ -128,6 +128,11 @@ impl Settings {
             inbound_rate: rate,
             inbound_burst: rate.saturating_mul(2),
             max_tracked_ips: 100_000,
+            // Every new querying node is pinged back before it is handed out: a bootstrap
+            // node sends many more of those than an ordinary node.
+            outbound_rate: 2_000,
+            outbound_burst: 1_000,
+            max_queued_queries: 10_000,
             ipv4: self.bind.is_ipv4(),
             ipv6: self.bind.is_ipv6(),
             ..base
