@@ -267,3 +267,20 @@ fn many_concurrent_lookups_share_the_outgoing_rate() {
             >= 20
     );
 }
+
+#[test]
+fn same_seeds_give_the_same_trace() {
+    let run = || {
+        let mut net = TestNet::star(40, 10 * MS, |_| {});
+        join(&mut net);
+        let now = net.now;
+        net.node(3).announce(now, Id([9; 20]), Some(1));
+        net.node(20).get_peers(now, Id([9; 20]));
+        net.run_for(Duration::from_secs(30));
+        let stats: Vec<_> = net.nodes.iter().map(Dht::stats).collect();
+        (net.events, stats, net.delivered)
+    };
+    let (a, b) = (run(), run());
+    assert!(a.2 > 1000, "the network did something");
+    assert_eq!(a, b);
+}
