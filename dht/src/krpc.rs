@@ -538,8 +538,12 @@ fn encode_response(e: &mut Encoder<'_>, r: &Response) {
     }
     if !r.values.is_empty() {
         e.key(b"values").begin_list();
+        // One scratch buffer for all values instead of an allocation each.
+        let mut buf = Vec::with_capacity(18);
         for v in &r.values {
-            e.bytes(&compact_addr(v));
+            buf.clear();
+            push_compact_addr(&mut buf, v);
+            e.bytes(&buf);
         }
         e.end();
     }
