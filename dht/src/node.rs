@@ -546,6 +546,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ipv6_nodes_on_loopback_find_each_other() {
+        let v6 = |bootstrap: Vec<SocketAddr>| {
+            let mut cfg = loopback(bootstrap);
+            cfg.bind = "[::1]:0".parse().unwrap();
+            cfg.core.ipv4 = false;
+            cfg.core.ipv6 = true;
+            cfg
+        };
+        let boot = Node::bind(v6(vec![])).await.unwrap();
+        let a = Node::bind(v6(vec![boot.local_addr()])).await.unwrap();
+        let c = Node::bind(v6(vec![boot.local_addr()])).await.unwrap();
+        for n in [&a, &c] {
+            let mut joined = false;
+            for _ in 0..200 {
+                if n.stats().await.nodes6 >= 1 {
+                    joined = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            assert!(joined, "IPv6 node never joined");
+        }
+        let ih = [0x66u8; 20];
+        let mut ann = a.announce(ih, None);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ann.next().await.is_some() {}
+        })
+        .await
+        .expect("announce finished");
+        let mut found = c.get_peers(ih);
+        let peer = tokio::time::timeout(Duration::from_secs(10), found.next())
+            .await
+            .expect("lookup produced a peer in time");
+        // implied_port: the announcer's UDP address is its peer address.
+        assert_eq!(peer, Some(a.local_addr()));
+    }
+
+    #[tokio::test]
     async fn bind_error_names_the_address() {
         let first = Node::bind(loopback(vec![])).await.unwrap();
         let err = Node::bind(NodeConfig::new(
