@@ -380,6 +380,17 @@ fn main() {
         busy(echo_cpu),
         1e6 / core_rate
     );
+    // What one fully busy core would answer at the measured CPU cost per answer (the
+    // client thread, not the server, is usually the limit on a shared 2-core machine).
+    let cap = |cpu: Option<f64>, n: u64| cpu.map(|c| n as f64 / c.max(1e-9)).unwrap_or(f64::NAN);
+    let boot_cap = cap(boot_cpu, boot.total_answered);
+    println!(
+        "projected at one busy server core: bootstrap {:.0}/s, echo {:.0}/s, ratio {:.2}; goal 100k/s at one core: {}",
+        boot_cap,
+        cap(echo_cpu, echo.total_answered),
+        boot_cap / cap(echo_cpu, echo.total_answered),
+        if boot_cap >= 100_000.0 { "met" } else { "NOT met" }
+    );
     println!(
         "server stats: table {} nodes, queries received {}, replies {}, rate limited {}, banned drops {}, invalid {}",
         st.nodes4, st.queries_received, st.responses_sent, st.rate_limited, st.banned_drops, st.invalid_packets
