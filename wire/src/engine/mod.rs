@@ -1075,6 +1075,7 @@ impl Engine {
             only: choked.then_some(peer.allowed_fast.as_slice()),
             suggested: &peer.suggested,
             may_own: !peer.snubbed,
+            outstanding: peer.outstanding.len(),
         };
         let mut picked = std::mem::take(&mut self.scratch);
         picked.clear();

@@ -73,7 +73,14 @@ pub struct PeerView<'a> {
     /// Whether it may own pieces (whole-piece preference). Snubbed peers may not: their
     /// blocks would hold up pieces others could finish.
     pub may_own: bool,
+    /// Requests already outstanding to this peer (bounds its endgame duplicates).
+    pub outstanding: usize,
 }
+
+/// In endgame a peer gets duplicate requests only while its own queue is this short: deep
+/// pipelines (hundreds of blocks on a fast link) would otherwise duplicate most of the
+/// torrent as soon as the last block is first requested.
+pub const ENDGAME_QUEUE: usize = 4;
 
 impl PeerView<'_> {
     fn may_request(&self, piece: u32) -> bool {
@@ -231,7 +238,9 @@ impl Picker {
             }
         }
         // 5. Endgame: ask for blocks already requested elsewhere.
-        if !done(out) && self.in_endgame() {
+        let endgame_room = ENDGAME_QUEUE.saturating_sub(peer.outstanding + (out.len() - start));
+        if !done(out) && endgame_room > 0 && self.in_endgame() {
+            let want = want.min(out.len() - start + endgame_room);
             let mut extra = Vec::new();
             'pieces: for (&p, part) in &self.partial {
                 if !peer.may_request(p) {
@@ -459,6 +468,7 @@ mod tests {
             only: None,
             suggested: &[],
             may_own: true,
+            outstanding: 0,
         }
     }
 
@@ -573,5 +583,31 @@ mod tests {
             &mut d,
         );
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn endgame_duplicates_only_for_peers_with_short_queues() {
+        // 8 pieces of 2 blocks: everything gets requested by one deep-pipelined peer.
+        let g = geo(8);
+        let mut p = Picker::new(g, &Bitfield::new(8));
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let policy = PickPolicy {
+            random_first_pieces: 0,
+            endgame_max_requesters: 2,
+        };
+        let mut a = Vec::new();
+        p.pick(&view(1, None), 100, policy, &mut rng, &|_| false, &mut a);
+        assert_eq!(a.len(), 16);
+        assert!(p.in_endgame());
+        // A second peer that already has a deep queue of its own gets no duplicates.
+        let mut busy = view(2, None);
+        busy.outstanding = ENDGAME_QUEUE;
+        let mut b = Vec::new();
+        p.pick(&busy, 100, policy, &mut rng, &|_| false, &mut b);
+        assert!(b.is_empty(), "{b:?}");
+        // An idle peer gets at most ENDGAME_QUEUE duplicates, however much room it has.
+        let mut c = Vec::new();
+        p.pick(&view(3, None), 100, policy, &mut rng, &|_| false, &mut c);
+        assert_eq!(c.len(), ENDGAME_QUEUE);
     }
 }
