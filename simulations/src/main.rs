@@ -420,6 +420,7 @@ fn lookup_params(a: &LookupArgs) -> dht_lookup::LookupParams {
     p.warmup = Duration::from_secs(a.warmup);
     p.duration = Duration::from_secs(a.common.duration);
     p.lookups = a.lookups;
+    p.progress = true;
     p
 }
 

@@ -28,6 +28,8 @@ pub struct LookupParams {
     /// aim at a few targets).
     pub targets: Option<Vec<Id>>,
     pub attack: Option<crate::dht_sim::adversary::Attack>,
+    /// Print a progress line to stderr every virtual minute (long runs).
+    pub progress: bool,
 }
 
 /// One announce + get_peers pair.
@@ -150,7 +152,21 @@ pub fn run(p: &LookupParams) -> LookupReport {
     // Searches waiting for their start time: Probe ids >= p.lookups map to records.
     let search_base = p.lookups as u32;
 
+    let wall = std::time::Instant::now();
+    let mut next_progress = SimTime::from_secs(60);
     while let Some(step) = world.step(end) {
+        if p.progress && world.sim.now() >= next_progress {
+            next_progress = next_progress + Duration::from_secs(60);
+            eprintln!(
+                "virtual {:>5.0}s  wall {:>6.1}s  events {:>11}  online {:>7}  searches {:>5}",
+                world.sim.now().as_secs_f64(),
+                wall.elapsed().as_secs_f64(),
+                world.sim.stats.events,
+                world.sim.net.len() as u64 - world.leaves
+                    + world.joins.saturating_sub(world.sim.net.len() as u64),
+                records.iter().filter(|r| r.search_start.is_some()).count()
+            );
+        }
         match step {
             Step::Scenario(_, Cmd::Probe(i)) if i >= ATTACK_PROBE => {
                 if let Some(a) = &p.attack {
@@ -291,6 +307,7 @@ impl LookupParams {
             search_delay: Duration::from_secs(5),
             targets: None,
             attack: None,
+            progress: false,
         }
     }
 }
