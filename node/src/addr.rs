@@ -1,6 +1,6 @@
 //! Parsing of `HOST:PORT` arguments (bootstrap nodes, peers) with name resolution.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Resolves `HOST:PORT` (a literal address, `[v6]:port`, or a DNS name) to addresses.
 /// A name that does not resolve is an error naming it.
@@ -41,6 +41,17 @@ pub async fn resolve_all(specs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     match (out.is_empty(), first_err) {
         (true, Some(e)) => Err(e),
         _ => Ok(out),
+    }
+}
+
+/// Whether `ip` is loopback or private (RFC 1918, ULA): private mode by default there.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            let seg0 = v6.segments()[0];
+            v6.is_loopback() || (seg0 & 0xfe00) == 0xfc00 || (seg0 & 0xffc0) == 0xfe80
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use dht::node::PeerPoll;
 use wire::infohash::InfoHash;
 use wire::session::{SessionConfig, Source, Torrent, TorrentStats};
 
+use crate::addr::is_private;
 use crate::progress::{Progress, Snapshot};
 
 /// Network settings of one node (a torrent session plus its DHT node).
@@ -47,14 +48,6 @@ impl NetConfig {
                 ..dht::Config::default()
             }
         }
-    }
-}
-
-/// True for loopback and private-range addresses, where many nodes share few IPs.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
     }
 }
 

@@ -69,16 +69,7 @@ pub struct Args {
     pub public: bool,
 }
 
-/// Whether `ip` is loopback or private (RFC 1918, ULA): private mode by default there.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            let seg0 = v6.segments()[0];
-            v6.is_loopback() || (seg0 & 0xfe00) == 0xfc00 || (seg0 & 0xffc0) == 0xfe80
-        }
-    }
-}
+pub use crate::addr::is_private;
 
 /// Settings of a bootstrap node: everything `swarm bootstrap` decides, so that tests and
 /// the benchmark can run the very same node in-process.
