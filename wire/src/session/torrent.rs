@@ -23,7 +23,7 @@ use crate::extension::{
 use crate::infohash::InfoHash;
 use crate::metainfo::Info;
 use crate::peer::{Message, Reserved};
-use crate::storage::{FileSpec, Storage, StorageLayout, StorageOptions};
+use crate::storage::{Storage, StorageLayout, StorageOptions};
 
 /// Dropped-connection reasons kept for stats.
 const MAX_DROPPED: usize = 64;
@@ -164,17 +164,8 @@ async fn open_pieces(
     raw_info: Bytes,
     assume_empty: bool,
 ) -> Result<Pieces, SessionError> {
-    let files = info
-        .files
-        .iter()
-        .map(|f| FileSpec {
-            path: f.path.clone(),
-            length: f.length,
-            padding: f.attr.padding || f.attr.symlink,
-        })
-        .collect();
-    let layout = StorageLayout::new(info.piece_length, files)
-        .map_err(|e| SessionError::Storage(e.to_string()))?;
+    let layout =
+        StorageLayout::from_info(&info).map_err(|e| SessionError::Storage(e.to_string()))?;
     let geo = Geometry::new(info.total_length, info.piece_length)
         .map_err(|e| SessionError::Storage(e.to_string()))?;
     let storage = Storage::new(
