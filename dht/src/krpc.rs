@@ -672,7 +672,7 @@ mod tests {
                 id: Id([3; 20]),
                 nodes: vec![n4],
                 nodes6: vec![n6],
-                values: vec!["[::1]:80".parse().unwrap(), "10.0.0.1:1".parse().unwrap()],
+                values: vec!["[::1]:80".parse().unwrap(), "127.0.0.2:1".parse().unwrap()],
                 token: Some(b"tok".to_vec()),
                 samples: Some(vec![Id([4; 20]), Id([5; 20])]),
                 interval: Some(21600),

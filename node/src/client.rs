@@ -39,9 +39,7 @@ impl NetConfig {
     /// protect a node on the public DHT.
     pub fn dht_core_config(&self) -> dht::Config {
         if is_private(self.bind_ip) || self.bootstrap.iter().all(|a| is_private(a.ip())) {
-            let mut c = dht::Config::loopback(self.bootstrap.clone());
-            c.bootstrap = self.bootstrap.clone();
-            c
+            dht::Config::loopback(self.bootstrap.clone())
         } else {
             dht::Config {
                 bootstrap: self.bootstrap.clone(),

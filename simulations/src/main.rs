@@ -140,11 +140,17 @@ fn world(c: &Common) -> WorldConfig {
     w
 }
 
+/// Writes the table as CSV; an unwritable output directory is a one-line error and exit 1.
 fn save(out: &Path, name: &str, table: &Table) {
-    std::fs::create_dir_all(out).expect("create output dir");
     let path = out.join(format!("{name}.csv"));
-    std::fs::write(&path, table.to_csv()).expect("write csv");
-    println!("wrote {}", path.display());
+    let written = std::fs::create_dir_all(out).and_then(|()| std::fs::write(&path, table.to_csv()));
+    match written {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => {
+            eprintln!("simulations: error: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
 }
 
 fn plot(out: &Path, name: &str, chart: &Chart<'_>, series: &[Series]) {

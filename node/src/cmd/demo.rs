@@ -48,31 +48,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             d.clone()
         }
         None => {
-            tmp = tempdir()?;
-            tmp.0.clone()
+            tmp = tempfile::Builder::new()
+                .prefix("swarm-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
+            tmp.path().to_path_buf()
         }
     };
     runtime()?.block_on(demo(args, dir))
-}
-
-/// A temporary directory removed on drop (no extra dependency for one directory).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> anyhow::Result<TempDir> {
-    let base = std::env::temp_dir();
-    for i in 0..100u32 {
-        let p = base.join(format!("swarm-demo-{}-{i}", std::process::id()));
-        if std::fs::create_dir(&p).is_ok() {
-            return Ok(TempDir(p));
-        }
-    }
-    bail!("cannot create a temporary directory in {}", base.display())
 }
 
 /// Writes `size` bytes of reproducible pseudo-random data (xorshift64*), 1 MiB at a time.
