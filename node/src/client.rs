@@ -28,6 +28,10 @@ pub struct NetConfig {
     /// Where the DHT state file lives (none: nothing saved).
     pub dht_state: Option<PathBuf>,
     pub max_peers: usize,
+    /// Where resume data and fetched metadata are kept (none: every start rehashes).
+    pub resume_dir: Option<PathBuf>,
+    /// Rehash every piece on start even when resume data matches the files.
+    pub full_recheck: bool,
     /// Bytes per second, 0 = unlimited.
     pub limit_down: u64,
     pub limit_up: u64,
@@ -78,6 +82,8 @@ impl Client {
     ) -> anyhow::Result<Client> {
         let mut cfg = SessionConfig {
             listen: Some(SocketAddr::new(net.bind_ip, net.port)),
+            resume_dir: net.resume_dir.clone(),
+            full_recheck: net.full_recheck,
             ..SessionConfig::default()
         };
         cfg.engine.max_peers = net.max_peers;

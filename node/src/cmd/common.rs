@@ -38,9 +38,12 @@ pub struct NetArgs {
     /// Upload rate limit in bytes per second (suffixes K, M, G); 0 = unlimited.
     #[arg(long, env = "SWARM_LIMIT_UP", value_parser = super::create::parse_size, default_value = "0")]
     pub limit_up: u64,
-    /// Where state (DHT routing table) is kept; default: $XDG_DATA_HOME/swarm.
+    /// Where state (DHT routing table, resume data) is kept; default: $XDG_DATA_HOME/swarm.
     #[arg(long, env = "SWARM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Hash every piece on start, even those the resume data vouches for.
+    #[arg(long)]
+    pub recheck: bool,
 }
 
 impl NetArgs {
@@ -75,6 +78,8 @@ impl NetArgs {
             no_dht: self.no_dht,
             dht_state: Some(state.join(format!("dht-{}.state", self.port))),
             max_peers: self.max_peers,
+            resume_dir: Some(state.join("resume")),
+            full_recheck: self.recheck,
             limit_down: self.limit_down,
             limit_up: self.limit_up,
         };

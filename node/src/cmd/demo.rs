@@ -95,6 +95,9 @@ fn net(ip: IpAddr, bootstrap: SocketAddr, limit_up: u64) -> NetConfig {
         no_dht: false,
         dht_state: None,
         max_peers: 200,
+        // The demo's data lives in a fresh temporary directory: nothing to resume.
+        resume_dir: None,
+        full_recheck: false,
         limit_down: 0,
         limit_up,
     }

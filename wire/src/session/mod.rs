@@ -45,8 +45,18 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Seed for the engine's RNG (choking, piece choice).
     pub rng_seed: u64,
-    /// When not complete, keep the session's listener even with nothing to do.
+    /// How often [`Torrent::stats`] is refreshed.
     pub stats_interval: Duration,
+    /// Where resume data (`<info-hash>.resume`) and metadata fetched for a magnet link
+    /// (`<info-hash>.torrent`) are kept. With it, a restart trusts pieces whose files are
+    /// unchanged since the last save and rehashes only the rest, and a magnet restarts
+    /// without fetching the metadata again. None: every start hash-checks every piece.
+    pub resume_dir: Option<PathBuf>,
+    /// Rehash every piece on start even when the resume data matches the files.
+    pub full_recheck: bool,
+    /// How often resume data is saved while pieces arrive (also on completion and at
+    /// shutdown). Each save fsyncs the files written since the last one.
+    pub resume_interval: Duration,
 }
 
 impl Default for SessionConfig {
@@ -65,6 +75,9 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(180),
             rng_seed: rand::random(),
             stats_interval: Duration::from_millis(200),
+            resume_dir: None,
+            full_recheck: false,
+            resume_interval: Duration::from_secs(30),
         }
     }
 }

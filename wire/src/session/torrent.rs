@@ -21,9 +21,9 @@ use crate::extension::{
     Verdict, HANDSHAKE_ID, OUR_UT_METADATA_ID,
 };
 use crate::infohash::InfoHash;
-use crate::metainfo::Info;
+use crate::metainfo::{Info, Metainfo};
 use crate::peer::{Message, Reserved};
-use crate::storage::{Storage, StorageLayout, StorageOptions};
+use crate::storage::{ResumeStatus, Storage, StorageLayout, StorageOptions};
 
 /// Dropped-connection reasons kept for stats.
 const MAX_DROPPED: usize = 64;
@@ -41,6 +41,10 @@ enum DiskDone {
     },
     Sent {
         slot: PeerSlot,
+    },
+    ResumeSaved {
+        have: u32,
+        result: Result<(), String>,
     },
 }
 
@@ -70,6 +74,19 @@ struct Pieces {
     metadata: MetadataServer,
     buffers: HashMap<u32, Vec<u8>>,
     reads: std::sync::mpsc::Sender<ReadJob>,
+    resume: Option<ResumeState>,
+    /// Held while resume data is written (a background save and the one at shutdown
+    /// share one temporary file name).
+    resume_lock: Arc<std::sync::Mutex<()>>,
+}
+
+/// Periodic resume saves: at most one at a time, only when pieces were added.
+struct ResumeState {
+    path: PathBuf,
+    /// Pieces present at the last successful save (or at start).
+    saved_have: u32,
+    saving: bool,
+    next_save: Instant,
 }
 
 enum Phase {
@@ -111,6 +128,14 @@ pub(super) async fn spawn(
 ) -> Result<(JoinHandle<()>, watch::Receiver<TorrentStats>), SessionError> {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (disk_tx, disk_rx) = mpsc::unbounded_channel();
+    // A magnet whose metadata an earlier run saved starts like a .torrent.
+    let source = match source {
+        Source::InfoHash(h) => match saved_metadata(&cfg, h) {
+            Some(m) => Source::Metainfo(Box::new(m)),
+            None => Source::InfoHash(h),
+        },
+        other => other,
+    };
     let (info_hash, phase, name) = match source {
         Source::InfoHash(h) => (
             h,
@@ -120,7 +145,7 @@ pub(super) async fn spawn(
         Source::Metainfo(m) => {
             let raw = Bytes::from(m.raw_info.clone());
             let name = Some(m.info.name.clone());
-            let pieces = open_pieces(&cfg, &out_dir, m.info, raw, false).await?;
+            let pieces = open_pieces(&cfg, &out_dir, m.info_hash, m.info, raw).await?;
             (m.info_hash, Phase::Pieces(Box::new(pieces)), name)
         }
     };
@@ -156,13 +181,73 @@ pub(super) async fn spawn(
     Ok((handle, stats_rx))
 }
 
-/// Storage for `info` under `out_dir`, what is already there (hash-checked), and an engine.
+/// Where metadata fetched for `info_hash` is kept, if the session keeps any.
+fn metadata_path(cfg: &SessionConfig, info_hash: InfoHash) -> Option<PathBuf> {
+    let dir = cfg.resume_dir.as_ref()?;
+    Some(dir.join(format!("{}.torrent", info_hash.to_hex())))
+}
+
+/// Where resume data for `info_hash` downloaded into `root` is kept: one file per
+/// (torrent, directory), so seeding one copy and fetching another do not overwrite each
+/// other's stamps.
+fn resume_path(
+    cfg: &SessionConfig,
+    info_hash: InfoHash,
+    root: &std::path::Path,
+) -> Option<PathBuf> {
+    use sha1::{Digest, Sha1};
+    let dir = cfg.resume_dir.as_ref()?;
+    let tag = Sha1::digest(root.as_os_str().as_encoded_bytes());
+    let tag: String = tag[..4].iter().map(|b| format!("{b:02x}")).collect();
+    Some(dir.join(format!("{}.{tag}.resume", info_hash.to_hex())))
+}
+
+/// The metadata an earlier run fetched for `info_hash`, if it is there and really hashes
+/// to it (a damaged or foreign file is ignored: the metadata is fetched again).
+fn saved_metadata(cfg: &SessionConfig, info_hash: InfoHash) -> Option<Metainfo> {
+    let path = metadata_path(cfg, info_hash)?;
+    let len = std::fs::metadata(&path).ok()?.len();
+    if len > crate::metainfo::MAX_TORRENT_BYTES as u64 {
+        return None;
+    }
+    let bytes = std::fs::read(&path).ok()?;
+    match Metainfo::from_bytes(&bytes) {
+        Ok(m) if m.info_hash == info_hash => Some(m),
+        Ok(_) => {
+            tracing::warn!("{}: metadata of another torrent, ignored", path.display());
+            None
+        }
+        Err(e) => {
+            tracing::warn!("{}: ignored: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Keeps fetched metadata as a minimal .torrent, so a restart needs no peer for it.
+fn save_metadata(cfg: &SessionConfig, info_hash: InfoHash, raw_info: &[u8]) {
+    let Some(path) = metadata_path(cfg, info_hash) else {
+        return;
+    };
+    let mut torrent = Vec::with_capacity(raw_info.len() + 8);
+    torrent.extend_from_slice(b"d4:info");
+    torrent.extend_from_slice(raw_info);
+    torrent.push(b'e');
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::storage::write_atomic(&path, &torrent) {
+            tracing::warn!("cannot save metadata to {}: {e}", path.display());
+        }
+    });
+}
+
+/// Storage for `info` under `out_dir`, what is already there (from resume data where it
+/// can be trusted, hash-checked otherwise), and an engine.
 async fn open_pieces(
     cfg: &SessionConfig,
     out_dir: &std::path::Path,
+    info_hash: InfoHash,
     info: Info,
     raw_info: Bytes,
-    assume_empty: bool,
 ) -> Result<Pieces, SessionError> {
     let layout =
         StorageLayout::from_info(&info).map_err(|e| SessionError::Storage(e.to_string()))?;
@@ -176,17 +261,17 @@ async fn open_pieces(
     )
     .map_err(|e| SessionError::Storage(e.to_string()))?;
     let storage = Arc::new(storage);
+    let resume_path = resume_path(cfg, info_hash, storage.root());
+    let s = storage.clone();
+    let (path, full) = (resume_path.clone(), cfg.full_recheck);
+    tokio::task::spawn_blocking(move || check_existing(&s, path.as_deref(), full))
+        .await
+        .map_err(|e| SessionError::Storage(e.to_string()))?
+        .map_err(|e| SessionError::Storage(e.to_string()))?;
     let mut have = Bitfield::new(geo.piece_count);
-    if !assume_empty {
-        let s = storage.clone();
-        tokio::task::spawn_blocking(move || s.recheck_all())
-            .await
-            .map_err(|e| SessionError::Storage(e.to_string()))?
-            .map_err(|e| SessionError::Storage(e.to_string()))?;
-        for p in 0..geo.piece_count {
-            if storage.has_piece(p) {
-                have.set(p);
-            }
+    for p in 0..geo.piece_count {
+        if storage.has_piece(p) {
+            have.set(p);
         }
     }
     let engine = Engine::new(geo, have, cfg.engine.clone(), Instant::now(), cfg.rng_seed)
@@ -194,10 +279,46 @@ async fn open_pieces(
     Ok(Pieces {
         engine,
         reads: spawn_reader(storage.clone()),
-        storage,
         metadata: MetadataServer::new(raw_info),
         buffers: HashMap::new(),
+        resume: resume_path.map(|path| ResumeState {
+            path,
+            saved_have: storage.have_count(),
+            saving: false,
+            next_save: Instant::now() + cfg.resume_interval,
+        }),
+        resume_lock: Arc::default(),
+        storage,
     })
+}
+
+/// Marks what is already on disk: from resume data where it can be trusted, by hashing
+/// where not (and everything when there is no usable resume data).
+fn check_existing(
+    storage: &Storage,
+    resume: Option<&std::path::Path>,
+    full_recheck: bool,
+) -> Result<(), crate::storage::StorageError> {
+    let Some(path) = resume else {
+        return storage.recheck_all().map(drop);
+    };
+    let report = storage.load_resume(path, full_recheck)?;
+    match &report.status {
+        ResumeStatus::Missing => {
+            storage.recheck_all()?;
+        }
+        ResumeStatus::Invalid(why) => {
+            tracing::warn!("{}: ignored ({why}); checking every piece", path.display());
+            storage.recheck_all()?;
+        }
+        ResumeStatus::Trusted | ResumeStatus::Rechecked => tracing::info!(
+            "resume data: {:?}, {} pieces claimed, {} present",
+            report.status,
+            report.claimed,
+            report.have
+        ),
+    }
+    Ok(())
 }
 
 /// A thread that serves block reads in order (from the page cache, usually): cheaper
@@ -280,7 +401,10 @@ impl Task {
                 }
                 Some((stream, addr)) = accepted.recv() => self.incoming(stream, addr),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => self.on_timer(),
-                _ = stats_tick.tick() => self.publish(),
+                _ = stats_tick.tick() => {
+                    self.publish();
+                    self.save_resume_if_due(false);
+                }
             }
             self.flush();
         }
@@ -293,9 +417,45 @@ impl Task {
         self.conns.clear();
         if let Phase::Pieces(p) = &self.phase {
             let s = p.storage.clone();
-            let _ = tokio::task::spawn_blocking(move || s.sync()).await;
+            let path = p.resume.as_ref().map(|r| r.path.clone());
+            let lock = p.resume_lock.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                let _one_at_a_time = lock.lock();
+                match path {
+                    Some(path) => s.save_resume(&path),
+                    None => s.sync(),
+                }
+            })
+            .await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!("saving resume data at shutdown: {e}");
+            }
         }
         self.publish();
+    }
+
+    /// Starts a background resume save when one is due (or `now`) and pieces were added
+    /// since the last; never two at once.
+    fn save_resume_if_due(&mut self, now: bool) {
+        let Phase::Pieces(p) = &mut self.phase else {
+            return;
+        };
+        let Some(r) = &mut p.resume else { return };
+        let have = p.storage.have_count();
+        let t = Instant::now();
+        if r.saving || have == r.saved_have || !(now || t >= r.next_save) {
+            return;
+        }
+        r.saving = true;
+        r.next_save = t + self.cfg.resume_interval;
+        let (storage, path, lock) = (p.storage.clone(), r.path.clone(), p.resume_lock.clone());
+        let done = self.disk_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = lock.lock();
+            let have = storage.have_count();
+            let result = storage.save_resume(&path).map_err(|e| e.to_string());
+            let _ = done.send(DiskDone::ResumeSaved { have, result });
+        });
     }
 
     fn next_wake(&self) -> Instant {
@@ -633,6 +793,16 @@ impl Task {
                 }
             },
             DiskDone::Sent { slot } => p.engine.block_sent(now, slot),
+            DiskDone::ResumeSaved { have, result } => {
+                if let Some(r) = &mut p.resume {
+                    r.saving = false;
+                    match result {
+                        Ok(()) => r.saved_have = have,
+                        // Not fatal: pieces stay verified in memory; the next save retries.
+                        Err(e) => tracing::warn!("saving resume data: {e}"),
+                    }
+                }
+            }
         }
     }
 
@@ -681,7 +851,8 @@ impl Task {
             }
         };
         self.name = Some(info.name.clone());
-        match open_pieces(&self.cfg, &self.out_dir.clone(), info, raw, false).await {
+        save_metadata(&self.cfg, self.info_hash, &raw);
+        match open_pieces(&self.cfg, &self.out_dir.clone(), self.info_hash, info, raw).await {
             Ok(p) => self.phase = Phase::Pieces(Box::new(p)),
             Err(e) => {
                 self.error = Some(e.to_string());
@@ -778,6 +949,7 @@ impl Task {
         }
         if completed {
             self.publish();
+            self.save_resume_if_due(true);
         }
     }
 

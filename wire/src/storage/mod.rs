@@ -18,10 +18,11 @@
 //!   file was renamed into place, so after a crash it is still on disk.
 //! - Pieces verified after the last save are lost (re-downloaded): at most what was in
 //!   flight since then.
-//! - On start, [`Storage::load_resume`] trusts claimed pieces only if every file's size and
-//!   mtime still match the stamps; any difference (a crash after later writes, a truncated
-//!   or edited file) or `full_recheck` rehashes every claimed piece. Unclaimed pieces are
-//!   never trusted. So bad data is never marked good.
+//! - On start, [`Storage::load_resume`] trusts a claimed piece only if every file it
+//!   touches still has the size and mtime of the stamp. Every piece touching a file that
+//!   differs (written after the save, truncated, edited) is rehashed, claimed or not, so
+//!   pieces verified after the last save are found again; `full_recheck` rehashes all.
+//!   An unclaimed piece is marked only by a hash. So bad data is never marked good.
 
 mod files;
 mod layout;
@@ -40,6 +41,7 @@ use sha1::{Digest, Sha1};
 
 use files::{Access, FileCache};
 pub use layout::{FileSpec, LayoutError, Span, StorageLayout};
+pub(crate) use resume::write_atomic;
 use resume::{FileStamp, ResumeData};
 
 /// Why a storage operation failed.
@@ -120,7 +122,8 @@ pub enum ResumeStatus {
     Invalid(String),
     /// Stamps matched and no recheck was asked: claimed pieces trusted without hashing.
     Trusted,
-    /// Stamps differed (or a full recheck was asked): claimed pieces were rehashed.
+    /// Some stamps differed (or a full recheck was asked): the pieces touching those
+    /// files were rehashed.
     Rechecked,
 }
 
@@ -507,9 +510,9 @@ impl Storage {
         h.finalize().into()
     }
 
-    /// Loads resume data from `path` and marks pieces present: trusted if every file's
-    /// size and mtime match the saved stamps (and `full_recheck` is false), rehashed
-    /// otherwise. Never marks a piece the file does not claim. See the module docs.
+    /// Loads resume data from `path` and marks pieces present: a claimed piece is
+    /// trusted if the files it touches match their saved stamps (and `full_recheck` is
+    /// false); every piece touching a changed file is rehashed. See the module docs.
     pub fn load_resume(
         &self,
         path: &Path,
@@ -554,24 +557,33 @@ impl Storage {
                 self.have_count(),
             ));
         }
-        let claimed: Vec<u32> = (0..n).filter(|&i| get_bit(&data.have, i)).collect();
-        let stamps_match = self.stamps()? == data.files;
-        if stamps_match && !full_recheck {
-            for &p in &claimed {
+        let claimed = (0..n).filter(|&i| get_bit(&data.have, i)).count() as u32;
+        // A file whose size or mtime moved since the save (written after it, truncated,
+        // edited) makes every piece touching it suspect; those are rehashed, claimed or
+        // not, so pieces verified after the last save survive a crash too. Pieces lying
+        // only in unchanged files keep their claim without hashing.
+        let now = self.stamps()?;
+        let changed: Vec<bool> = now
+            .iter()
+            .zip(&data.files)
+            .map(|(a, b)| full_recheck || a != b)
+            .collect();
+        if !changed.contains(&true) {
+            for p in (0..n).filter(|&i| get_bit(&data.have, i)) {
                 self.mark(p, true);
             }
-            return Ok(report(
-                ResumeStatus::Trusted,
-                claimed.len() as u32,
-                self.have_count(),
-            ));
+            return Ok(report(ResumeStatus::Trusted, claimed, self.have_count()));
         }
-        self.verify_many(&claimed, &|_| {})?;
-        Ok(report(
-            ResumeStatus::Rechecked,
-            claimed.len() as u32,
-            self.have_count(),
-        ))
+        let mut suspect = Vec::new();
+        for p in 0..n {
+            if self.layout.piece_spans(p).iter().any(|s| changed[s.file]) {
+                suspect.push(p);
+            } else if get_bit(&data.have, p) {
+                self.mark(p, true);
+            }
+        }
+        self.verify_many(&suspect, &|_| {})?;
+        Ok(report(ResumeStatus::Rechecked, claimed, self.have_count()))
     }
 
     /// Number of file handles currently open.

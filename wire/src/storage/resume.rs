@@ -110,7 +110,7 @@ impl ResumeData {
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
 /// write a temporary file beside it, fsync it, rename it over, fsync the directory.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
