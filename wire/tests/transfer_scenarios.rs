@@ -214,3 +214,56 @@ async fn peer_not_yet_listening_is_retried() {
     leecher.shutdown().await;
     seeder.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_learned_through_pex_are_dialed() {
+    let seed_dir = tempfile::tempdir().unwrap();
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let files = vec![("data.bin", payload(2 * 1024 * 1024, 31))];
+    let meta = make_torrent(seed_dir.path(), "data.bin", &files, 32 * 1024);
+    // A slow seeder, so A is still downloading (and connected to it) when B arrives.
+    let mut slow = config();
+    slow.engine.upload_rate_limit = 256 * 1024;
+    let seeder = Torrent::start(
+        Source::Metainfo(Box::new(meta.clone())),
+        seed_dir.path().into(),
+        slow,
+    )
+    .await
+    .unwrap();
+    let seed_addr = seeder.listen_addr().unwrap();
+    // A knows the seeder; B knows only A, and must learn of the seeder from A's ut_pex.
+    let a = Torrent::start(
+        Source::Metainfo(Box::new(meta.clone())),
+        a_dir.path().into(),
+        config(),
+    )
+    .await
+    .unwrap();
+    a.add_peer(seed_addr);
+    wait_for(LIMIT, || a.stats(), |s| !s.peers.is_empty()).await;
+    let mut b = Torrent::start(
+        Source::Metainfo(Box::new(meta)),
+        b_dir.path().into(),
+        config(),
+    )
+    .await
+    .unwrap();
+    b.add_peer(a.listen_addr().unwrap());
+    let s = wait_for(
+        LIMIT,
+        || b.stats(),
+        |s| s.received_from.get(&seed_addr).is_some_and(|&n| n > 0),
+    )
+    .await;
+    assert!(s.peers.iter().any(|p| p.addr == Some(seed_addr)), "{s:?}");
+    tokio::time::timeout(LIMIT, b.wait_complete())
+        .await
+        .expect("in time")
+        .unwrap();
+    same_tree(seed_dir.path(), b_dir.path(), &files);
+    b.shutdown().await;
+    a.shutdown().await;
+    seeder.shutdown().await;
+}

@@ -17,13 +17,39 @@ use super::convert::{to_engine, to_wire};
 use super::{Command, PeerSnapshot, SessionConfig, SessionError, Source, TorrentStats};
 use crate::engine::{Action, Bitfield, BlockRef, Engine, Geometry, PeerInfo, PeerSlot};
 use crate::extension::{
-    ExtendedHandshake, FetchEvent, FetcherConfig, MetadataFetcher, MetadataMessage, MetadataServer,
-    Verdict, HANDSHAKE_ID, OUR_UT_METADATA_ID,
+    pex_flags, ExtendedHandshake, FetchEvent, FetcherConfig, MetadataFetcher, MetadataMessage,
+    MetadataServer, PexMessage, PexReceiver, PexSender, Verdict, HANDSHAKE_ID, OUR_UT_METADATA_ID,
+    OUR_UT_PEX_ID,
 };
 use crate::infohash::InfoHash;
 use crate::metainfo::{Info, Metainfo};
 use crate::peer::{Message, Reserved};
 use crate::storage::{ResumeStatus, Storage, StorageLayout, StorageOptions};
+
+/// How often connected peers are offered to PEX.
+const PEX_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Connects to `addr`, from `local` when we listen on a specific IP of the same family:
+/// peers then see the address we accept on (what PEX and BEP 10 `yourip` report), and
+/// `--bind` means what a user expects for outgoing traffic too.
+async fn dial(local: Option<std::net::IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = local.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
+/// Whether a PEX address is worth a dial: not unspecified, multicast or broadcast.
+fn is_dialable(addr: SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    !ip.is_unspecified()
+        && !ip.is_multicast()
+        && !matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast())
+}
 
 /// Dropped-connection reasons kept for stats.
 const MAX_DROPPED: usize = 64;
@@ -63,9 +89,28 @@ struct Conn {
     fast: bool,
     extended: bool,
     their_ut_metadata: Option<u8>,
+    their_ut_pex: Option<u8>,
+    /// The port they accept connections on (extended handshake `p`).
+    their_listen_port: Option<u16>,
+    pex_out: PexSender,
+    pex_in: PexReceiver,
     reqq: Option<u32>,
     slot: Option<PeerSlot>,
     backlog: Vec<Message>,
+}
+
+impl Conn {
+    /// Where others can connect to this peer, as told in PEX: the address we dialed, or
+    /// for an incoming connection its IP with the port it says it listens on.
+    fn pex_addr(&self) -> Option<SocketAddr> {
+        if self.outgoing {
+            Some(self.addr)
+        } else {
+            self.their_listen_port
+                .filter(|&p| p != 0)
+                .map(|p| SocketAddr::new(self.addr.ip(), p))
+        }
+    }
 }
 
 struct Pieces {
@@ -74,6 +119,8 @@ struct Pieces {
     metadata: MetadataServer,
     buffers: HashMap<u32, Vec<u8>>,
     reads: std::sync::mpsc::Sender<ReadJob>,
+    /// BEP 27: a private torrent gets peers only from its trackers; no PEX.
+    private: bool,
     resume: Option<ResumeState>,
     /// Held while resume data is written (a background save and the one at shutdown
     /// share one temporary file name).
@@ -116,6 +163,9 @@ struct Task {
     dropped: VecDeque<(SocketAddr, String)>,
     error: Option<String>,
     rate: (Instant, u64, u64, f64, f64),
+    /// When connected peers are next offered to PEX (each peer's sender rate-limits
+    /// itself to one message a minute; this only bounds how often we look).
+    next_pex: Instant,
 }
 
 pub(super) async fn spawn(
@@ -173,6 +223,7 @@ pub(super) async fn spawn(
         dropped: VecDeque::new(),
         error: None,
         rate: (Instant::now(), 0, 0, 0.0, 0.0),
+        next_pex: Instant::now(),
     };
     task.publish();
     let handle = tokio::spawn(async move {
@@ -288,6 +339,7 @@ async fn open_pieces(
             next_save: Instant::now() + cfg.resume_interval,
         }),
         resume_lock: Arc::default(),
+        private: info.private,
         storage,
     })
 }
@@ -404,6 +456,7 @@ impl Task {
                 _ = stats_tick.tick() => {
                     self.publish();
                     self.save_resume_if_due(false);
+                    self.send_pex();
                 }
             }
             self.flush();
@@ -491,6 +544,64 @@ impl Task {
         }
     }
 
+    fn is_private(&self) -> bool {
+        matches!(&self.phase, Phase::Pieces(p) if p.private)
+    }
+
+    /// Tells every PEX-capable peer about the peers we are connected to (once we know
+    /// the torrent is not private). Each peer's [`PexSender`] sends only changes, at most
+    /// one message a minute and 50 peers a message.
+    fn send_pex(&mut self) {
+        let now = Instant::now();
+        if now < self.next_pex {
+            return;
+        }
+        self.next_pex = now + PEX_CHECK_EVERY;
+        let Phase::Pieces(p) = &self.phase else {
+            return; // metadata unknown: it might be private
+        };
+        if p.private {
+            return;
+        }
+        let connected: Vec<(SocketAddr, u8)> = self
+            .conns
+            .values()
+            .filter(|c| c.ready)
+            .filter_map(|c| {
+                let addr = c.pex_addr()?;
+                let mut flags = 0;
+                if c.outgoing {
+                    flags |= pex_flags::REACHABLE;
+                }
+                let seed = c
+                    .slot
+                    .and_then(|s| p.engine.peer_stats(s))
+                    .is_some_and(|s| s.is_seed);
+                if seed {
+                    flags |= pex_flags::SEED;
+                }
+                Some((addr, flags))
+            })
+            .collect();
+        for c in self.conns.values_mut() {
+            let Some(their) = c.their_ut_pex.filter(|_| c.ready) else {
+                continue;
+            };
+            let own = c.pex_addr();
+            let others: Vec<(SocketAddr, u8)> = connected
+                .iter()
+                .filter(|(a, _)| Some(*a) != own)
+                .copied()
+                .collect();
+            if let Some(msg) = c.pex_out.poll(now, &others) {
+                let _ = c.tx.send(ToConn::Msg(Message::Extended {
+                    id: their,
+                    payload: Bytes::from(msg.encode()),
+                }));
+            }
+        }
+    }
+
     fn piece_count(&self) -> Option<u32> {
         match &self.phase {
             Phase::Pieces(p) => Some(p.engine.geometry().piece_count),
@@ -516,6 +627,10 @@ impl Task {
                 fast: false,
                 extended: false,
                 their_ut_metadata: None,
+                their_ut_pex: None,
+                their_listen_port: None,
+                pex_out: PexSender::new(addr),
+                pex_in: PexReceiver::default(),
                 reqq: None,
                 slot: None,
                 backlog: Vec::new(),
@@ -552,8 +667,9 @@ impl Task {
         let (params, rx) = self.new_conn(addr, true);
         let events = self.events_tx.clone();
         let timeout = self.cfg.connect_timeout;
+        let local = self.cfg.listen.map(|l| l.ip());
         tokio::spawn(async move {
-            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(timeout, dial(local, addr)).await {
                 Ok(Ok(stream)) => connection::run(params, stream, true, events, rx).await,
                 Ok(Err(e)) => {
                     let _ = events.send(FromConn::Closed {
@@ -652,7 +768,10 @@ impl Task {
                 Phase::Pieces(p) => Some(p.metadata.metadata_size()),
                 _ => None,
             };
-            let hs = ExtendedHandshake::ours(self.listen_port, size, Some(addr.ip()));
+            let mut hs = ExtendedHandshake::ours(self.listen_port, size, Some(addr.ip()));
+            if self.is_private() {
+                hs.extensions.remove(crate::extension::UT_PEX);
+            }
             let _ = c.tx.send(ToConn::Msg(Message::Extended {
                 id: HANDSHAKE_ID,
                 payload: Bytes::from(hs.encode()),
@@ -699,6 +818,8 @@ impl Task {
                     return self.drop_conn(id, "malformed extended handshake".into());
                 };
                 c.their_ut_metadata = hs.id_of(crate::extension::UT_METADATA);
+                c.their_ut_pex = hs.id_of(crate::extension::UT_PEX);
+                c.their_listen_port = hs.listen_port;
                 c.reqq = hs.request_queue;
                 match &mut self.phase {
                     Phase::Pieces(p) => {
@@ -750,6 +871,27 @@ impl Task {
                         }
                     }
                     _ => {}
+                }
+            }
+            Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload,
+            } => {
+                let msg = match PexMessage::parse(&payload) {
+                    Ok(m) => m,
+                    Err(e) => return self.drop_conn(id, format!("bad ut_pex message: {e}")),
+                };
+                // Rate-limited and capped per sender; connect() skips known, own and
+                // banned addresses and respects the connection limit.
+                let Some(msg) = c.pex_in.accept(now, msg) else {
+                    return;
+                };
+                if !self.is_private() {
+                    for (addr, _flags) in msg.added {
+                        if is_dialable(addr) {
+                            self.connect(addr);
+                        }
+                    }
                 }
             }
             other => {
