@@ -282,6 +282,9 @@ pub struct Config {
     pub max_request_len: u32,
     /// When we are a seed, drop peers that are seeds too.
     pub disconnect_seeds_when_seeding: bool,
+    /// Bytes of pieces in progress (each buffered whole until verified) at most; at
+    /// least one piece is always allowed. Bounds download memory whatever peers do.
+    pub max_partial_bytes: u64,
 }
 
 impl Default for Config {
@@ -307,6 +310,7 @@ impl Default for Config {
             max_unwanted_blocks: 64,
             max_request_len: BLOCK_LEN,
             disconnect_seeds_when_seeding: true,
+            max_partial_bytes: 256 << 20,
         }
     }
 }
@@ -1085,6 +1089,9 @@ impl Engine {
             PickPolicy {
                 random_first_pieces: self.cfg.random_first_pieces,
                 endgame_max_requesters: self.cfg.endgame_max_requesters,
+                max_partial_pieces: (self.cfg.max_partial_bytes
+                    / self.geo.piece_length.max(1) as u64)
+                    as usize,
             },
             &mut self.rng,
             &|b| peer.is_outstanding(b),

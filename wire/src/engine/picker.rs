@@ -59,6 +59,10 @@ pub struct PickPolicy {
     pub random_first_pieces: u32,
     /// Endgame: at most this many peers asked for one block.
     pub endgame_max_requesters: u8,
+    /// No new piece is started while this many are in progress (started, not yet
+    /// verified): each holds a piece-sized buffer, so this bounds download memory.
+    /// Peers then help with the pieces already started.
+    pub max_partial_pieces: usize,
 }
 
 /// Which of a peer's pieces it may be asked for and what it has.
@@ -214,8 +218,8 @@ impl Picker {
             self.partial.get_mut(&p).expect("listed").owner = Some(peer.slot);
             self.take_open(p, want - (out.len() - start), out);
         }
-        // 3. Suggested pieces, then new pieces by rarity.
-        while !done(out) {
+        // 3. Suggested pieces, then new pieces by rarity, within the memory bound.
+        while !done(out) && self.partial.len() < policy.max_partial_pieces.max(1) {
             let Some(p) = self.pick_new_piece(peer, policy.random_first_pieces, rng) else {
                 break;
             };
@@ -491,6 +495,7 @@ mod tests {
             PickPolicy {
                 random_first_pieces: 0,
                 endgame_max_requesters: 2,
+                max_partial_pieces: usize::MAX,
             },
             &mut rng,
             &|_| false,
@@ -511,6 +516,7 @@ mod tests {
             PickPolicy {
                 random_first_pieces: 0,
                 endgame_max_requesters: 2,
+                max_partial_pieces: usize::MAX,
             },
             &mut rng,
             &|_| false,
@@ -524,6 +530,7 @@ mod tests {
             PickPolicy {
                 random_first_pieces: 0,
                 endgame_max_requesters: 2,
+                max_partial_pieces: usize::MAX,
             },
             &mut rng,
             &|_| false,
@@ -537,6 +544,7 @@ mod tests {
             PickPolicy {
                 random_first_pieces: 0,
                 endgame_max_requesters: 2,
+                max_partial_pieces: usize::MAX,
             },
             &mut rng,
             &|_| false,
@@ -550,6 +558,7 @@ mod tests {
             PickPolicy {
                 random_first_pieces: 0,
                 endgame_max_requesters: 2,
+                max_partial_pieces: usize::MAX,
             },
             &mut rng,
             &|_| false,
@@ -564,6 +573,7 @@ mod tests {
             PickPolicy {
                 random_first_pieces: 0,
                 endgame_max_requesters: 2,
+                max_partial_pieces: usize::MAX,
             },
             &mut rng,
             &|_| false,
@@ -577,6 +587,7 @@ mod tests {
             PickPolicy {
                 random_first_pieces: 0,
                 endgame_max_requesters: 2,
+                max_partial_pieces: usize::MAX,
             },
             &mut rng,
             &|_| false,
@@ -594,6 +605,7 @@ mod tests {
         let policy = PickPolicy {
             random_first_pieces: 0,
             endgame_max_requesters: 2,
+            max_partial_pieces: usize::MAX,
         };
         let mut a = Vec::new();
         p.pick(&view(1, None), 100, policy, &mut rng, &|_| false, &mut a);

@@ -227,6 +227,69 @@ fn each_peer_finishes_its_own_piece() {
 }
 
 #[test]
+fn pieces_in_progress_are_bounded_by_memory() {
+    // Room for two pieces in flight; eight peers with deep pipelines would otherwise
+    // start eight (and more) pieces at once.
+    let cfg = Config {
+        min_pipeline: 16,
+        random_first_pieces: 0,
+        max_partial_bytes: 2 * 4 * B as u64,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(32, 4 * B, cfg);
+    let mut asked = Vec::new();
+    for n in 1..=8 {
+        let s = h.connect(n, true);
+        h.msg(s, PeerMessage::HaveAll);
+        asked.extend(requests(&h.msg(s, PeerMessage::Unchoke), s));
+    }
+    let mut pieces: Vec<u32> = asked.iter().map(|b| b.piece).collect();
+    pieces.sort();
+    pieces.dedup();
+    assert_eq!(pieces.len(), 2, "{asked:?}");
+    assert_eq!(
+        asked.len(),
+        8,
+        "every block of both pieces is asked for once"
+    );
+    // Blocks arrive: no third piece starts while both are unverified.
+    let slots: Vec<PeerSlot> = h.requested.keys().copied().collect();
+    for &s in &slots {
+        h.answer(s, 16);
+    }
+    let done: Vec<u32> = h
+        .log
+        .iter()
+        .filter_map(|a| match a {
+            Action::VerifyPiece { piece } => Some(*piece),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, pieces, "both pieces complete, nothing else asked");
+    assert!(h.requested.values().all(|q| q.is_empty()));
+    // Once they are verified, new pieces start (two at a time again).
+    let mark = h.log.len();
+    for p in done {
+        h.e.piece_verified(h.now, p, true);
+    }
+    h.advance(Duration::from_secs(1));
+    let mut next: Vec<u32> = h.log[mark..]
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                message: PeerMessage::Request(b),
+                ..
+            } => Some(b.piece),
+            _ => None,
+        })
+        .collect();
+    next.sort();
+    next.dedup();
+    assert_eq!(next.len(), 2, "{next:?}");
+    assert!(next.iter().all(|p| !pieces.contains(p)));
+}
+
+#[test]
 fn endgame_duplicates_requests_and_cancels_on_arrival() {
     let cfg = Config {
         min_pipeline: 4,
