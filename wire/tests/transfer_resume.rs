@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use transfer_support::*;
 use wire::metainfo::Metainfo;
-use wire::session::{SessionConfig, Source, Torrent};
+use wire::session::{SessionConfig, Torrent};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -21,9 +21,7 @@ fn with_resume(dir: &Path) -> SessionConfig {
 }
 
 async fn seeder(meta: &Metainfo, dir: &Path, cfg: SessionConfig) -> Torrent {
-    let t = Torrent::start(Source::Metainfo(Box::new(meta.clone())), dir.into(), cfg)
-        .await
-        .unwrap();
+    let t = start(meta, dir, cfg).await;
     assert!(t.stats().complete, "seeder has the data");
     t
 }
@@ -50,18 +48,9 @@ async fn completed_download_restarts_from_resume_data_without_hashing() {
     let files = vec![("data.bin", payload(600_000, 21))];
     let meta = make_torrent(seed_dir.path(), "data.bin", &files, 32 * 1024);
     let s = seeder(&meta, seed_dir.path(), config()).await;
-    let mut leecher = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        leech_dir.path().into(),
-        with_resume(state.path()),
-    )
-    .await
-    .unwrap();
+    let mut leecher = start(&meta, leech_dir.path(), with_resume(state.path())).await;
     leecher.add_peer(s.listen_addr().unwrap());
-    tokio::time::timeout(LIMIT, leecher.wait_complete())
-        .await
-        .expect("in time")
-        .unwrap();
+    complete(&mut leecher, LIMIT).await;
     leecher.shutdown().await;
     s.shutdown().await;
     let saved: Vec<String> = std::fs::read_dir(state.path())
@@ -80,25 +69,18 @@ async fn completed_download_restarts_from_resume_data_without_hashing() {
     // not notice (the documented price of not hashing); a full recheck does. Either way
     // the same directory and resume data are used, so this shows which path ran.
     corrupt_keeping_stamp(&leech_dir.path().join("data.bin"), 10);
-    let trusted = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        leech_dir.path().into(),
-        with_resume(state.path()),
-    )
-    .await
-    .unwrap();
+    let trusted = start(&meta, leech_dir.path(), with_resume(state.path())).await;
     assert!(trusted.stats().complete, "resume data trusted");
     trusted.shutdown().await;
-    let careful = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        leech_dir.path().into(),
+    let careful = start(
+        &meta,
+        leech_dir.path(),
         SessionConfig {
             full_recheck: true,
             ..with_resume(state.path())
         },
     )
-    .await
-    .unwrap();
+    .await;
     let st = careful.stats();
     assert!(!st.complete, "full recheck finds the damaged piece");
     assert_eq!(st.pieces_have, st.piece_count - 1);
@@ -120,13 +102,7 @@ async fn interrupted_download_keeps_its_pieces_and_finishes_later() {
         ..config()
     };
     let s = seeder(&meta, seed_dir.path(), slow).await;
-    let leecher = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        leech_dir.path().into(),
-        with_resume(state.path()),
-    )
-    .await
-    .unwrap();
+    let leecher = start(&meta, leech_dir.path(), with_resume(state.path())).await;
     leecher.add_peer(s.listen_addr().unwrap());
     let mid = wait_for(LIMIT, || leecher.stats(), |s| s.progress() > 0.25).await;
     assert!(!mid.complete, "finished too soon: make the payload larger");
@@ -134,13 +110,7 @@ async fn interrupted_download_keeps_its_pieces_and_finishes_later() {
 
     // Restart with no peer: exactly the pieces verified before the shutdown are there
     // (at least those seen mid-way; more may have landed before it took effect).
-    let mut again = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        leech_dir.path().into(),
-        with_resume(state.path()),
-    )
-    .await
-    .unwrap();
+    let mut again = start(&meta, leech_dir.path(), with_resume(state.path())).await;
     let kept = again.stats();
     assert!(
         kept.pieces_have >= mid.pieces_have && !kept.complete,
@@ -150,10 +120,7 @@ async fn interrupted_download_keeps_its_pieces_and_finishes_later() {
         mid.pieces_have
     );
     again.add_peer(s.listen_addr().unwrap());
-    tokio::time::timeout(LIMIT, again.wait_complete())
-        .await
-        .expect("in time")
-        .unwrap();
+    complete(&mut again, LIMIT).await;
     let done = again.stats();
     assert!(
         done.downloaded < meta.info.total_length,
@@ -176,29 +143,14 @@ async fn magnet_restart_uses_the_saved_metadata() {
     ];
     let meta = make_torrent(seed_dir.path(), "pack", &files, 16 * 1024);
     let s = seeder(&meta, seed_dir.path(), config()).await;
-    let mut leecher = Torrent::start(
-        Source::InfoHash(meta.info_hash),
-        leech_dir.path().into(),
-        with_resume(state.path()),
-    )
-    .await
-    .unwrap();
+    let mut leecher = start_magnet(&meta, leech_dir.path(), with_resume(state.path())).await;
     leecher.add_peer(s.listen_addr().unwrap());
-    tokio::time::timeout(LIMIT, leecher.wait_complete())
-        .await
-        .expect("in time")
-        .unwrap();
+    complete(&mut leecher, LIMIT).await;
     leecher.shutdown().await;
     s.shutdown().await;
 
     // No peer at all now: the metadata and the pieces come from the state directory.
-    let again = Torrent::start(
-        Source::InfoHash(meta.info_hash),
-        leech_dir.path().into(),
-        with_resume(state.path()),
-    )
-    .await
-    .unwrap();
+    let again = start_magnet(&meta, leech_dir.path(), with_resume(state.path())).await;
     let st = again.stats();
     assert!(st.have_metadata && st.complete, "{st:?}");
     assert_eq!(st.name.as_deref(), Some("pack"));
@@ -212,13 +164,7 @@ async fn magnet_restart_uses_the_saved_metadata() {
     let n = bytes.len();
     bytes[n - 3] ^= 1;
     std::fs::write(&saved, &bytes).unwrap();
-    let refetch = Torrent::start(
-        Source::InfoHash(meta.info_hash),
-        leech_dir.path().into(),
-        with_resume(state.path()),
-    )
-    .await
-    .unwrap();
+    let refetch = start_magnet(&meta, leech_dir.path(), with_resume(state.path())).await;
     assert!(!refetch.stats().have_metadata, "tampered metadata ignored");
     refetch.shutdown().await;
 }

@@ -6,7 +6,6 @@ mod transfer_support;
 use std::time::Duration;
 
 use transfer_support::*;
-use wire::session::{Source, Torrent};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -22,26 +21,11 @@ async fn multi_file_torrent_with_pieces_across_files() {
     ];
     let meta = make_torrent(seed_dir.path(), "album", &files, 32 * 1024);
     assert_eq!(meta.info.files.len(), 3);
-    let seeder = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        seed_dir.path().into(),
-        config(),
-    )
-    .await
-    .unwrap();
+    let seeder = start(&meta, seed_dir.path(), config()).await;
     assert!(seeder.stats().complete);
-    let mut leecher = Torrent::start(
-        Source::Metainfo(Box::new(meta)),
-        leech_dir.path().into(),
-        config(),
-    )
-    .await
-    .unwrap();
+    let mut leecher = start(&meta, leech_dir.path(), config()).await;
     leecher.add_peer(seeder.listen_addr().unwrap());
-    tokio::time::timeout(LIMIT, leecher.wait_complete())
-        .await
-        .expect("in time")
-        .unwrap();
+    complete(&mut leecher, LIMIT).await;
     same_tree(seed_dir.path(), leech_dir.path(), &files);
     leecher.shutdown().await;
     seeder.shutdown().await;
@@ -61,27 +45,9 @@ async fn seeder_dying_mid_transfer_is_replaced_by_another() {
         c.rng_seed = seed;
         c
     };
-    let a = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        dir_a.path().into(),
-        slow(1),
-    )
-    .await
-    .unwrap();
-    let b = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        dir_b.path().into(),
-        slow(2),
-    )
-    .await
-    .unwrap();
-    let mut leecher = Torrent::start(
-        Source::Metainfo(Box::new(meta)),
-        leech_dir.path().into(),
-        config(),
-    )
-    .await
-    .unwrap();
+    let a = start(&meta, dir_a.path(), slow(1)).await;
+    let b = start(&meta, dir_b.path(), slow(2)).await;
+    let mut leecher = start(&meta, leech_dir.path(), config()).await;
     let a_addr = a.listen_addr().unwrap();
     leecher.add_peer(a_addr);
     leecher.add_peer(b.listen_addr().unwrap());
@@ -103,10 +69,7 @@ async fn seeder_dying_mid_transfer_is_replaced_by_another() {
         !mid.complete,
         "finished before the seeder died: make the payload larger"
     );
-    tokio::time::timeout(LIMIT, leecher.wait_complete())
-        .await
-        .expect("in time")
-        .unwrap();
+    complete(&mut leecher, LIMIT).await;
     same_tree(dir_b.path(), leech_dir.path(), &files);
     let s = leecher.stats();
     assert!(
@@ -128,37 +91,16 @@ async fn leecher_with_only_the_info_hash_fetches_metadata_first() {
     ];
     let meta = make_torrent(seed_dir.path(), "pack", &files, 16 * 1024);
     let seeders = [
-        Torrent::start(
-            Source::Metainfo(Box::new(meta.clone())),
-            seed_dir.path().into(),
-            config(),
-        )
-        .await
-        .unwrap(),
-        Torrent::start(
-            Source::Metainfo(Box::new(meta.clone())),
-            seed_dir.path().into(),
-            config(),
-        )
-        .await
-        .unwrap(),
+        start(&meta, seed_dir.path(), config()).await,
+        start(&meta, seed_dir.path(), config()).await,
     ];
-    let mut leecher = Torrent::start(
-        Source::InfoHash(meta.info_hash),
-        leech_dir.path().into(),
-        config(),
-    )
-    .await
-    .unwrap();
+    let mut leecher = start_magnet(&meta, leech_dir.path(), config()).await;
     let s = leecher.stats();
     assert!(!s.have_metadata && s.name.is_none());
     for s in &seeders {
         leecher.add_peer(s.listen_addr().unwrap());
     }
-    tokio::time::timeout(LIMIT, leecher.wait_complete())
-        .await
-        .expect("in time")
-        .unwrap();
+    complete(&mut leecher, LIMIT).await;
     let s = leecher.stats();
     assert!(s.have_metadata);
     assert_eq!(s.name.as_deref(), Some("pack"));
@@ -181,13 +123,7 @@ async fn peer_not_yet_listening_is_retried() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut leecher = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        leech_dir.path().into(),
-        config(),
-    )
-    .await
-    .unwrap();
+    let mut leecher = start(&meta, leech_dir.path(), config()).await;
     leecher.add_peer(addr);
     let s = wait_for(
         LIMIT,
@@ -198,18 +134,9 @@ async fn peer_not_yet_listening_is_retried() {
     assert!(s.dropped[0].1.contains("connect failed"), "{:?}", s.dropped);
     let mut cfg = config();
     cfg.listen = Some(addr);
-    let seeder = Torrent::start(
-        Source::Metainfo(Box::new(meta)),
-        seed_dir.path().into(),
-        cfg,
-    )
-    .await
-    .unwrap();
+    let seeder = start(&meta, seed_dir.path(), cfg).await;
     // No second add_peer: the session retries on its own.
-    tokio::time::timeout(LIMIT, leecher.wait_complete())
-        .await
-        .expect("in time")
-        .unwrap();
+    complete(&mut leecher, LIMIT).await;
     same_tree(seed_dir.path(), leech_dir.path(), &files);
     leecher.shutdown().await;
     seeder.shutdown().await;
@@ -225,31 +152,13 @@ async fn peers_learned_through_pex_are_dialed() {
     // A slow seeder, so A is still downloading (and connected to it) when B arrives.
     let mut slow = config();
     slow.engine.upload_rate_limit = 256 * 1024;
-    let seeder = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        seed_dir.path().into(),
-        slow,
-    )
-    .await
-    .unwrap();
+    let seeder = start(&meta, seed_dir.path(), slow).await;
     let seed_addr = seeder.listen_addr().unwrap();
     // A knows the seeder; B knows only A, and must learn of the seeder from A's ut_pex.
-    let a = Torrent::start(
-        Source::Metainfo(Box::new(meta.clone())),
-        a_dir.path().into(),
-        config(),
-    )
-    .await
-    .unwrap();
+    let a = start(&meta, a_dir.path(), config()).await;
     a.add_peer(seed_addr);
     wait_for(LIMIT, || a.stats(), |s| !s.peers.is_empty()).await;
-    let mut b = Torrent::start(
-        Source::Metainfo(Box::new(meta)),
-        b_dir.path().into(),
-        config(),
-    )
-    .await
-    .unwrap();
+    let mut b = start(&meta, b_dir.path(), config()).await;
     b.add_peer(a.listen_addr().unwrap());
     let s = wait_for(
         LIMIT,
@@ -258,10 +167,7 @@ async fn peers_learned_through_pex_are_dialed() {
     )
     .await;
     assert!(s.peers.iter().any(|p| p.addr == Some(seed_addr)), "{s:?}");
-    tokio::time::timeout(LIMIT, b.wait_complete())
-        .await
-        .expect("in time")
-        .unwrap();
+    complete(&mut b, LIMIT).await;
     same_tree(seed_dir.path(), b_dir.path(), &files);
     b.shutdown().await;
     a.shutdown().await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use wire::create::{create_torrent, CreateOptions};
 use wire::metainfo::Metainfo;
-use wire::session::{SessionConfig, TorrentStats};
+use wire::session::{SessionConfig, Source, Torrent, TorrentStats};
 
 /// A fresh loopback address (port 0: the OS picks) so every node has its own IP.
 pub fn loopback() -> SocketAddr {
@@ -104,4 +104,26 @@ pub fn same_tree(a: &Path, b: &Path, files: &[(&str, Vec<u8>)]) {
         );
         let _ = a;
     }
+}
+
+/// Starts a session on `meta`'s data under `dir`.
+pub async fn start(meta: &Metainfo, dir: &Path, cfg: SessionConfig) -> Torrent {
+    Torrent::start(Source::Metainfo(Box::new(meta.clone())), dir.into(), cfg)
+        .await
+        .expect("start session")
+}
+
+/// Starts a session that has only `meta`'s info-hash (a magnet link).
+pub async fn start_magnet(meta: &Metainfo, dir: &Path, cfg: SessionConfig) -> Torrent {
+    Torrent::start(Source::InfoHash(meta.info_hash), dir.into(), cfg)
+        .await
+        .expect("start session")
+}
+
+/// Waits (at most `limit`) until `t` has every piece verified.
+pub async fn complete(t: &mut Torrent, limit: Duration) {
+    tokio::time::timeout(limit, t.wait_complete())
+        .await
+        .expect("download completes in time")
+        .expect("download completes");
 }
