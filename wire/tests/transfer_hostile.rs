@@ -363,3 +363,62 @@ async fn request_outside_the_torrent_is_refused_by_the_seeder() {
         .unwrap();
     leecher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_requests_but_never_reads_gets_a_bounded_amount() {
+    // 24 MiB: far more than socket buffers plus our in-flight cap hold.
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![("big.bin", payload(24 << 20, 41))];
+    let meta = make_torrent(dir.path(), "big.bin", &files, 256 * 1024);
+    let seeder = start(&meta, dir.path(), config()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(seeder.listen_addr().unwrap()).await.unwrap();
+    let mut r = Raw::handshake(stream, meta.info_hash).await;
+    r.send(Message::Interested).await;
+    let unchoked = tokio::time::timeout(LIMIT, async {
+        while let Some(m) = r.recv().await {
+            if m == Message::Unchoke {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(unchoked);
+    // Ask for every block (within the seeder's request queue limit), then stop reading.
+    let blocks = (24u32 << 20) / 16384;
+    let mut out = BytesMut::new();
+    for i in 0..blocks.min(1900) {
+        Message::Request(BlockRequest {
+            piece: i / 16,
+            offset: (i % 16) * 16384,
+            length: 16384,
+        })
+        .encode(&mut out);
+    }
+    r.stream.write_all(&out).await.unwrap();
+    // Wait until the seeder stops handing out blocks (nothing new for a second).
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut last = (seeder.stats().uploaded, tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = seeder.stats().uploaded;
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if last.1.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still growing");
+    }
+    // Kernel buffers (a few MiB on loopback) plus 256 blocks in flight (4 MiB): well
+    // under the 29.7 MiB asked for.
+    assert!(
+        last.0 <= 12 << 20,
+        "{} MiB read for a peer that reads nothing",
+        last.0 >> 20
+    );
+    drop(r);
+    seeder.shutdown().await;
+}

@@ -31,8 +31,20 @@ pub enum ToConn {
         piece: u32,
         offset: u32,
         data: Bytes,
+        sent: SentNotice,
     },
     Close,
+}
+
+/// Runs once the block it came with has been written to the socket (never, if the
+/// connection ends first). The torrent counts a block as in flight until then, so a peer
+/// that asks but does not read gets at most `max_uploads_in_flight` blocks buffered.
+pub struct SentNotice(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for SentNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SentNotice")
+    }
 }
 
 /// Connection -> torrent task.
@@ -201,6 +213,7 @@ async fn write_loop(
     mut commands: mpsc::UnboundedReceiver<ToConn>,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(WRITE_BATCH + 64 * 1024);
+    let mut notices: Vec<SentNotice> = Vec::new();
     loop {
         let first = match tokio::time::timeout(KEEPALIVE, commands.recv()).await {
             Err(_) => ToConn::Msg(Message::KeepAlive),
@@ -216,9 +229,11 @@ async fn write_loop(
                     piece,
                     offset,
                     data,
+                    sent,
                 } => {
                     encode_piece_header(piece, offset, data.len() as u32, &mut out);
                     out.extend_from_slice(&data);
+                    notices.push(sent);
                 }
                 ToConn::Close => {
                     close = true;
@@ -233,6 +248,9 @@ async fn write_loop(
         if !out.is_empty() {
             wr.write_all(&out).await?;
             out.clear();
+            for n in notices.drain(..) {
+                (n.0)();
+            }
         }
         if close {
             let _ = wr.shutdown().await;

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::connection::{self, ConnId, ConnParams, FromConn, ToConn};
+use super::connection::{self, ConnId, ConnParams, FromConn, SentNotice, ToConn};
 use super::convert::{to_engine, to_wire};
 use super::{Command, PeerSnapshot, SessionConfig, SessionError, Source, TorrentStats};
 use crate::engine::{Action, Bitfield, BlockRef, Engine, Geometry, PeerInfo, PeerSlot};
@@ -381,17 +381,24 @@ fn spawn_reader(storage: Arc<Storage>) -> std::sync::mpsc::Sender<ReadJob> {
         .name("swarm-disk-read".into())
         .spawn(move || {
             while let Ok(job) = rx.recv() {
-                // A failed read just drops the block; the peer will re-request or time out.
-                if let Ok(data) =
-                    storage.read_block(job.block.piece, job.block.begin, job.block.length)
-                {
-                    let _ = job.conn.send(ToConn::Piece {
-                        piece: job.block.piece,
-                        offset: job.block.begin,
-                        data,
-                    });
+                let (slot, done) = (job.slot, job.done);
+                match storage.read_block(job.block.piece, job.block.begin, job.block.length) {
+                    // In flight until the connection has written it.
+                    Ok(data) => {
+                        let _ = job.conn.send(ToConn::Piece {
+                            piece: job.block.piece,
+                            offset: job.block.begin,
+                            data,
+                            sent: SentNotice(Box::new(move || {
+                                let _ = done.send(DiskDone::Sent { slot });
+                            })),
+                        });
+                    }
+                    // A failed read just drops the block; the peer re-requests or times out.
+                    Err(_) => {
+                        let _ = done.send(DiskDone::Sent { slot });
+                    }
                 }
-                let _ = job.done.send(DiskDone::Sent { slot: job.slot });
             }
         })
         .expect("spawn disk reader thread");
