@@ -422,3 +422,51 @@ async fn peer_that_requests_but_never_reads_gets_a_bounded_amount() {
     drop(r);
     seeder.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_asks_for_metadata_over_and_over_is_dropped() {
+    let sw = honest_swarm(18).await;
+    let stream = TcpStream::connect(sw.seeder.listen_addr().unwrap())
+        .await
+        .unwrap();
+    let mut r = Raw::handshake(stream, sw.meta.info_hash).await;
+    let mut m = BTreeMap::new();
+    m.insert("ut_metadata".to_string(), 3u8);
+    let hs = ExtendedHandshake {
+        extensions: m,
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    Message::Extended {
+        id: 0,
+        payload: Bytes::from(hs.encode()),
+    }
+    .encode(&mut out);
+    for _ in 0..500 {
+        Message::Extended {
+            id: OUR_UT_METADATA_ID,
+            payload: Bytes::from(MetadataMessage::Request { piece: 0 }.encode()),
+        }
+        .encode(&mut out);
+    }
+    r.stream.write_all(&out).await.unwrap();
+    let mut answers = 0;
+    tokio::time::timeout(LIMIT, async {
+        while let Some(msg) = r.recv().await {
+            answers += matches!(msg, Message::Extended { id: 3, .. }) as u32;
+        }
+    })
+    .await
+    .expect("seeder closed the connection");
+    assert!(answers < 100, "{answers} metadata answers");
+    wait_for(
+        LIMIT,
+        || sw.seeder.stats(),
+        |s| {
+            s.dropped
+                .iter()
+                .any(|(_, why)| why.contains("too many metadata requests"))
+        },
+    )
+    .await;
+}

@@ -90,6 +90,8 @@ struct Conn {
     extended: bool,
     their_ut_metadata: Option<u8>,
     their_ut_pex: Option<u8>,
+    /// ut_metadata requests answered on this connection.
+    metadata_requests: u32,
     /// The port they accept connections on (extended handshake `p`).
     their_listen_port: Option<u16>,
     pex_out: PexSender,
@@ -635,6 +637,7 @@ impl Task {
                 extended: false,
                 their_ut_metadata: None,
                 their_ut_pex: None,
+                metadata_requests: 0,
                 their_listen_port: None,
                 pex_out: PexSender::new(addr),
                 pex_in: PexReceiver::default(),
@@ -855,6 +858,13 @@ impl Task {
                 };
                 match (&mut self.phase, parsed) {
                     (Phase::Pieces(p), MetadataMessage::Request { piece }) => {
+                        // Each answer is up to 16 KiB for a 30-byte request: a peer that
+                        // asks again and again (and maybe never reads) is cut off.
+                        c.metadata_requests += 1;
+                        let blocks = p.metadata.metadata_size().div_ceil(16384) as u32;
+                        if c.metadata_requests > 4 * blocks + 16 {
+                            return self.drop_conn(id, "too many metadata requests".into());
+                        }
                         if let Some(their) = c.their_ut_metadata {
                             let reply = p.metadata.respond(piece).encode();
                             let _ = c.tx.send(ToConn::Msg(Message::Extended {
