@@ -925,6 +925,15 @@ impl Task {
                         }
                     }
                     Phase::Metadata(_) => {
+                        // Only what the engine needs later (what they have, their choke
+                        // and interest); block data and requests cannot be for us yet, and
+                        // keeping them would let a peer park megabytes here.
+                        if matches!(
+                            other,
+                            Message::Piece { .. } | Message::Request(_) | Message::Cancel(_)
+                        ) {
+                            return;
+                        }
                         if c.backlog.len() >= MAX_BACKLOG {
                             return self.drop_conn(id, "too many messages before metadata".into());
                         }
