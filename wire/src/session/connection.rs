@@ -1,10 +1,11 @@
 //! One task per peer connection: the handshake, then a reader (large buffer, streaming
-//! decoder, zero-copy payloads) and a writer (batches queued messages into one buffer
-//! per write). The torrent task decides everything; this only moves bytes.
+//! decoder, zero-copy payloads) and a writer (batches queued messages and block data
+//! into vectored writes). The torrent task decides everything; this only moves bytes.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -212,7 +213,9 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut commands: mpsc::UnboundedReceiver<ToConn>,
 ) -> std::io::Result<()> {
-    let mut out = BytesMut::with_capacity(WRITE_BATCH + 64 * 1024);
+    let mut out = Segments::default();
+    // Small messages and piece headers are encoded here and split off as segments.
+    let mut scratch = BytesMut::with_capacity(64 * 1024);
     let mut notices: Vec<SentNotice> = Vec::new();
     loop {
         let first = match tokio::time::timeout(KEEPALIVE, commands.recv()).await {
@@ -224,15 +227,17 @@ async fn write_loop(
         let mut close = false;
         while let Some(cmd) = next.take() {
             match cmd {
-                ToConn::Msg(m) => m.encode(&mut out),
+                ToConn::Msg(m) => m.encode(&mut scratch),
                 ToConn::Piece {
                     piece,
                     offset,
                     data,
                     sent,
                 } => {
-                    encode_piece_header(piece, offset, data.len() as u32, &mut out);
-                    out.extend_from_slice(&data);
+                    encode_piece_header(piece, offset, data.len() as u32, &mut scratch);
+                    out.push(scratch.split().freeze());
+                    // Block data goes to the socket from the read buffer: no copy.
+                    out.push(data);
                     notices.push(sent);
                 }
                 ToConn::Close => {
@@ -240,14 +245,17 @@ async fn write_loop(
                     break;
                 }
             }
-            if out.len() >= WRITE_BATCH {
+            if out.remaining() + scratch.len() >= WRITE_BATCH {
                 break;
             }
             next = commands.try_recv().ok();
         }
-        if !out.is_empty() {
-            wr.write_all(&out).await?;
-            out.clear();
+        if !scratch.is_empty() {
+            out.push(scratch.split().freeze());
+        }
+        if out.has_remaining() {
+            // Vectored writes: up to 64 segments per system call.
+            wr.write_all_buf(&mut out).await?;
             for n in notices.drain(..) {
                 (n.0)();
             }
@@ -256,5 +264,78 @@ async fn write_loop(
             let _ = wr.shutdown().await;
             return Ok(());
         }
+    }
+}
+
+/// A queue of byte segments written as one buffer (a [`Buf`] with vectored chunks).
+#[derive(Default)]
+struct Segments {
+    parts: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Segments {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.parts.push_back(b);
+        }
+    }
+}
+
+impl Buf for Segments {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |b| b.as_ref())
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, part) in dst.iter_mut().zip(&self.parts) {
+            *slot = std::io::IoSlice::new(part);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.len, "advance past the end");
+        self.len -= cnt;
+        while cnt > 0 {
+            let front = self.parts.front_mut().expect("len counts the parts");
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_advance_across_parts_and_expose_them_vectored() {
+        let mut s = Segments::default();
+        for p in [&b"abc"[..], b"", b"defgh", b"i"] {
+            s.push(Bytes::copy_from_slice(p));
+        }
+        assert_eq!(s.remaining(), 9);
+        let mut io = [std::io::IoSlice::new(&[]); 2];
+        assert_eq!(s.chunks_vectored(&mut io), 2);
+        assert_eq!((&*io[0], &*io[1]), (&b"abc"[..], &b"defgh"[..]));
+        s.advance(4);
+        assert_eq!(s.chunk(), b"efgh");
+        s.advance(4);
+        assert_eq!(s.chunk(), b"i");
+        s.advance(1);
+        assert!(!s.has_remaining());
+        assert_eq!(s.chunk(), b"");
     }
 }

@@ -119,7 +119,9 @@ struct Pieces {
     engine: Engine,
     storage: Arc<Storage>,
     metadata: MetadataServer,
-    buffers: HashMap<u32, Vec<u8>>,
+    /// Blocks of pieces in progress, by offset, as received (zero-copy slices of the
+    /// connections' read buffers); hashed and joined off this task.
+    buffers: HashMap<u32, BTreeMap<u32, Bytes>>,
     reads: std::sync::mpsc::Sender<ReadJob>,
     /// BEP 27: a private torrent gets peers only from its trackers; no PEX.
     private: bool,
@@ -382,14 +384,15 @@ fn spawn_reader(storage: Arc<Storage>) -> std::sync::mpsc::Sender<ReadJob> {
     std::thread::Builder::new()
         .name("swarm-disk-read".into())
         .spawn(move || {
+            let mut cache = PieceCache::default();
             while let Ok(job) = rx.recv() {
-                let (slot, done) = (job.slot, job.done);
-                match storage.read_block(job.block.piece, job.block.begin, job.block.length) {
+                let (slot, done, b) = (job.slot, job.done, job.block);
+                match cache.block(&storage, b) {
                     // In flight until the connection has written it.
                     Ok(data) => {
                         let _ = job.conn.send(ToConn::Piece {
-                            piece: job.block.piece,
-                            offset: job.block.begin,
+                            piece: b.piece,
+                            offset: b.begin,
                             data,
                             sent: SentNotice(Box::new(move || {
                                 let _ = done.send(DiskDone::Sent { slot });
@@ -405,6 +408,53 @@ fn spawn_reader(storage: Arc<Storage>) -> std::sync::mpsc::Sender<ReadJob> {
         })
         .expect("spawn disk reader thread");
     tx
+}
+
+/// Pieces read whole for uploading, most recent last. Peers ask for a piece block by
+/// block, so one read serves them all (one system call per piece instead of one per
+/// 16 KiB), and blocks go out as slices of it. Bounded in bytes; large pieces are read
+/// block by block instead.
+#[derive(Default)]
+struct PieceCache {
+    pieces: VecDeque<(u32, Bytes)>,
+    bytes: usize,
+}
+
+/// Pieces up to this size are read whole.
+const READ_WHOLE_PIECE_MAX: u32 = 4 << 20;
+/// Bytes and pieces kept for uploading (a short list: it is searched linearly).
+const READ_CACHE_BYTES: usize = 32 << 20;
+const READ_CACHE_PIECES: usize = 64;
+
+impl PieceCache {
+    fn block(&mut self, storage: &Storage, b: BlockRef) -> Result<Bytes, String> {
+        let piece_len = storage.layout().piece_len(b.piece).unwrap_or(0);
+        if piece_len > READ_WHOLE_PIECE_MAX {
+            return storage
+                .read_block(b.piece, b.begin, b.length)
+                .map_err(|e| e.to_string());
+        }
+        let whole = match self.pieces.iter().position(|(p, _)| *p == b.piece) {
+            Some(i) => self.pieces[i].1.clone(),
+            None => {
+                let data = storage.read_piece(b.piece).map_err(|e| e.to_string())?;
+                self.bytes += data.len();
+                self.pieces.push_back((b.piece, data.clone()));
+                while self.bytes > READ_CACHE_BYTES || self.pieces.len() > READ_CACHE_PIECES {
+                    let Some((_, old)) = self.pieces.pop_front() else {
+                        break;
+                    };
+                    self.bytes -= old.len();
+                }
+                data
+            }
+        };
+        let (start, end) = (b.begin as usize, b.begin as usize + b.length as usize);
+        if end > whole.len() {
+            return Err(format!("block {b:?} is outside its piece"));
+        }
+        Ok(whole.slice(start..end))
+    }
 }
 
 impl Task {
@@ -1080,22 +1130,28 @@ impl Task {
                     }
                 }
                 Action::WriteBlock { block, data } => {
-                    let len = p.engine.geometry().piece_len(block.piece) as usize;
-                    let buf = p
-                        .buffers
+                    p.buffers
                         .entry(block.piece)
-                        .or_insert_with(|| vec![0u8; len]);
-                    let start = block.begin as usize;
-                    if let Some(dst) = buf.get_mut(start..start + data.len()) {
-                        dst.copy_from_slice(&data);
-                    }
+                        .or_default()
+                        .insert(block.begin, data);
                 }
                 Action::VerifyPiece { piece } => {
-                    let data = p.buffers.remove(&piece).unwrap_or_default();
+                    let blocks = p.buffers.remove(&piece).unwrap_or_default();
+                    let len = p.engine.geometry().piece_len(piece) as usize;
                     let storage = p.storage.clone();
                     let done = self.disk_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let result = storage.write_piece(piece, &data).map_err(|e| e.to_string());
+                        let parts: Vec<Bytes> = blocks.into_values().collect();
+                        // Blocks that do not tile the piece cannot hash right: a failed
+                        // piece (re-fetched), not a storage error.
+                        let tiled = parts.iter().map(Bytes::len).sum::<usize>() == len;
+                        let result = if tiled {
+                            storage
+                                .write_piece_parts(piece, &parts)
+                                .map_err(|e| e.to_string())
+                        } else {
+                            Ok(false)
+                        };
                         let _ = done.send(DiskDone::Verified { piece, result });
                     });
                 }

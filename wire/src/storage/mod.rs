@@ -291,6 +291,21 @@ impl Storage {
         Ok(())
     }
 
+    /// Reads a whole piece (whether or not it is verified: callers serve only pieces
+    /// they have).
+    pub fn read_piece(&self, piece: u32) -> Result<Bytes, StorageError> {
+        let len = self
+            .layout
+            .piece_len(piece)
+            .ok_or(StorageError::PieceOutOfRange {
+                piece,
+                count: self.layout.piece_count(),
+            })?;
+        let mut buf = vec![0u8; len as usize];
+        self.read_at_stream(piece as u64 * self.layout.piece_length() as u64, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
     /// Reads a block for a peer. Out-of-range or oversized requests are refused, never
     /// clamped.
     pub fn read_block(&self, piece: u32, offset: u32, len: u32) -> Result<Bytes, StorageError> {
@@ -339,6 +354,16 @@ impl Storage {
     /// marks it present. Returns whether it matched (a mismatch writes nothing: the
     /// engine re-fetches and blames the senders).
     pub fn write_piece(&self, piece: u32, data: &[u8]) -> Result<bool, StorageError> {
+        self.write_piece_parts(piece, &[data])
+    }
+
+    /// [`Storage::write_piece`] for a piece held as consecutive parts (the blocks as they
+    /// arrived): hashed part by part, joined only once it is known to be good.
+    pub fn write_piece_parts<P: AsRef<[u8]>>(
+        &self,
+        piece: u32,
+        parts: &[P],
+    ) -> Result<bool, StorageError> {
         let expected = self
             .layout
             .piece_len(piece)
@@ -346,17 +371,36 @@ impl Storage {
                 piece,
                 count: self.layout.piece_count(),
             })?;
-        if data.len() != expected as usize {
+        let got: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+        if got != expected as usize {
             return Err(StorageError::WrongPieceSize {
                 piece,
                 expected,
-                got: data.len(),
+                got,
             });
         }
-        if !self.hash_matches(piece, data) {
+        let mut h = Sha1::new();
+        for p in parts {
+            h.update(p.as_ref());
+        }
+        let good = self
+            .hashes
+            .get(piece as usize)
+            .is_some_and(|want| <[u8; 20]>::from(h.finalize()) == *want);
+        if !good {
             return Ok(false);
         }
-        self.write_at_stream(piece as u64 * self.layout.piece_length() as u64, data)?;
+        let start = piece as u64 * self.layout.piece_length() as u64;
+        match parts {
+            [one] => self.write_at_stream(start, one.as_ref())?,
+            _ => {
+                let mut joined = Vec::with_capacity(got);
+                for p in parts {
+                    joined.extend_from_slice(p.as_ref());
+                }
+                self.write_at_stream(start, &joined)?;
+            }
+        }
         self.mark(piece, true);
         Ok(true)
     }
