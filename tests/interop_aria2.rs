@@ -14,22 +14,10 @@ use tests::{
 
 /// Inside a test's namespace every address and port is free; these are fixed.
 const BOOTSTRAP: &str = "127.0.0.1:6000";
-const SWARM_PORT: &str = "6001";
+const BOOTSTRAP_PORT: u16 = 6000;
+const SWARM_PORT: u16 = 6001;
 const ARIA2_TCP_PORT: &str = "6881";
 const ARIA2_DHT_PORT: &str = "6882";
-
-/// Starts `swarm bootstrap` in `ns` as the only DHT node; returns once it listens.
-fn start_bootstrap(ns: &NetNs, state: &Path) -> Reaper {
-    let mut cmd = ns.command(swarm_bin!());
-    let port = BOOTSTRAP.rsplit_once(':').unwrap().1;
-    cmd.args(["bootstrap", "--bind", "127.0.0.1", "--port", port])
-        .arg("--state-dir")
-        .arg(state)
-        .stderr(Stdio::null());
-    let (boot, lines) = spawn_with_lines(cmd);
-    wait_line(&lines, "listening on", Duration::from_secs(30));
-    boot
-}
 
 /// An `aria2c` command in `ns` on the loopback DHT: the bootstrap node is its only entry
 /// point, and every other way to find peers is off. Its log goes to `dir/aria2.log`.
@@ -66,42 +54,23 @@ fn aria2_log_tail(dir: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// `swarm ARGS` in `ns` on the loopback DHT, with its state in `state` and its log (with
-/// every dropped peer and why) in `log`.
-fn swarm<S: AsRef<OsStr>>(ns: &NetNs, args: &[S], state: &Path, log: &Path) -> Command {
-    let mut cmd = ns.command(swarm_bin!());
-    cmd.args(args)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            SWARM_PORT,
-            "--bootstrap",
-            BOOTSTRAP,
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .env("RUST_LOG", "info,wire::session=debug")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::from(std::fs::File::create(log).expect("log file")));
-    cmd
-}
-
 /// `swarm seed FILE` and `aria2c MAGNET`: aria2 finds the seed through our DHT node, gets the
 /// metadata from it (BEP 9) and then every piece.
 #[test]
 fn aria2_fetches_from_swarm_seed_through_the_dht() {
     let ns = require_aria2!();
     let dir = tempfile::tempdir().unwrap();
-    let _boot = start_bootstrap(&ns, &dir.path().join("boot"));
+    let _boot = ns.start_bootstrap(swarm_bin!(), BOOTSTRAP_PORT, &dir.path().join("boot"));
 
     // Odd size: the last piece is short.
     let data = test_payload(3 * 1024 * 1024 + 1234, 31);
     let file = write_file(&dir.path().join("seed"), "for_aria2.bin", &data);
     let seed_log = dir.path().join("seed.log");
-    let seed = swarm(
-        &ns,
+    let seed = ns.swarm(
+        swarm_bin!(),
         &[OsStr::new("seed"), file.as_os_str()],
+        SWARM_PORT,
+        BOOTSTRAP,
         &dir.path().join("seed-state"),
         &seed_log,
     );
@@ -126,7 +95,7 @@ fn aria2_fetches_from_swarm_seed_through_the_dht() {
             std::fs::read_to_string(&seed_log).unwrap_or_default()
         )
     };
-    let status = wait_exit(aria2, Duration::from_secs(120), logs);
+    let status = tests::wait_exit(aria2, Duration::from_secs(120), logs);
     assert!(status.success(), "aria2c failed ({status}); {}", logs());
     assert!(
         std::fs::read(out.join("for_aria2.bin")).unwrap() == data,
@@ -140,7 +109,7 @@ fn aria2_fetches_from_swarm_seed_through_the_dht() {
 fn swarm_get_fetches_from_an_aria2_seed_through_the_dht() {
     let ns = require_aria2!();
     let dir = tempfile::tempdir().unwrap();
-    let _boot = start_bootstrap(&ns, &dir.path().join("boot"));
+    let _boot = ns.start_bootstrap(swarm_bin!(), BOOTSTRAP_PORT, &dir.path().join("boot"));
 
     let seed_dir = dir.path().join("seed");
     let a = test_payload(1024 * 1024 + 4321, 32);
@@ -174,14 +143,16 @@ fn swarm_get_fetches_from_an_aria2_seed_through_the_dht() {
 
     let out = dir.path().join("out");
     let get_log = dir.path().join("get.log");
-    let mut get = swarm(
-        &ns,
+    let mut get = ns.swarm(
+        swarm_bin!(),
         &[
             OsStr::new("get"),
             OsStr::new(&magnet),
             OsStr::new("-o"),
             out.as_os_str(),
         ],
+        SWARM_PORT,
+        BOOTSTRAP,
         &dir.path().join("get-state"),
         &get_log,
     );
@@ -194,7 +165,7 @@ fn swarm_get_fetches_from_an_aria2_seed_through_the_dht() {
         )
     };
     let get = Reaper(get.spawn().expect("spawn swarm get"));
-    let status = wait_exit(get, Duration::from_secs(120), logs);
+    let status = tests::wait_exit(get, Duration::from_secs(120), logs);
     assert!(
         status.success(),
         "swarm get from aria2 failed ({status}); {}",
@@ -202,19 +173,4 @@ fn swarm_get_fetches_from_an_aria2_seed_through_the_dht() {
     );
     assert!(std::fs::read(out.join("from_aria2/a.bin")).unwrap() == a);
     assert!(std::fs::read(out.join("from_aria2/sub/b.bin")).unwrap() == b);
-}
-
-/// Waits for `child` to exit within `limit`; on timeout kills it and panics with `logs()`.
-fn wait_exit(
-    mut child: Reaper,
-    limit: Duration,
-    logs: impl Fn() -> String,
-) -> std::process::ExitStatus {
-    let mut status = None;
-    let done = tests::wait_until(limit, || {
-        status = child.0.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    assert!(done, "still running after {limit:?}:\n{}", logs());
-    status.unwrap()
 }

@@ -304,10 +304,84 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Makes `NAME` resolve to 127.0.0.1 inside the namespace (`ip netns exec` mounts
+    /// `/etc/netns/NS/hosts` over `/etc/hosts`): clients whose DHT routers are built in
+    /// then bootstrap from our node on 127.0.0.1.
+    pub fn resolve_to_loopback(&self, names: &[&str]) {
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        let hosts = format!("127.0.0.1 localhost {}\n::1 localhost\n", names.join(" "));
+        std::fs::write(dir.join("hosts"), hosts).expect("write /etc/netns/NS/hosts");
+    }
+
+    fn etc_dir(&self) -> PathBuf {
+        Path::new("/etc/netns").join(&self.name)
+    }
+
+    /// Starts `swarm bootstrap` (the binary `bin`) on 127.0.0.1:`port` in the namespace as
+    /// the only DHT node; returns once it listens.
+    pub fn start_bootstrap(&self, bin: PathBuf, port: u16, state: &Path) -> Reaper {
+        let mut cmd = self.command(bin);
+        cmd.args([
+            "bootstrap",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .stderr(Stdio::null());
+        let (boot, lines) = spawn_with_lines(cmd);
+        wait_line(&lines, "listening on", Duration::from_secs(30));
+        boot
+    }
+
+    /// `swarm ARGS` (the binary `bin`) in the namespace on 127.0.0.1:`port` with `bootstrap`
+    /// as its only DHT node, its state in `state` and its log (with every dropped peer and
+    /// why) in `log`.
+    pub fn swarm<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        bin: PathBuf,
+        args: &[S],
+        port: u16,
+        bootstrap: &str,
+        state: &Path,
+        log: &Path,
+    ) -> Command {
+        let mut cmd = self.command(bin);
+        cmd.args(args)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bootstrap", bootstrap, "--state-dir"])
+            .arg(state)
+            .env("RUST_LOG", "info,wire::session=debug")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::from(std::fs::File::create(log).expect("log file")));
+        cmd
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(self.etc_dir());
     }
+}
+
+/// Waits for `child` to exit within `limit`; on timeout kills it and panics with `logs()`.
+pub fn wait_exit(
+    mut child: Reaper,
+    limit: Duration,
+    logs: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let mut status = None;
+    let done = wait_until(limit, || {
+        status = child.0.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    assert!(done, "still running after {limit:?}:\n{}", logs());
+    status.expect("exited")
 }
 
 /// Runs `ip ARGS` and returns an error with its stderr when it fails.
@@ -364,6 +438,23 @@ macro_rules! require_aria2 {
             "aria2c",
             "--version",
             "apt-get install -y aria2",
+        ) {
+            Some(ns) => ns,
+            None => return,
+        }
+    };
+}
+
+/// Skips the calling test (returns early) unless the `webtorrent` command (webtorrent-cli)
+/// runs and a network namespace can be made; evaluates to the namespace.
+#[macro_export]
+macro_rules! require_webtorrent {
+    () => {
+        match $crate::client_netns(
+            module_path!(),
+            "webtorrent",
+            "--version",
+            "npm install -g webtorrent-cli@4.1.0",
         ) {
             Some(ns) => ns,
             None => return,
