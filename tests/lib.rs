@@ -268,3 +268,218 @@ pub fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Du
     let tail: Vec<_> = seen.iter().rev().take(10).rev().collect();
     panic!("no line with {needle:?} within {limit:?}; last lines: {tail:#?}");
 }
+
+/// A network namespace of this test process with only `lo` (up): clients that bind 0.0.0.0
+/// or know internet routers run in it, and nothing they send can leave it. Deleted when
+/// dropped; declare it before the processes in it so that they are killed first.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates `swarm-TAG-PID-N`; the error says why (not root, no `ip`, ...).
+    pub fn create(tag: &str) -> Result<NetNs, String> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("swarm-{tag}-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        // The guard exists from here on, so a failure below still deletes the namespace.
+        let ns = NetNs { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` inside the namespace, stdin closed. `ip netns exec`
+    /// execs the program, so killing the child kills the program itself.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name])
+            .arg(program)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl NetNs {
+    /// Makes `NAME` resolve to 127.0.0.1 inside the namespace (`ip netns exec` mounts
+    /// `/etc/netns/NS/hosts` over `/etc/hosts`): clients whose DHT routers are built in
+    /// then bootstrap from our node on 127.0.0.1.
+    pub fn resolve_to_loopback(&self, names: &[&str]) {
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        let hosts = format!("127.0.0.1 localhost {}\n::1 localhost\n", names.join(" "));
+        std::fs::write(dir.join("hosts"), hosts).expect("write /etc/netns/NS/hosts");
+    }
+
+    fn etc_dir(&self) -> PathBuf {
+        Path::new("/etc/netns").join(&self.name)
+    }
+
+    /// Starts `swarm bootstrap` (the binary `bin`) on 127.0.0.1:`port` in the namespace as
+    /// the only DHT node; returns once it listens.
+    pub fn start_bootstrap(&self, bin: PathBuf, port: u16, state: &Path) -> Reaper {
+        let mut cmd = self.command(bin);
+        cmd.args([
+            "bootstrap",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .stderr(Stdio::null());
+        let (boot, lines) = spawn_with_lines(cmd);
+        wait_line(&lines, "listening on", Duration::from_secs(30));
+        boot
+    }
+
+    /// `swarm ARGS` (the binary `bin`) in the namespace on 127.0.0.1:`port` with `bootstrap`
+    /// as its only DHT node, its state in `state` and its log (with every dropped peer and
+    /// why) in `log`.
+    pub fn swarm<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        bin: PathBuf,
+        args: &[S],
+        port: u16,
+        bootstrap: &str,
+        state: &Path,
+        log: &Path,
+    ) -> Command {
+        let mut cmd = self.command(bin);
+        cmd.args(args)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bootstrap", bootstrap, "--state-dir"])
+            .arg(state)
+            .env("RUST_LOG", "info,wire::session=debug")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::from(std::fs::File::create(log).expect("log file")));
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(self.etc_dir());
+    }
+}
+
+/// Waits for `child` to exit within `limit`; on timeout kills it and panics with `logs()`.
+pub fn wait_exit(
+    mut child: Reaper,
+    limit: Duration,
+    logs: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let mut status = None;
+    let done = wait_until(limit, || {
+        status = child.0.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    assert!(done, "still running after {limit:?}:\n{}", logs());
+    status.expect("exited")
+}
+
+/// Runs `ip ARGS` and returns an error with its stderr when it fails.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `ip`: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A fresh namespace for a test of the external client `tool` (checked by running it with
+/// `version_arg`), or `None` after printing why the test is skipped. Panics under
+/// `REQUIRE_INTEROP=1` when the tool or network namespaces are missing.
+pub fn client_netns(test: &str, tool: &str, version_arg: &str, install: &str) -> Option<NetNs> {
+    let found = Command::new(tool)
+        .arg(version_arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let reason = if found {
+        match NetNs::create(tool) {
+            Ok(ns) => return Some(ns),
+            Err(e) => format!("{test}: skipped: no network namespace for {tool} ({e})"),
+        }
+    } else {
+        format!("{test}: skipped: {tool} is not installed ({install})")
+    };
+    if interop_required() {
+        panic!("{reason}, and REQUIRE_INTEROP=1 requires it");
+    }
+    eprintln!("{reason}");
+    None
+}
+
+/// Skips the calling test (returns early) unless `aria2c` runs and a network namespace
+/// can be made; evaluates to the namespace. See [`client_netns`].
+#[macro_export]
+macro_rules! require_aria2 {
+    () => {
+        match $crate::client_netns(
+            module_path!(),
+            "aria2c",
+            "--version",
+            "apt-get install -y aria2",
+        ) {
+            Some(ns) => ns,
+            None => return,
+        }
+    };
+}
+
+/// Skips the calling test (returns early) unless the `webtorrent` command (webtorrent-cli)
+/// runs and a network namespace can be made; evaluates to the namespace.
+#[macro_export]
+macro_rules! require_webtorrent {
+    () => {
+        match $crate::client_netns(
+            module_path!(),
+            "webtorrent",
+            "--version",
+            "npm install -g webtorrent-cli@4.1.0",
+        ) {
+            Some(ns) => ns,
+            None => return,
+        }
+    };
+}
+
+/// Spawns `cmd` with stdout piped; returns the process and its stdout lines.
+pub fn spawn_with_lines(mut cmd: Command) -> (Reaper, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Reaper(child), rx)
+}

@@ -157,8 +157,6 @@ pub enum PeerMessage {
 pub enum DisconnectReason {
     /// A bitfield of the wrong length or with spare bits set.
     BadBitfield(BitfieldError),
-    /// Bitfield, have-all or have-none after other messages.
-    LateBitfield,
     /// A piece index past the end of the torrent.
     PieceOutOfRange(u32),
     /// A request outside the piece, of length 0 or over 16 KiB.
@@ -181,7 +179,6 @@ impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DisconnectReason::BadBitfield(e) => write!(f, "bad bitfield: {e}"),
-            DisconnectReason::LateBitfield => f.write_str("bitfield/have-all/have-none not first"),
             DisconnectReason::PieceOutOfRange(p) => write!(f, "piece index {p} out of range"),
             DisconnectReason::BadRequest(b) => write!(
                 f,
@@ -683,14 +680,22 @@ impl Engine {
                 }
             }
             PeerMessage::Bitfield(bytes) => {
-                if !first {
-                    return self.disconnect(slot, DisconnectReason::LateBitfield);
-                }
                 match Bitfield::from_bytes(&bytes, n) {
                     Ok(b) if b.is_full() => self.become_seed(slot),
-                    Ok(b) => {
+                    Ok(b) if first => {
                         self.picker.add_bitfield(&b);
                         self.peer_mut(slot).expect("checked").has = b;
+                    }
+                    // A bitfield after other messages: aria2 sends its whole bitfield again
+                    // instead of 20 or more haves. Pieces are never lost, so it counts as
+                    // haves of the pieces it adds.
+                    Ok(b) => {
+                        let peer = self.peer_mut(slot).expect("checked");
+                        if !peer.is_seed {
+                            let added: Vec<u32> =
+                                b.iter_ones().filter(|&i| peer.has.set(i)).collect();
+                            added.into_iter().for_each(|i| self.picker.add_have(i));
+                        }
                     }
                     Err(e) => return self.disconnect(slot, DisconnectReason::BadBitfield(e)),
                 }
@@ -702,9 +707,8 @@ impl Engine {
                 slot,
                 DisconnectReason::FastNotNegotiated("have-all/have-none"),
             ),
-            PeerMessage::HaveAll | PeerMessage::HaveNone if !first => {
-                self.disconnect(slot, DisconnectReason::LateBitfield)
-            }
+            // Have-all after other messages (aria2 sends it once it completes) is a seed
+            // like the first one; a late have-none takes nothing away.
             PeerMessage::HaveAll => {
                 self.become_seed(slot);
                 self.update_interest(slot);

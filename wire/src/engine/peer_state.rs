@@ -34,7 +34,7 @@ pub struct Peer {
     /// What it has. A peer that has everything is counted once as a seed in the picker.
     pub has: Bitfield,
     pub is_seed: bool,
-    /// Any message seen: bitfield/have-all/have-none are only valid first.
+    /// Any message seen: a later bitfield adds to `has` instead of replacing it.
     pub seen_message: bool,
     pub outstanding: VecDeque<Outstanding>,
     pub their_requests: VecDeque<BlockRef>,

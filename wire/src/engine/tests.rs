@@ -701,11 +701,15 @@ fn hostile_bitfields_and_messages_are_dropped_with_reasons() {
         disconnected(&h.msg(p, PeerMessage::HaveAll), p),
         Some(DisconnectReason::FastNotNegotiated(_))
     ));
+    // A late bitfield is still checked.
     let p = h.connect(5, true);
     h.msg(p, PeerMessage::Have(1));
     assert_eq!(
-        disconnected(&h.msg(p, PeerMessage::HaveAll), p),
-        Some(DisconnectReason::LateBitfield)
+        disconnected(
+            &h.msg(p, PeerMessage::Bitfield(Bytes::from_static(&[0xff, 0xff]))),
+            p
+        ),
+        Some(DisconnectReason::BadBitfield(BitfieldError::SpareBitsSet))
     );
     // Unrequested data floods are cut off.
     let cfg = Config {
@@ -734,6 +738,54 @@ fn hostile_bitfields_and_messages_are_dropped_with_reasons() {
     assert_eq!(q.index(), p.index());
     h.msg(p, PeerMessage::HaveAll);
     assert!(!h.e.peer_stats(q).unwrap().is_seed);
+}
+
+/// What aria2 1.36 sends as a leecher: have-none first, then, once it has 20 or more new
+/// pieces, its whole bitfield again instead of haves (have-all once complete). We used to
+/// drop it for that, so aria2 could never finish a download from us.
+#[test]
+fn aria2_late_bitfield_and_have_all_add_pieces() {
+    // Serving: the late bitfield does not cost aria2 its connection or its requests.
+    let mut h = Harness::seeder(30, B, Config::default());
+    let p = h.connect(1, true);
+    h.msg(p, PeerMessage::HaveNone);
+    let mut acts = h.msg(p, PeerMessage::Interested);
+    acts.extend(h.advance(Duration::from_secs(1)));
+    assert!(sent(&acts, p, &PeerMessage::Unchoke), "{acts:?}");
+    let acts = h.msg(p, bitfield_msg(30, |i| i % 3 == 0));
+    assert_eq!(disconnected(&acts, p), None);
+    let block = BlockRef {
+        piece: 1,
+        begin: 0,
+        length: B,
+    };
+    let acts = h.msg(p, PeerMessage::Request(block));
+    assert_eq!(disconnected(&acts, p), None);
+    assert!(!sent(&acts, p, &PeerMessage::Reject(block)), "{acts:?}");
+
+    // Fetching: pieces in a late bitfield become requestable, then a late have-all too.
+    let mut h = Harness::leecher(30, B, Config::default());
+    let p = h.connect(1, true);
+    h.msg(p, PeerMessage::HaveNone);
+    h.msg(p, PeerMessage::Unchoke);
+    let acts = h.msg(p, bitfield_msg(30, |i| i == 4 || i == 7));
+    assert_eq!(disconnected(&acts, p), None);
+    let asked = requests(&acts, p);
+    assert!(!asked.is_empty(), "{acts:?}");
+    assert!(
+        asked.iter().all(|b| b.piece == 4 || b.piece == 7),
+        "{asked:?}"
+    );
+    // A later have-none takes nothing away; a later have-all makes it a seed.
+    assert_eq!(disconnected(&h.msg(p, PeerMessage::HaveNone), p), None);
+    h.answer(p, asked.len());
+    let acts = h.msg(p, PeerMessage::HaveAll);
+    assert_eq!(disconnected(&acts, p), None);
+    let asked = h.requested.get(&p).cloned().unwrap_or_default();
+    assert!(
+        asked.iter().any(|b| b.piece != 4 && b.piece != 7),
+        "{asked:?}"
+    );
 }
 
 #[test]
