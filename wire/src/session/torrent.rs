@@ -779,6 +779,10 @@ impl Task {
                     self.retry_at
                         .push((now + Duration::from_secs(1 << *tries), c.addr));
                     *tries += 1;
+                } else {
+                    // Given up: forget it, so the table holds only addresses being retried
+                    // (a long run meets thousands of dead addresses through the DHT and PEX).
+                    self.retries.remove(&c.addr);
                 }
             }
             match &mut self.phase {
