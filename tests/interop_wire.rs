@@ -107,8 +107,27 @@ fn our_config() -> SessionConfig {
     }
 }
 
+/// libtorrent with only encrypted connections allowed (MSE/PE, RC4), or its defaults.
+fn encryption_args(forced: bool) -> Vec<String> {
+    if forced {
+        vec!["--encryption".into(), "forced".into()]
+    } else {
+        Vec::new()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_leecher_fetches_metadata_and_data_from_a_libtorrent_seeder() {
+    leech_from_libtorrent(false).await;
+}
+
+/// Our plaintext dial is refused; the retry uses the MSE handshake and RC4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_leecher_fetches_from_a_libtorrent_seeder_that_requires_encryption() {
+    leech_from_libtorrent(true).await;
+}
+
+async fn leech_from_libtorrent(forced: bool) {
     let python = tests::require_libtorrent!();
     let seed_dir = tempfile::tempdir().unwrap();
     let leech_dir = tempfile::tempdir().unwrap();
@@ -133,9 +152,13 @@ async fn our_leecher_fetches_metadata_and_data_from_a_libtorrent_seeder() {
     let mut lt = LtPeer::spawn(
         python,
         &[
-            "--listen".into(),
-            format!("{lt_ip}:{port}"),
-            "--no-dht".into(),
+            encryption_args(forced),
+            vec!["--listen".into(), format!("{lt_ip}:{port}")],
+            vec!["--no-dht".into()],
+        ]
+        .concat()
+        .into_iter()
+        .chain([
             "--timeout".into(),
             "120".into(),
             "seed".into(),
@@ -143,7 +166,8 @@ async fn our_leecher_fetches_metadata_and_data_from_a_libtorrent_seeder() {
             torrent.display().to_string(),
             "--save".into(),
             seed_dir.path().display().to_string(),
-        ],
+        ])
+        .collect::<Vec<_>>(),
     );
     lt.wait_for("\"ready\"", Duration::from_secs(30));
     let mut ours = Torrent::start(
@@ -183,6 +207,16 @@ async fn our_leecher_fetches_metadata_and_data_from_a_libtorrent_seeder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libtorrent_leecher_fetches_a_magnet_from_our_seeder() {
+    libtorrent_leeches(false).await;
+}
+
+/// libtorrent dials us with the MSE handshake only and wants RC4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libtorrent_leecher_that_requires_encryption_fetches_from_our_seeder() {
+    libtorrent_leeches(true).await;
+}
+
+async fn libtorrent_leeches(forced: bool) {
     let python = tests::require_libtorrent!();
     let seed_dir = tempfile::tempdir().unwrap();
     let leech_dir = tempfile::tempdir().unwrap();
@@ -201,23 +235,26 @@ async fn libtorrent_leecher_fetches_a_magnet_from_our_seeder() {
     );
     let mut lt = LtPeer::spawn(
         python,
-        &[
-            "--listen".into(),
-            {
-                let ip = next_loopback_ip();
-                format!("{ip}:{}", free_port(ip))
-            },
-            "--no-dht".into(),
-            "--timeout".into(),
-            "80".into(),
-            "--peer".into(),
-            ours.listen_addr().unwrap().to_string(),
-            "get".into(),
-            "--magnet".into(),
-            magnet,
-            "--save".into(),
-            leech_dir.path().display().to_string(),
-        ],
+        &encryption_args(forced)
+            .into_iter()
+            .chain([
+                "--listen".into(),
+                {
+                    let ip = next_loopback_ip();
+                    format!("{ip}:{}", free_port(ip))
+                },
+                "--no-dht".into(),
+                "--timeout".into(),
+                "80".into(),
+                "--peer".into(),
+                ours.listen_addr().unwrap().to_string(),
+                "get".into(),
+                "--magnet".into(),
+                magnet,
+                "--save".into(),
+                leech_dir.path().display().to_string(),
+            ])
+            .collect::<Vec<_>>(),
     );
     // Blocking wait on a std channel: keep it off the runtime's worker threads.
     let done = tokio::task::spawn_blocking(move || {

@@ -57,6 +57,11 @@ def make_session(args):
     }
     if args.upload_limit:
         settings["upload_rate_limit"] = args.upload_limit
+    if args.encryption == "forced":
+        # Only MSE/PE connections, RC4 after the handshake, both ways.
+        settings["out_enc_policy"] = int(lt.enc_policy.forced)
+        settings["in_enc_policy"] = int(lt.enc_policy.forced)
+        settings["allowed_enc_level"] = int(lt.enc_level.rc4)
     ses = lt.session(settings)
     return ses
 
@@ -97,6 +102,8 @@ def main():
     p.add_argument("--timeout", type=float, default=120)
     p.add_argument("--status-interval", type=float, default=1.0)
     p.add_argument("--upload-limit", type=int, default=0)
+    p.add_argument("--encryption", choices=["default", "forced"], default="default",
+                   help="forced: accept and make only encrypted (MSE/PE, RC4) connections")
     p.add_argument("--announce-every", type=float, default=2.0, help="force_dht_announce interval (s)")
     sub = p.add_subparsers(dest="job", required=True)
     s = sub.add_parser("seed")

@@ -8,9 +8,9 @@
 //! Errors ([`HandshakeError`], [`WireError`]) mean the peer broke the protocol: log the
 //! `Display` text as the reason and close the connection. Two facts from real peers:
 //!
-//! - libtorrent dials with an encrypted (MSE/PE) handshake first and retries in plaintext
-//!   when that fails, so one [`HandshakeError::BadProtocolLength`] from an address is
-//!   normal and must not get it banned (the interop test sees exactly this).
+//! - libtorrent and aria2 may dial with an encrypted (MSE/PE, [`mse`]) handshake first;
+//!   the session tells it apart from a plaintext one by the first bytes and answers it,
+//!   so [`Handshake::decode`] only ever sees plaintext handshakes.
 //! - Call [`Decoder::set_piece_count`] as soon as the piece count is known; before that
 //!   (magnet links) check a stored bitfield later with [`validate_bitfield`].
 //!
@@ -29,6 +29,7 @@ mod allowed_fast;
 mod codec;
 mod handshake;
 mod message;
+pub mod mse;
 
 pub use allowed_fast::allowed_fast_set;
 pub use codec::{bitfield_len, validate_bitfield, Decoder, Limits, WireError};

@@ -6,8 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -77,18 +76,76 @@ pub struct ConnParams {
     pub piece_count: Option<u32>,
 }
 
-/// Runs a connection to the end. `stream` is connected; `outgoing` says who speaks first.
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The bytes of a plaintext BitTorrent handshake's start; anything else opening an
+/// incoming connection is taken for an MSE key exchange.
+const PLAINTEXT_START: &[u8; 20] = b"\x13BitTorrent protocol";
+
+/// Sets up the transport: plaintext, or MSE when dialing with `encrypt` or when the other
+/// side opened with a key exchange. Returns read and write halves and bytes already read.
+async fn transport(
+    p: &ConnParams,
+    mut stream: TcpStream,
+    outgoing: bool,
+    encrypt: bool,
+) -> Result<(BoxRead, BoxWrite, BytesMut), String> {
+    let skey = &p.info_hash.0;
+    let mse = if outgoing {
+        if !encrypt {
+            let (r, w) = stream.into_split();
+            return Ok((Box::new(r), Box::new(w), BytesMut::new()));
+        }
+        super::mse::initiate(stream, skey)
+            .await
+            .map_err(|e| format!("encrypted handshake: {e}"))?
+    } else {
+        let mut first = BytesMut::with_capacity(READ_CHUNK);
+        while first.len() < PLAINTEXT_START.len() && PLAINTEXT_START.starts_with(&first[..]) {
+            let n = stream
+                .read_buf(&mut first)
+                .await
+                .map_err(|e| format!("handshake read: {e}"))?;
+            if n == 0 {
+                return Err("closed during handshake".into());
+            }
+        }
+        if first.starts_with(PLAINTEXT_START) {
+            let (r, w) = stream.into_split();
+            return Ok((Box::new(r), Box::new(w), first));
+        }
+        super::mse::accept(stream, first, skey)
+            .await
+            .map_err(|e| format!("encrypted handshake: {e}"))?
+    };
+    tracing::debug!(
+        "MSE handshake done, {}",
+        if mse.encrypted() { "RC4" } else { "plaintext" }
+    );
+    let (r, w) = tokio::io::split(mse);
+    Ok((Box::new(r), Box::new(w), BytesMut::new()))
+}
+
+/// Runs a connection to the end. `stream` is connected; `outgoing` says who speaks first;
+/// `encrypt` dials with an MSE handshake.
 pub async fn run(
     p: ConnParams,
     stream: TcpStream,
     outgoing: bool,
+    encrypt: bool,
     events: mpsc::UnboundedSender<FromConn>,
     commands: mpsc::UnboundedReceiver<ToConn>,
 ) {
     let _ = stream.set_nodelay(true);
     let id = p.id;
-    let result = tokio::time::timeout(p.handshake_timeout, handshake(&p, stream, outgoing)).await;
-    let (stream, theirs, leftover) = match result {
+    let setup = async {
+        let (mut rd, mut wr, buf) = transport(&p, stream, outgoing, encrypt).await?;
+        let (theirs, leftover) = handshake(&p, &mut rd, &mut wr, buf, outgoing).await?;
+        Ok::<_, String>((rd, wr, theirs, leftover))
+    };
+    let result = tokio::time::timeout(p.handshake_timeout, setup).await;
+    let (rd, wr, theirs, leftover) = match result {
         Ok(Ok(x)) => x,
         Ok(Err(reason)) => {
             let _ = events.send(FromConn::Closed { id, reason });
@@ -106,7 +163,6 @@ pub async fn run(
         id,
         reserved: theirs.reserved,
     });
-    let (rd, wr) = stream.into_split();
     let mut decoder = Decoder::default();
     if let Some(n) = p.piece_count {
         decoder.set_piece_count(n);
@@ -130,27 +186,28 @@ pub async fn run(
 
 async fn handshake(
     p: &ConnParams,
-    mut stream: TcpStream,
+    rd: &mut BoxRead,
+    wr: &mut BoxWrite,
+    mut buf: BytesMut,
     outgoing: bool,
-) -> Result<(TcpStream, Handshake, BytesMut), String> {
+) -> Result<(Handshake, BytesMut), String> {
     let mut ours = Handshake::new(p.info_hash, p.our_id);
     ours.reserved = Reserved::OURS;
     let mut out = BytesMut::new();
     ours.encode(&mut out);
     if outgoing {
-        stream
-            .write_all(&out)
+        write_flush(wr, &out)
             .await
             .map_err(|e| format!("handshake write: {e}"))?;
     }
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    buf.reserve(READ_CHUNK);
     let theirs = loop {
         match Handshake::decode(&mut buf) {
             Ok(Some(h)) => break h,
             Ok(None) => {}
             Err(e) => return Err(format!("bad handshake: {e}")),
         }
-        let n = stream
+        let n = rd
             .read_buf(&mut buf)
             .await
             .map_err(|e| format!("handshake read: {e}"))?;
@@ -168,17 +225,21 @@ async fn handshake(
         return Err("connected to ourselves".into());
     }
     if !outgoing {
-        stream
-            .write_all(&out)
+        write_flush(wr, &out)
             .await
             .map_err(|e| format!("handshake write: {e}"))?;
     }
-    Ok((stream, theirs, buf))
+    Ok((theirs, buf))
+}
+
+async fn write_flush(wr: &mut BoxWrite, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
 }
 
 async fn read_loop(
     id: ConnId,
-    mut rd: OwnedReadHalf,
+    mut rd: BoxRead,
     mut buf: BytesMut,
     mut decoder: Decoder,
     idle: Duration,
@@ -210,7 +271,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: BoxWrite,
     mut commands: mpsc::UnboundedReceiver<ToConn>,
 ) -> std::io::Result<()> {
     let mut out = Segments::default();
@@ -256,6 +317,8 @@ async fn write_loop(
         if out.has_remaining() {
             // Vectored writes: up to 64 segments per system call.
             wr.write_all_buf(&mut out).await?;
+            // An encrypting transport may hold the tail of the last write.
+            wr.flush().await?;
             for n in notices.drain(..) {
                 (n.0)();
             }

@@ -18,6 +18,7 @@
 
 mod connection;
 mod convert;
+mod mse;
 mod torrent;
 
 use std::collections::BTreeMap;

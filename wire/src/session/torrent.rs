@@ -26,6 +26,9 @@ use crate::metainfo::{Info, Metainfo};
 use crate::peer::{Message, Reserved};
 use crate::storage::{ResumeStatus, Storage, StorageLayout, StorageOptions};
 
+/// Addresses remembered as wanting an encrypted dial (a bound on the table).
+const MAX_DIAL_ENCRYPTED: usize = 10_000;
+
 /// How often connected peers are offered to PEX.
 const PEX_CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -160,6 +163,9 @@ struct Task {
     /// Failed attempts per address, and when to try again.
     retries: HashMap<SocketAddr, u32>,
     retry_at: Vec<(Instant, SocketAddr)>,
+    /// Addresses to dial with the MSE handshake: a failed plaintext attempt (peers that
+    /// require encryption close it) is retried encrypted, and the other way round.
+    dial_encrypted: HashSet<SocketAddr>,
     events_tx: mpsc::UnboundedSender<FromConn>,
     disk_tx: mpsc::UnboundedSender<DiskDone>,
     stats_tx: watch::Sender<TorrentStats>,
@@ -220,6 +226,7 @@ pub(super) async fn spawn(
         next_id: 1,
         retries: HashMap::new(),
         retry_at: Vec::new(),
+        dial_encrypted: HashSet::new(),
         events_tx,
         disk_tx,
         stats_tx,
@@ -728,9 +735,10 @@ impl Task {
         let events = self.events_tx.clone();
         let timeout = self.cfg.connect_timeout;
         let local = self.cfg.listen.map(|l| l.ip());
+        let encrypt = self.dial_encrypted.contains(&addr);
         tokio::spawn(async move {
             match tokio::time::timeout(timeout, dial(local, addr)).await {
-                Ok(Ok(stream)) => connection::run(params, stream, true, events, rx).await,
+                Ok(Ok(stream)) => connection::run(params, stream, true, encrypt, events, rx).await,
                 Ok(Err(e)) => {
                     let _ = events.send(FromConn::Closed {
                         id: params.id,
@@ -760,7 +768,7 @@ impl Task {
         }
         let (params, rx) = self.new_conn(addr, false);
         let events = self.events_tx.clone();
-        tokio::spawn(connection::run(params, stream, false, events, rx));
+        tokio::spawn(connection::run(params, stream, false, false, events, rx));
     }
 
     fn drop_conn(&mut self, id: ConnId, reason: String) {
@@ -779,7 +787,14 @@ impl Task {
                     self.retry_at
                         .push((now + Duration::from_secs(1 << *tries), c.addr));
                     *tries += 1;
+                    if !self.dial_encrypted.remove(&c.addr) {
+                        if self.dial_encrypted.len() >= MAX_DIAL_ENCRYPTED {
+                            self.dial_encrypted.clear();
+                        }
+                        self.dial_encrypted.insert(c.addr);
+                    }
                 } else {
+                    self.dial_encrypted.remove(&c.addr);
                     // Given up: forget it, so the table holds only addresses being retried
                     // (a long run meets thousands of dead addresses through the DHT and PEX).
                     self.retries.remove(&c.addr);
