@@ -148,3 +148,101 @@ fn ready_line_parses() {
     assert_eq!(id.len(), 40);
     assert!(bootstrap_proc::parse_ready("listening on nowhere").is_none());
 }
+
+/// Reads datagrams on `sock` until the node's ping to us arrives (bounded by time and
+/// count) and answers it as node `id`.
+fn answer_ping(sock: &UdpSocket, from: std::net::SocketAddr, id: &[u8; 20]) {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let Ok((n, src)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let d = &buf[..n];
+        if src != from || !contains(d, b"1:y1:q") || !contains(d, b"4:ping") {
+            continue;
+        }
+        let at = d
+            .windows(5)
+            .position(|w| w == b"1:t2:")
+            .expect("2-byte tid")
+            + 5;
+        let mut r = b"d1:rd2:id20:".to_vec();
+        r.extend_from_slice(id);
+        r.extend_from_slice(b"e1:t2:");
+        r.extend_from_slice(&d[at..at + 2]);
+        r.extend_from_slice(b"1:y1:re");
+        sock.send_to(&r, from).unwrap();
+        return;
+    }
+    panic!("the node never pinged {:?}", sock.local_addr());
+}
+
+/// Sends find_node for `target` and returns the compact `nodes` of the reply.
+fn find_node(sock: &UdpSocket, to: std::net::SocketAddr, target: &[u8; 20]) -> Vec<u8> {
+    let mut q = b"d1:ad2:id20:zyxwvutsrqponmlkjihg6:target20:".to_vec();
+    q.extend_from_slice(target);
+    q.extend_from_slice(b"e1:q9:find_node1:t2:fn1:y1:qe");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    for _ in 0..5 {
+        sock.send_to(&q, to).unwrap();
+        for _ in 0..8 {
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            let d = &buf[..n];
+            if contains(d, b"1:t2:fn") && contains(d, b"1:y1:r") {
+                let at = d.windows(8).position(|w| w == b"5:nodes2").expect("nodes") + 7;
+                let len: usize = std::str::from_utf8(&d[at..at + 3])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                return d[at + 4..at + 4 + len].to_vec();
+            }
+        }
+    }
+    panic!("no find_node reply from {to}");
+}
+
+#[test]
+fn answering_nodes_join_the_pool_which_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let ip = IpAddr::V4(next_loopback_ip());
+    let mut boot =
+        bootstrap_proc::start(swarm_bin!(), ip, 0, state.path(), &["--stats-every", "1"]);
+    // Ten nodes query the node; it pings each back; they answer and join the pool.
+    let mut ids = Vec::new();
+    for i in 0..10u8 {
+        let sock = UdpSocket::bind((next_loopback_ip(), 0)).unwrap();
+        let id = [0x40 + i; 20];
+        let mut q = b"d1:ad2:id20:".to_vec();
+        q.extend_from_slice(&id);
+        q.extend_from_slice(b"e1:q4:ping1:t2:pp1:y1:qe");
+        sock.send_to(&q, boot.addr).unwrap();
+        answer_ping(&sock, boot.addr, &id);
+        ids.push(id);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || boot
+            .stderr()
+            .contains("pool 10,")),
+        "pool never reached 10; stderr:\n{}",
+        boot.stderr()
+    );
+    assert!(boot.interrupt(Duration::from_secs(10)).success());
+    let saved = std::fs::read(state.path().join("bootstrap-dht.pool")).expect("pool saved");
+    assert_eq!(dht::pool::decode_pool_file(&saved).unwrap().len(), 10);
+
+    // Restarted, it answers find_node from the reloaded pool at once (its routing table
+    // starts empty: the saved nodes are only lookup seeds there).
+    let mut again = bootstrap_proc::start(swarm_bin!(), ip, 0, state.path(), &[]);
+    let client = UdpSocket::bind((next_loopback_ip(), 0)).unwrap();
+    let nodes = find_node(&client, again.addr, &ids[3]);
+    assert_eq!(nodes.len(), 8 * 26, "k nodes from the pool");
+    assert_eq!(&nodes[..20], &ids[3], "the closest first");
+    assert!(again.interrupt(Duration::from_secs(10)).success());
+}

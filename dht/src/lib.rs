@@ -28,6 +28,7 @@ pub mod id;
 pub mod krpc;
 pub mod lookup;
 pub mod node;
+pub mod pool;
 pub mod ratelimit;
 pub mod routing;
 pub mod state;

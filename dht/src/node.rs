@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub core: Config,
     /// Where the id and good nodes are loaded from at start and saved to (atomically).
     pub state_file: Option<PathBuf>,
+    /// Bootstrap nodes: where the pool of verified nodes is loaded from at start and saved
+    /// to (atomically, with the state). Needs `core.pool_capacity > 0`.
+    pub pool_file: Option<PathBuf>,
     /// How often the state is saved while running (it is saved at shutdown too).
     pub save_every: Duration,
     /// Kernel socket buffer sizes; large buffers absorb bursts (bootstrap nodes).
@@ -50,6 +53,7 @@ impl NodeConfig {
             bind,
             core,
             state_file: None,
+            pool_file: None,
             save_every: Duration::from_secs(5 * 60),
             recv_buffer: 4 << 20,
             send_buffer: 4 << 20,
@@ -128,10 +132,13 @@ impl Node {
         let seed = cfg.rng_seed.unwrap_or_else(rand::random);
         let now = Instant::now();
         let saved = cfg.state_file.as_deref().and_then(load_state);
-        let dht = match saved {
+        let mut dht = match saved {
             Some(state) => Dht::with_saved_state(cfg.core.clone(), now, seed, state),
             None => Dht::new(cfg.core.clone(), now, seed),
         };
+        if let Some(path) = &cfg.pool_file {
+            load_pool(&mut dht, now, path);
+        }
         let id = dht.id();
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = Driver {
@@ -140,6 +147,7 @@ impl Node {
             commands: rx,
             subscribers: HashMap::new(),
             state_file: cfg.state_file.clone(),
+            pool_file: cfg.pool_file.clone(),
             save_every: cfg.save_every,
         };
         let task = tokio::spawn(driver.run());
@@ -253,6 +261,21 @@ fn make_socket(cfg: &NodeConfig) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+fn load_pool(dht: &mut Dht, now: Instant, path: &Path) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!("cannot read DHT pool {}: {e}", path.display());
+            return;
+        }
+    };
+    match dht.import_pool(now, &bytes) {
+        Ok(n) => tracing::info!("dht: {n} pool nodes loaded from {}", path.display()),
+        Err(e) => tracing::warn!("ignoring DHT pool {}: {e}", path.display()),
+    }
+}
+
 fn load_state(path: &Path) -> Option<SavedState> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -312,6 +335,7 @@ struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     subscribers: HashMap<LookupId, Subscriber>,
     state_file: Option<PathBuf>,
+    pool_file: Option<PathBuf>,
     save_every: Duration,
 }
 
@@ -461,6 +485,9 @@ impl Driver {
     }
 
     fn save_result(&mut self) -> io::Result<()> {
+        if let Some(path) = &self.pool_file {
+            write_atomically(path, &self.dht.export_pool())?;
+        }
         let Some(path) = &self.state_file else {
             return Ok(());
         };
