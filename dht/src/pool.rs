@@ -21,6 +21,8 @@ use crate::state::StateError;
 /// [`MAX_FAILS`] unanswered checks in a row it is dropped.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 const MAX_FAILS: u8 = 2;
+/// Most nodes [`Pool::closest`] sorts by distance; beyond, it descends bit by bit.
+const CANDIDATES: usize = 256;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -50,7 +52,7 @@ pub struct Pool {
     /// One node per IP (public mode) instead of one per IP and port.
     one_per_ip: bool,
     reverify_after: Duration,
-    by_id: BTreeMap<Id, Entry>,
+    by_id: BTreeMap<Key, Entry>,
     /// Address (port 0 when `one_per_ip`) to id.
     by_slot: HashMap<SocketAddr, Id>,
     /// Check order: (checked, id), oldest first.
@@ -94,19 +96,21 @@ impl Pool {
 
     /// Whether node `id` is in the pool at exactly `addr`.
     pub fn contains(&self, id: &Id, addr: &SocketAddr) -> bool {
-        self.by_id.get(id).is_some_and(|e| e.addr == *addr)
+        self.by_id
+            .get(&Key::of(id))
+            .is_some_and(|e| e.addr == *addr)
     }
 
     /// Whether some node in the pool has exactly this address.
     pub fn contains_addr(&self, addr: &SocketAddr) -> bool {
         self.by_slot
             .get(&self.slot(*addr))
-            .and_then(|id| self.by_id.get(id))
+            .and_then(|id| self.by_id.get(&Key::of(id)))
             .is_some_and(|e| e.addr == *addr)
     }
 
     fn remove(&mut self, id: &Id) -> Option<Entry> {
-        let e = self.by_id.remove(id)?;
+        let e = self.by_id.remove(&Key::of(id))?;
         let slot = self.slot(e.addr);
         if self.by_slot.get(&slot) == Some(id) {
             self.by_slot.remove(&slot);
@@ -124,7 +128,7 @@ impl Pool {
         if !e.secure {
             self.insecure.insert((e.verified, id));
         }
-        self.by_id.insert(id, e);
+        self.by_id.insert(Key::of(&id), e);
     }
 
     /// Node `info` answered a query of ours just now. `secure`: its id is BEP 42-valid
@@ -203,7 +207,7 @@ impl Pool {
                 break;
             }
             self.by_check.remove(&(checked, id));
-            let e = self.by_id.get_mut(&id).expect("indexes agree");
+            let e = self.by_id.get_mut(&Key::of(&id)).expect("indexes agree");
             e.checked = now;
             self.by_check.insert((now, id));
             out.push(NodeInfo { id, addr: e.addr });
@@ -221,38 +225,87 @@ impl Pool {
     /// The `count` nodes closest to `target` by XOR, nearest first.
     ///
     /// Ids sharing a p-bit prefix with the target are one contiguous range of the sorted
-    /// ids, and every id in it is closer than any id outside it. So: descend from p = 0;
-    /// while the range holds more than we still need, split it on bit p. If the half
-    /// that agrees with the target on bit p holds enough, go into it; otherwise all of it
-    /// belongs to the answer and the rest comes from the other half, whose order by
-    /// distance to the target is its order by distance to the target with bit p flipped,
-    /// so the descent goes on there with that target. Each step costs a capped range
-    /// count, O(log n + count); there are at most 160 steps.
+    /// ids, R(p), and every id in it is closer than any id outside it: if R(p) holds at
+    /// least `count` nodes, the answer lies in it. So: find a p whose R(p) holds between
+    /// `count` and [`CANDIDATES`] nodes (a binary search over p, starting where random ids
+    /// would put about 4 `count` nodes; each probe is one range walk, capped), then sort
+    /// those few by distance. If no such p exists (a cluster of ids much larger than
+    /// `CANDIDATES` around the target), [`Pool::closest_descent`] finds the answer exactly
+    /// by splitting R(p) bit by bit.
     pub fn closest(&self, target: &Id, count: usize) -> Vec<NodeInfo> {
+        let n = self.by_id.len();
+        if count == 0 || n == 0 {
+            return Vec::new();
+        }
+        let info = |(k, e): (&Key, &Entry)| (*k, e.addr);
+        let t = Key::of(target);
+        let mut cand: Vec<(Key, SocketAddr)> = Vec::with_capacity(CANDIDATES + 1);
+        if n <= CANDIDATES.max(count) {
+            cand.extend(self.by_id.iter().map(info));
+        } else {
+            // good(p): R(p) holds at least `count` nodes. good(lo), !good(hi).
+            let (mut lo, mut hi) = (0u32, 161u32);
+            let expected = (n / (2 * count).max(1)).max(1);
+            let mut p = (usize::BITS - 1 - expected.leading_zeros()).min(160);
+            loop {
+                let (a, b) = prefix_range(&t, p);
+                cand.clear();
+                cand.extend(self.by_id.range(a..=b).take(CANDIDATES + 1).map(info));
+                if cand.len() < count {
+                    hi = p;
+                } else if cand.len() <= CANDIDATES {
+                    break;
+                } else {
+                    lo = p;
+                }
+                if hi - lo <= 1 {
+                    // R(lo) is too large to sort and R(lo + 1) too small.
+                    return self.closest_descent(target, count, lo);
+                }
+                p = (lo + hi) / 2;
+            }
+        }
+        // Distances as integers: one XOR per candidate, cheap comparisons.
+        let mut by_distance: Vec<(Key, Key, SocketAddr)> =
+            cand.iter().map(|&(k, a)| (k.xor(&t), k, a)).collect();
+        if by_distance.len() > count {
+            by_distance.select_nth_unstable(count - 1);
+            by_distance.truncate(count);
+        }
+        by_distance.sort_unstable();
+        by_distance
+            .into_iter()
+            .map(|(_, k, addr)| NodeInfo { id: k.id(), addr })
+            .collect()
+    }
+
+    /// [`Pool::closest`] by descent from prefix length `p` (R(p) must hold at least `count`
+    /// nodes, or all of them): while the range holds more than we still need, split it on
+    /// bit p. If the half that agrees with the target on bit p holds enough, go into it;
+    /// otherwise all of it belongs to the answer and the rest comes from the other half,
+    /// whose order by distance to the target is its order by distance to the target with
+    /// bit p flipped, so the descent goes on there with that target. Each step costs a
+    /// capped range walk, O(log n + count); there are at most 160 steps.
+    fn closest_descent(&self, target: &Id, count: usize, from: u32) -> Vec<NodeInfo> {
         let mut out: Vec<NodeInfo> = Vec::with_capacity(count.min(self.len()));
         let mut need = count;
-        let mut t = *target;
-        let mut p: u32 = 0;
+        let mut t = Key::of(target);
+        let mut p: u32 = from;
         while need > 0 {
             let (lo, hi) = prefix_range(&t, p);
             let in_range = self.by_id.range(lo..=hi).take(need + 1).count();
             if in_range <= need || p >= 160 {
-                out.extend(
-                    self.by_id
-                        .range(lo..=hi)
-                        .take(need)
-                        .map(|(id, e)| NodeInfo {
-                            id: *id,
-                            addr: e.addr,
-                        }),
-                );
+                out.extend(self.by_id.range(lo..=hi).take(need).map(|(k, e)| NodeInfo {
+                    id: k.id(),
+                    addr: e.addr,
+                }));
                 break;
             }
             let (nlo, nhi) = prefix_range(&t, p + 1);
             let near = self.by_id.range(nlo..=nhi).take(need + 1).count();
             if near < need {
-                out.extend(self.by_id.range(nlo..=nhi).map(|(id, e)| NodeInfo {
-                    id: *id,
+                out.extend(self.by_id.range(nlo..=nhi).map(|(k, e)| NodeInfo {
+                    id: k.id(),
                     addr: e.addr,
                 }));
                 need -= near;
@@ -266,8 +319,8 @@ impl Pool {
 
     /// Every node, in id order.
     pub fn nodes(&self) -> impl Iterator<Item = NodeInfo> + '_ {
-        self.by_id.iter().map(|(id, e)| NodeInfo {
-            id: *id,
+        self.by_id.iter().map(|(k, e)| NodeInfo {
+            id: k.id(),
             addr: e.addr,
         })
     }
@@ -288,7 +341,7 @@ impl Pool {
                 break;
             }
             if n.addr.port() == 0
-                || self.by_id.contains_key(&n.id)
+                || self.by_id.contains_key(&Key::of(&n.id))
                 || self.by_slot.contains_key(&self.slot(n.addr))
             {
                 continue;
@@ -312,35 +365,69 @@ impl Pool {
     /// Approximate heap bytes (entries and indexes).
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        self.by_id.len() * (size_of::<(Id, Entry)>() + 16)
+        self.by_id.len() * (size_of::<(Key, Entry)>() + 16)
             + self.by_slot.capacity() * (size_of::<(SocketAddr, Id)>() + 1)
             + (self.by_check.len() + self.insecure.len()) * (size_of::<(Instant, Id)>() + 8)
     }
 }
 
-/// The smallest and largest ids sharing the first `p` bits with `t`.
-fn prefix_range(t: &Id, p: u32) -> (Id, Id) {
-    let mut lo = t.0;
-    let mut hi = t.0;
-    for i in 0..20 {
-        let first = (i * 8) as u32;
-        if first >= p {
-            lo[i] = 0;
-            hi[i] = 0xff;
-        } else if first + 8 > p {
-            let keep = p - first;
-            let mask = 0xffu8 << (8 - keep);
-            lo[i] &= mask;
-            hi[i] |= !mask;
-        }
+/// An id as two big-endian integers: the same order as the bytes, compared without
+/// memcmp (the pool's hot path compares keys a lot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Key(u128, u32);
+
+impl Key {
+    fn of(id: &Id) -> Key {
+        let b = &id.0;
+        Key(
+            u128::from_be_bytes(b[..16].try_into().expect("16 bytes")),
+            u32::from_be_bytes(b[16..].try_into().expect("4 bytes")),
+        )
     }
-    (Id(lo), Id(hi))
+
+    fn id(&self) -> Id {
+        let mut b = [0u8; 20];
+        b[..16].copy_from_slice(&self.0.to_be_bytes());
+        b[16..].copy_from_slice(&self.1.to_be_bytes());
+        Id(b)
+    }
+
+    fn xor(&self, o: &Key) -> Key {
+        Key(self.0 ^ o.0, self.1 ^ o.1)
+    }
+
+    /// Ones in the 160 - `p` low bits (the bits after a `p`-bit prefix).
+    fn low_mask(p: u32) -> Key {
+        let hi = if p >= 128 {
+            0
+        } else if p == 0 {
+            u128::MAX
+        } else {
+            u128::MAX >> p
+        };
+        let lo = if p <= 128 {
+            u32::MAX
+        } else if p >= 160 {
+            0
+        } else {
+            u32::MAX >> (p - 128)
+        };
+        Key(hi, lo)
+    }
 }
 
-fn flip_bit(t: &Id, p: u32) -> Id {
-    let mut b = t.0;
-    b[(p / 8) as usize] ^= 0x80 >> (p % 8);
-    Id(b)
+/// The smallest and largest keys sharing the first `p` bits with `t`.
+fn prefix_range(t: &Key, p: u32) -> (Key, Key) {
+    let m = Key::low_mask(p.min(160));
+    (Key(t.0 & !m.0, t.1 & !m.1), Key(t.0 | m.0, t.1 | m.1))
+}
+
+fn flip_bit(t: &Key, p: u32) -> Key {
+    if p < 128 {
+        Key(t.0 ^ (1u128 << (127 - p)), t.1)
+    } else {
+        Key(t.0, t.1 ^ (1u32 << (159 - p)))
+    }
 }
 
 /// Largest pool file read.
@@ -422,7 +509,7 @@ mod tests {
         #[test]
         fn closest_matches_brute_force(
             seed in any::<u64>(),
-            n in 0usize..300,
+            n in 0usize..1500,
             k in 1usize..20,
             near_target in any::<bool>(),
         ) {
@@ -440,8 +527,67 @@ mod tests {
             } else {
                 Id::random(&mut r)
             };
+            let want = brute(&pool, &target, k);
             let got: Vec<Id> = pool.closest(&target, k).iter().map(|n| n.id).collect();
-            prop_assert_eq!(got, brute(&pool, &target, k));
+            prop_assert_eq!(&got, &want);
+            let got: Vec<Id> = pool.closest_descent(&target, k, 0).iter().map(|n| n.id).collect();
+            prop_assert_eq!(&got, &want);
+        }
+    }
+
+    #[test]
+    fn keys_keep_the_order_of_ids_and_prefix_ranges_are_exact() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        for _ in 0..200 {
+            let (a, b) = (Id::random(&mut r), Id::random(&mut r));
+            assert_eq!(Key::of(&a).cmp(&Key::of(&b)), a.cmp(&b));
+            assert_eq!(Key::of(&a).id(), a);
+            assert_eq!(Key::of(&a).xor(&Key::of(&b)).id(), a.distance(&b));
+            for p in [0, 1, 7, 8, 100, 127, 128, 129, 150, 159, 160] {
+                let (lo, hi) = prefix_range(&Key::of(&a), p);
+                for x in [lo, hi] {
+                    assert!(x.id().common_prefix_len(&a) >= p, "p = {p}");
+                }
+                if p < 160 {
+                    assert_eq!(lo.id().0[(p / 8) as usize] & (0x80 >> (p % 8)), 0);
+                    assert_ne!(hi.id().0[(p / 8) as usize] & (0x80 >> (p % 8)), 0);
+                    let f = flip_bit(&Key::of(&a), p).id();
+                    assert_eq!(f.common_prefix_len(&a), p);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn closest_around_a_cluster_larger_than_the_candidates() {
+        // 300 ids share the target's first 40 bits and differ at bit 40: R(40) holds 303
+        // nodes (too many to sort) and R(41) only 3 (too few): the bit-by-bit descent.
+        let t0 = Instant::now();
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let target = Id::random(&mut r);
+        let mut pool = Pool::new(10_000, false, HOUR);
+        let mut i = 0;
+        let mut add = |pool: &mut Pool, id: Id| {
+            pool.insert_verified(t0, node(id, i), true);
+            i += 1;
+        };
+        for _ in 0..300 {
+            let mut id = Id::random(&mut r).0;
+            id[..5].copy_from_slice(&target.0[..5]);
+            id[5] = (id[5] & 0x7f) | (!target.0[5] & 0x80);
+            add(&mut pool, Id(id));
+        }
+        for _ in 0..3 {
+            let mut id = Id::random(&mut r).0;
+            id[..6].copy_from_slice(&target.0[..6]);
+            add(&mut pool, Id(id));
+        }
+        for _ in 0..2000 {
+            add(&mut pool, Id::random(&mut r));
+        }
+        for k in [1, 3, 4, 8, 20] {
+            let got: Vec<Id> = pool.closest(&target, k).iter().map(|n| n.id).collect();
+            assert_eq!(got, brute(&pool, &target, k), "k = {k}");
         }
     }
 
