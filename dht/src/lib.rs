@@ -27,6 +27,7 @@ mod core;
 pub mod id;
 pub mod krpc;
 pub mod lookup;
+mod mmsg;
 pub mod node;
 pub mod pool;
 pub mod ratelimit;

@@ -15,13 +15,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::core::{Dht, Event, Stats};
+use crate::core::{Dht, Event, Stats, Transmit};
 use crate::id::Id;
 use crate::lookup::LookupId;
+use crate::mmsg::{self, RecvBatch};
 use crate::state::SavedState;
 
 /// Settings of a [`Node`].
@@ -318,10 +320,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Largest datagram we read; KRPC messages are far smaller, and anything longer is garbage.
-const MAX_DATAGRAM: usize = 64 * 1024;
-/// Datagrams handled per wake-up before the loop lets timers and commands run.
-const RECV_BATCH: usize = 256;
+/// Receive batches (of up to `mmsg::BATCH` datagrams) handled per wake-up before the loop
+/// lets timers and commands run.
+const RECV_ROUNDS: usize = 8;
 
 struct Subscriber {
     peers: mpsc::UnboundedSender<SocketAddr>,
@@ -341,7 +342,7 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut rx = RecvBatch::default();
         let mut next_save = tokio::time::Instant::now() + self.save_every;
         loop {
             self.flush().await;
@@ -353,13 +354,9 @@ impl Driver {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60))
                 .min(next_save);
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
+                r = self.socket.readable() => {
                     match r {
-                        Ok((n, from)) => {
-                            self.dht.handle_datagram(Instant::now(), from, &buf[..n]);
-                            self.drain_socket(&mut buf);
-                        }
-                        // ICMP port-unreachable and similar surface here on some systems.
+                        Ok(()) => self.receive(&mut rx).await,
                         Err(e) => tracing::debug!("dht recv: {e}"),
                     }
                 }
@@ -387,35 +384,80 @@ impl Driver {
         }
     }
 
-    /// Handles datagrams already queued in the kernel without going back to the reactor.
-    fn drain_socket(&mut self, buf: &mut [u8]) {
-        for _ in 0..RECV_BATCH {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, from)) => self.dht.handle_datagram(Instant::now(), from, &buf[..n]),
-                Err(_) => break,
+    /// Receives what the kernel has queued, a batch per system call (recvmmsg), feeds it
+    /// to the core and sends the replies a batch at a time (sendmmsg), for a bounded
+    /// number of rounds.
+    async fn receive(&mut self, rx: &mut RecvBatch) {
+        for _ in 0..RECV_ROUNDS {
+            let socket = &self.socket;
+            let n = match socket.try_io(Interest::READABLE, || mmsg::recv(socket, rx)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP port-unreachable and similar surface here on some systems.
+                Err(e) => {
+                    tracing::debug!("dht recv: {e}");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                if let Some((from, data)) = rx.get(i) {
+                    self.dht.handle_datagram(now, from, data);
+                }
+            }
+            self.flush().await;
+            if n < mmsg::BATCH {
+                return;
             }
         }
     }
 
+    /// Sends everything the core wants sent, a batch per system call, waiting for room
+    /// in the socket buffer when it is full.
     async fn flush(&mut self) {
         let v6_socket = self.socket.local_addr().is_ok_and(|a| a.is_ipv6());
-        while let Some(mut t) = self.dht.poll_transmit() {
-            // The core speaks plain IPv4; a dual-stack IPv6 socket needs mapped addresses.
-            if v6_socket {
-                if let SocketAddr::V4(v4) = t.to {
-                    t.to =
-                        SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port());
-                }
-            }
-            match self.socket.try_send_to(&t.data, t.to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.socket.send_to(&t.data, t.to).await {
-                        tracing::debug!("dht send to {}: {e}", t.to);
+        let mut out: Vec<Transmit> = Vec::new();
+        loop {
+            while out.len() < mmsg::BATCH {
+                let Some(mut t) = self.dht.poll_transmit() else {
+                    break;
+                };
+                // The core speaks plain IPv4; a dual-stack IPv6 socket needs mapped addresses.
+                if v6_socket {
+                    if let SocketAddr::V4(v4) = t.to {
+                        t.to = SocketAddr::new(
+                            std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()),
+                            v4.port(),
+                        );
                     }
                 }
-                // Unreachable destinations etc.: the core's timeouts deal with it.
-                Err(e) => tracing::debug!("dht send to {}: {e}", t.to),
+                out.push(t);
+            }
+            if out.is_empty() {
+                return;
+            }
+            let batch: Vec<(SocketAddr, &[u8])> =
+                out.iter().map(|t| (t.to, t.data.as_slice())).collect();
+            let socket = &self.socket;
+            match socket.try_io(Interest::WRITABLE, || mmsg::send(socket, &batch)) {
+                Ok(n) => {
+                    drop(batch);
+                    out.drain(..n.max(1));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(batch);
+                    if let Err(e) = self.socket.writable().await {
+                        tracing::debug!("dht send: {e}");
+                        return;
+                    }
+                }
+                // Unreachable destinations etc.: that datagram is dropped, the core's
+                // timeouts deal with it.
+                Err(e) => {
+                    drop(batch);
+                    tracing::debug!("dht send to {}: {e}", out[0].to);
+                    out.remove(0);
+                }
             }
         }
     }
