@@ -237,11 +237,12 @@ impl Pool {
         if count == 0 || n == 0 {
             return Vec::new();
         }
-        let info = |(k, e): (&Key, &Entry)| (*k, e.addr);
+        // Only keys are read while choosing (they sit together in the tree's nodes); the
+        // entries, each another cache miss, are read for the `count` chosen ones.
         let t = Key::of(target);
-        let mut cand: Vec<(Key, SocketAddr)> = Vec::with_capacity(CANDIDATES + 1);
+        let mut cand: Vec<(Key, &Entry)> = Vec::with_capacity(4 * count + 1);
         if n <= CANDIDATES.max(count) {
-            cand.extend(self.by_id.iter().map(info));
+            cand.extend(self.by_id.iter().map(|(k, e)| (*k, e)));
         } else {
             // good(p): R(p) holds at least `count` nodes. good(lo), !good(hi).
             let (mut lo, mut hi) = (0u32, 161u32);
@@ -250,7 +251,12 @@ impl Pool {
             loop {
                 let (a, b) = prefix_range(&t, p);
                 cand.clear();
-                cand.extend(self.by_id.range(a..=b).take(CANDIDATES + 1).map(info));
+                cand.extend(
+                    self.by_id
+                        .range(a..=b)
+                        .take(CANDIDATES + 1)
+                        .map(|(k, e)| (*k, e)),
+                );
                 if cand.len() < count {
                     hi = p;
                 } else if cand.len() <= CANDIDATES {
@@ -266,16 +272,19 @@ impl Pool {
             }
         }
         // Distances as integers: one XOR per candidate, cheap comparisons.
-        let mut by_distance: Vec<(Key, Key, SocketAddr)> =
-            cand.iter().map(|&(k, a)| (k.xor(&t), k, a)).collect();
+        let mut by_distance: Vec<(Key, Key, &Entry)> =
+            cand.iter().map(|&(k, e)| (k.xor(&t), k, e)).collect();
         if by_distance.len() > count {
-            by_distance.select_nth_unstable(count - 1);
+            by_distance.select_nth_unstable_by_key(count - 1, |c| c.0);
             by_distance.truncate(count);
         }
-        by_distance.sort_unstable();
+        by_distance.sort_unstable_by_key(|c| c.0);
         by_distance
             .into_iter()
-            .map(|(_, k, addr)| NodeInfo { id: k.id(), addr })
+            .map(|(_, k, e)| NodeInfo {
+                id: k.id(),
+                addr: e.addr,
+            })
             .collect()
     }
 
