@@ -149,6 +149,10 @@ const SAMPLE_INTERVAL: i64 = 300;
 const PROBE_REPEAT: Duration = Duration::from_secs(10 * 60);
 /// Source addresses remembered for that (bounded memory).
 const MAX_PROBED: usize = 16_384;
+/// Sent datagram buffers kept for reuse (see [`Dht::recycle`]), and the size a new one
+/// starts with (a reply with nodes and a token is about 250 bytes).
+const MAX_SPARE_BUFFERS: usize = 256;
+const BUFFER_CAPACITY: usize = 512;
 
 /// The DHT core. See the crate docs for the driving loop.
 pub struct Dht {
@@ -181,6 +185,8 @@ pub struct Dht {
     next_tid: u16,
     queue: VecDeque<PendingQuery>,
     transmits: VecDeque<Transmit>,
+    /// Buffers of sent datagrams handed back by the driver, reused for replies.
+    spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     next_tick: Instant,
     last_bootstrap: Option<Instant>,
@@ -264,6 +270,7 @@ impl Dht {
             next_tid,
             queue: VecDeque::new(),
             transmits: VecDeque::new(),
+            spare: Vec::new(),
             events: VecDeque::new(),
             next_tick: now,
             last_bootstrap: None,
@@ -375,6 +382,15 @@ impl Dht {
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// Hands back the buffer of a sent [`Transmit`] so that a later reply reuses it
+    /// instead of allocating (optional; a bounded number is kept).
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE_BUFFERS && buf.capacity() <= 4 * BUFFER_CAPACITY {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     /// The next event, if any.
@@ -525,7 +541,8 @@ impl Dht {
                 .iter()
                 .map(|t| t.data.capacity())
                 .sum::<usize>()
-            + self.events.capacity() * size_of::<Event>();
+            + self.events.capacity() * size_of::<Event>()
+            + self.spare.iter().map(Vec::capacity).sum::<usize>();
         let lookups = self.lookups.len() * (size_of::<Lookup>() + 64 * 80);
         let seeds = self.seed_nodes.capacity() * size_of::<NodeInfo>()
             + self.config.bootstrap.capacity() * size_of::<SocketAddr>();
@@ -774,7 +791,11 @@ impl Dht {
             ro: false,
             body: Body::Response(r),
         };
-        let data = reply.to_bytes();
+        let mut data = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY));
+        reply.encode(&mut data);
         // Unconfirmed sources get one family and few values: see `fill_nodes`.
         self.stats.responses_sent += 1;
         self.transmits.push_back(Transmit { to: from, data });
@@ -1316,6 +1337,11 @@ impl Dht {
         }
         if sparse(self.queue.len(), self.queue.capacity()) {
             self.queue.shrink_to_fit();
+        }
+        // Kept buffers serve bursts; at rest they go back.
+        if self.transmits.is_empty() {
+            self.spare.clear();
+            self.spare.shrink_to_fit();
         }
     }
 

@@ -442,7 +442,9 @@ impl Driver {
             match socket.try_io(Interest::WRITABLE, || mmsg::send(socket, &batch)) {
                 Ok(n) => {
                     drop(batch);
-                    out.drain(..n.max(1));
+                    for t in out.drain(..n.max(1)) {
+                        self.dht.recycle(t.data);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     drop(batch);

@@ -197,3 +197,28 @@ fn the_pool_survives_a_restart() {
     let mut plain = Dht::new(Config::loopback(vec![]), now, 7);
     assert_eq!(plain.import_pool(now, &saved).unwrap(), 0);
 }
+
+#[test]
+fn recycled_buffers_carry_nothing_over_and_are_bounded() {
+    let (mut d, now) = core();
+    let from = SocketAddr::from(([127, 0, 9, 9], 9000));
+    let rest = d.approx_heap_bytes();
+    for i in 0..1000u32 {
+        // A dirty buffer handed back: the next reply must be exactly a fresh encoding.
+        d.recycle(vec![b'x'; 300 + (i as usize % 7)]);
+        d.handle_datagram(now, from, &query(Id([0x77; 20]), QueryKind::Ping));
+        for (to, m) in drain(&mut d) {
+            if to == from && matches!(m.body, Body::Response(_)) {
+                assert_eq!(m.t, b"qq");
+            }
+        }
+    }
+    // Never more than a bounded number kept, and none at rest after housekeeping.
+    for _ in 0..1000 {
+        d.recycle(Vec::with_capacity(512));
+    }
+    assert!(d.approx_heap_bytes() < rest + 300 * 2048, "bounded");
+    d.handle_timeout(now + Duration::from_secs(60));
+    drain(&mut d);
+    assert!(d.approx_heap_bytes() < rest + 64 * 1024, "given back at rest");
+}
