@@ -180,8 +180,28 @@ fn answer_ping(sock: &UdpSocket, from: std::net::SocketAddr, id: &[u8; 20]) {
     panic!("the node never pinged {:?}", sock.local_addr());
 }
 
-/// Sends find_node for `target` and returns the compact `nodes` of the reply.
+/// The byte string under `key` (e.g. `b"5:nodes"`) in a bencoded reply.
+fn string_after(d: &[u8], key: &[u8]) -> Option<Vec<u8>> {
+    let mut at = d.windows(key.len()).position(|w| w == key)? + key.len();
+    let mut len = 0usize;
+    while let Some(c) = d.get(at).filter(|c| c.is_ascii_digit()) {
+        len = len * 10 + (c - b'0') as usize;
+        at += 1;
+    }
+    if d.get(at) != Some(&b':') {
+        return None;
+    }
+    d.get(at + 1..at + 1 + len).map(<[u8]>::to_vec)
+}
+
+/// Sends find_node for `target` and returns the compact `nodes` (IPv4 requester) or
+/// `nodes6` (IPv6 requester) of the reply.
 fn find_node(sock: &UdpSocket, to: std::net::SocketAddr, target: &[u8; 20]) -> Vec<u8> {
+    let key: &[u8] = if to.is_ipv4() {
+        b"5:nodes"
+    } else {
+        b"6:nodes6"
+    };
     let mut q = b"d1:ad2:id20:zyxwvutsrqponmlkjihg6:target20:".to_vec();
     q.extend_from_slice(target);
     q.extend_from_slice(b"e1:q9:find_node1:t2:fn1:y1:qe");
@@ -196,12 +216,7 @@ fn find_node(sock: &UdpSocket, to: std::net::SocketAddr, target: &[u8; 20]) -> V
             };
             let d = &buf[..n];
             if contains(d, b"1:t2:fn") && contains(d, b"1:y1:r") {
-                let at = d.windows(8).position(|w| w == b"5:nodes2").expect("nodes") + 7;
-                let len: usize = std::str::from_utf8(&d[at..at + 3])
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                return d[at + 4..at + 4 + len].to_vec();
+                return string_after(d, key).expect("nodes in the reply");
             }
         }
     }
@@ -210,14 +225,27 @@ fn find_node(sock: &UdpSocket, to: std::net::SocketAddr, target: &[u8; 20]) -> V
 
 #[test]
 fn answering_nodes_join_the_pool_which_survives_a_restart() {
+    pool_survives_a_restart(IpAddr::V4(next_loopback_ip()), || {
+        IpAddr::V4(next_loopback_ip())
+    });
+}
+
+/// The same over IPv6 on ::1 (BEP 32): the IPv6 pool, answered as `nodes6`.
+#[test]
+fn ipv6_pool_on_loopback() {
+    let v6: IpAddr = "::1".parse().unwrap();
+    pool_survives_a_restart(v6, || v6);
+}
+
+fn pool_survives_a_restart(ip: IpAddr, client_ip: impl Fn() -> IpAddr) {
+    let entry = if ip.is_ipv4() { 26 } else { 38 };
     let state = tempfile::tempdir().unwrap();
-    let ip = IpAddr::V4(next_loopback_ip());
     let mut boot =
         bootstrap_proc::start(swarm_bin!(), ip, 0, state.path(), &["--stats-every", "1"]);
     // Ten nodes query the node; it pings each back; they answer and join the pool.
     let mut ids = Vec::new();
     for i in 0..10u8 {
-        let sock = UdpSocket::bind((next_loopback_ip(), 0)).unwrap();
+        let sock = UdpSocket::bind((client_ip(), 0)).unwrap();
         let id = [0x40 + i; 20];
         let mut q = b"d1:ad2:id20:".to_vec();
         q.extend_from_slice(&id);
@@ -240,9 +268,10 @@ fn answering_nodes_join_the_pool_which_survives_a_restart() {
     // Restarted, it answers find_node from the reloaded pool at once (its routing table
     // starts empty: the saved nodes are only lookup seeds there).
     let mut again = bootstrap_proc::start(swarm_bin!(), ip, 0, state.path(), &[]);
-    let client = UdpSocket::bind((next_loopback_ip(), 0)).unwrap();
+    let client = UdpSocket::bind((client_ip(), 0)).unwrap();
     let nodes = find_node(&client, again.addr, &ids[3]);
-    assert_eq!(nodes.len(), 8 * 26, "k nodes from the pool");
+    assert_eq!(nodes.len(), 8 * entry, "k nodes from the pool");
     assert_eq!(&nodes[..20], &ids[3], "the closest first");
-    assert!(again.interrupt(Duration::from_secs(10)).success());
+    let st = again.interrupt(Duration::from_secs(10));
+    assert!(st.success(), "{st}; stderr:\n{}", again.stderr());
 }

@@ -220,5 +220,8 @@ fn recycled_buffers_carry_nothing_over_and_are_bounded() {
     assert!(d.approx_heap_bytes() < rest + 300 * 2048, "bounded");
     d.handle_timeout(now + Duration::from_secs(60));
     drain(&mut d);
-    assert!(d.approx_heap_bytes() < rest + 64 * 1024, "given back at rest");
+    assert!(
+        d.approx_heap_bytes() < rest + 64 * 1024,
+        "given back at rest"
+    );
 }

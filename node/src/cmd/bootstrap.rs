@@ -114,6 +114,11 @@ impl Settings {
         }
     }
 
+    /// Bound to the IPv6 unspecified address `[::]`: serve IPv4 and IPv6 on one socket.
+    pub fn dual_stack(&self) -> bool {
+        matches!(self.bind.ip(), IpAddr::V6(v6) if v6.is_unspecified())
+    }
+
     /// The [`dht::NodeConfig`] of a bootstrap node with these settings.
     pub fn node_config(&self) -> dht::NodeConfig {
         let base = if self.private {
@@ -139,7 +144,9 @@ impl Settings {
             outbound_rate: 2_000,
             outbound_burst: 1_000,
             max_queued_queries: 10_000,
-            ipv4: self.bind.is_ipv4(),
+            // `[::]` is dual-stack: IPv4 arrives as mapped addresses, and the node keeps
+            // a routing table and a pool per family (BEP 32).
+            ipv4: self.bind.is_ipv4() || self.dual_stack(),
             ipv6: self.bind.is_ipv6(),
             pool_capacity: self.pool_size,
             ..base
@@ -147,6 +154,7 @@ impl Settings {
         let mut cfg = dht::NodeConfig::new(self.bind, core);
         cfg.state_file = self.state_file.clone();
         cfg.pool_file = self.pool_file.clone();
+        cfg.dual_stack = self.dual_stack();
         cfg.save_every = Duration::from_secs(60);
         cfg.recv_buffer = 16 << 20;
         cfg.send_buffer = 16 << 20;
@@ -182,6 +190,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         settings.state_file = Some(dir.join(STATE_FILE));
         settings.pool_file = Some(dir.join(POOL_FILE));
     }
+    // Watch for Ctrl-C / SIGTERM before the ready line: a signal right after it must
+    // save and exit cleanly, not kill the process.
+    let stop = shutdown_signal()?;
     let node = dht::Node::bind(settings.node_config()).await?;
     let addr = node.local_addr();
     println!("listening on {addr} (node id {})", node.id().to_hex());
@@ -204,14 +215,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tokio::time::interval_at(tokio::time::Instant::now() + every, every)
     });
     let mut last = (Instant::now(), node.stats().await);
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            r = &mut stop => {
-                r?;
-                break;
-            }
+            () = &mut stop => break,
             _ = async {
                 match ticker.as_mut() {
                     Some(t) => { t.tick().await; }
@@ -260,20 +267,25 @@ fn stats_line(s: &dht::Stats, prev: &dht::Stats, dt: Duration) -> String {
     )
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Starts watching Ctrl-C and (on Unix) SIGTERM now; the future resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch Ctrl-C")?;
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C"),
-            _ = term.recv() => Ok(()),
-        }
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
@@ -299,5 +311,11 @@ mod tests {
         let c = p.node_config();
         assert!(c.core.restrict_ips);
         assert!(!c.core.store_announces);
+        assert!(!c.dual_stack && c.core.ipv4 && !c.core.ipv6);
+        // [::] serves both families on one socket; ::1 only IPv6.
+        let c = Settings::new("[::]:6881".parse().unwrap()).node_config();
+        assert!(c.dual_stack && c.core.ipv4 && c.core.ipv6);
+        let c = Settings::new("[::1]:6881".parse().unwrap()).node_config();
+        assert!(!c.dual_stack && !c.core.ipv4 && c.core.ipv6);
     }
 }
