@@ -148,3 +148,130 @@ fn ready_line_parses() {
     assert_eq!(id.len(), 40);
     assert!(bootstrap_proc::parse_ready("listening on nowhere").is_none());
 }
+
+/// Reads datagrams on `sock` until the node's ping to us arrives (bounded by time and
+/// count) and answers it as node `id`.
+fn answer_ping(sock: &UdpSocket, from: std::net::SocketAddr, id: &[u8; 20]) {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let Ok((n, src)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let d = &buf[..n];
+        if src != from || !contains(d, b"1:y1:q") || !contains(d, b"4:ping") {
+            continue;
+        }
+        let at = d
+            .windows(5)
+            .position(|w| w == b"1:t2:")
+            .expect("2-byte tid")
+            + 5;
+        let mut r = b"d1:rd2:id20:".to_vec();
+        r.extend_from_slice(id);
+        r.extend_from_slice(b"e1:t2:");
+        r.extend_from_slice(&d[at..at + 2]);
+        r.extend_from_slice(b"1:y1:re");
+        sock.send_to(&r, from).unwrap();
+        return;
+    }
+    panic!("the node never pinged {:?}", sock.local_addr());
+}
+
+/// The byte string under `key` (e.g. `b"5:nodes"`) in a bencoded reply.
+fn string_after(d: &[u8], key: &[u8]) -> Option<Vec<u8>> {
+    let mut at = d.windows(key.len()).position(|w| w == key)? + key.len();
+    let mut len = 0usize;
+    while let Some(c) = d.get(at).filter(|c| c.is_ascii_digit()) {
+        len = len * 10 + (c - b'0') as usize;
+        at += 1;
+    }
+    if d.get(at) != Some(&b':') {
+        return None;
+    }
+    d.get(at + 1..at + 1 + len).map(<[u8]>::to_vec)
+}
+
+/// Sends find_node for `target` and returns the compact `nodes` (IPv4 requester) or
+/// `nodes6` (IPv6 requester) of the reply.
+fn find_node(sock: &UdpSocket, to: std::net::SocketAddr, target: &[u8; 20]) -> Vec<u8> {
+    let key: &[u8] = if to.is_ipv4() {
+        b"5:nodes"
+    } else {
+        b"6:nodes6"
+    };
+    let mut q = b"d1:ad2:id20:zyxwvutsrqponmlkjihg6:target20:".to_vec();
+    q.extend_from_slice(target);
+    q.extend_from_slice(b"e1:q9:find_node1:t2:fn1:y1:qe");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    for _ in 0..5 {
+        sock.send_to(&q, to).unwrap();
+        for _ in 0..8 {
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            let d = &buf[..n];
+            if contains(d, b"1:t2:fn") && contains(d, b"1:y1:r") {
+                return string_after(d, key).expect("nodes in the reply");
+            }
+        }
+    }
+    panic!("no find_node reply from {to}");
+}
+
+#[test]
+fn answering_nodes_join_the_pool_which_survives_a_restart() {
+    pool_survives_a_restart(IpAddr::V4(next_loopback_ip()), || {
+        IpAddr::V4(next_loopback_ip())
+    });
+}
+
+/// The same over IPv6 on ::1 (BEP 32): the IPv6 pool, answered as `nodes6`.
+#[test]
+fn ipv6_pool_on_loopback() {
+    let v6: IpAddr = "::1".parse().unwrap();
+    pool_survives_a_restart(v6, || v6);
+}
+
+fn pool_survives_a_restart(ip: IpAddr, client_ip: impl Fn() -> IpAddr) {
+    let entry = if ip.is_ipv4() { 26 } else { 38 };
+    let state = tempfile::tempdir().unwrap();
+    let mut boot =
+        bootstrap_proc::start(swarm_bin!(), ip, 0, state.path(), &["--stats-every", "1"]);
+    // Ten nodes query the node; it pings each back; they answer and join the pool.
+    let mut ids = Vec::new();
+    for i in 0..10u8 {
+        let sock = UdpSocket::bind((client_ip(), 0)).unwrap();
+        let id = [0x40 + i; 20];
+        let mut q = b"d1:ad2:id20:".to_vec();
+        q.extend_from_slice(&id);
+        q.extend_from_slice(b"e1:q4:ping1:t2:pp1:y1:qe");
+        sock.send_to(&q, boot.addr).unwrap();
+        answer_ping(&sock, boot.addr, &id);
+        ids.push(id);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || boot
+            .stderr()
+            .contains("pool 10,")),
+        "pool never reached 10; stderr:\n{}",
+        boot.stderr()
+    );
+    assert!(boot.interrupt(Duration::from_secs(10)).success());
+    let saved = std::fs::read(state.path().join("bootstrap-dht.pool")).expect("pool saved");
+    assert_eq!(dht::pool::decode_pool_file(&saved).unwrap().len(), 10);
+
+    // Restarted, it answers find_node from the reloaded pool at once (its routing table
+    // starts empty: the saved nodes are only lookup seeds there).
+    let mut again = bootstrap_proc::start(swarm_bin!(), ip, 0, state.path(), &[]);
+    let client = UdpSocket::bind((client_ip(), 0)).unwrap();
+    let nodes = find_node(&client, again.addr, &ids[3]);
+    assert_eq!(nodes.len(), 8 * entry, "k nodes from the pool");
+    assert_eq!(&nodes[..20], &ids[3], "the closest first");
+    let st = again.interrupt(Duration::from_secs(10));
+    assert!(st.success(), "{st}; stderr:\n{}", again.stderr());
+}

@@ -195,14 +195,40 @@ fn memory_per_core(n: u32) {
     black_box(nodes);
 }
 
+/// Time per `Pool::closest` (k = 8) in pools of several sizes.
+fn pool_closest(sizes: &[usize], calls: usize) {
+    let now = Instant::now();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(4);
+    for &n in sizes {
+        let mut pool = dht::pool::Pool::new(n, false, Duration::from_secs(900));
+        for i in 0..n as u32 {
+            let info = dht::NodeInfo {
+                id: Id::random(&mut rng),
+                addr: addr(i),
+            };
+            pool.insert_verified(now, info, true);
+        }
+        let targets: Vec<Id> = (0..1024).map(|_| Id::random(&mut rng)).collect();
+        let start = Instant::now();
+        let mut total = 0;
+        for i in 0..calls {
+            total += black_box(pool.closest(&targets[i % 1024], 8)).len();
+        }
+        let per = start.elapsed().as_nanos() as f64 / calls as f64;
+        println!("pool closest (k = 8) in a pool of {n:>6} nodes: {per:>7.0} ns per call ({total} nodes)");
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this too, so keep it quick
     // unless really benchmarking.
     let quick = !std::env::args().any(|a| a == "--bench");
     if quick {
         memory_per_core(50);
+        pool_closest(&[1_000], 100);
         return;
     }
+    pool_closest(&[1_000, 10_000, 100_000], 200_000);
     answer_rate();
     memory_per_core(5_000);
 }

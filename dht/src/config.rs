@@ -81,6 +81,14 @@ pub struct Config {
     pub ipv6: bool,
     /// Keep the IPv4 table (off for an IPv6-only node).
     pub ipv4: bool,
+    /// Bootstrap nodes: size of the pool of verified nodes (per address family) that
+    /// find_node/get_peers are answered from; 0 (the default): no pool, answers come from
+    /// the routing table.
+    pub pool_capacity: usize,
+    /// Pool nodes not heard from for this long are pinged again.
+    pub pool_reverify: Duration,
+    /// Pool checks (pings) started per housekeeping tick, at most.
+    pub pool_checks_per_tick: usize,
 }
 
 impl Default for Config {
@@ -120,6 +128,9 @@ impl Default for Config {
             tick: Duration::from_secs(5),
             ipv6: false,
             ipv4: true,
+            pool_capacity: 0,
+            pool_reverify: Duration::from_secs(15 * 60),
+            pool_checks_per_tick: 500,
         }
     }
 }

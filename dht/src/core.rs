@@ -17,9 +17,10 @@ use crate::krpc::{
     Response, Want, MAX_DATAGRAM,
 };
 use crate::lookup::{Lookup, LookupId, LookupKind, Phase};
+use crate::pool::{decode_pool_file, encode_pool_file, Pool};
 use crate::ratelimit::{Admit, InboundLimiter, TokenBucket};
 use crate::routing::{InsertOutcome, RoutingTable};
-use crate::state::SavedState;
+use crate::state::{SavedState, StateError};
 use crate::storage::PeerStore;
 use crate::token::Tokens;
 
@@ -97,6 +98,8 @@ pub struct Stats {
     pub announces_stored: u64,
     pub bad_tokens: u64,
     pub external_ip: Option<IpAddr>,
+    /// Verified nodes in the bootstrap pool (both families).
+    pub pool_nodes: usize,
 }
 
 /// What a transaction was for.
@@ -142,6 +145,14 @@ const UNVERIFIED_VALUES: usize = 8;
 /// BEP 51 samples per reply.
 const MAX_SAMPLES: usize = 20;
 const SAMPLE_INTERVAL: i64 = 300;
+/// A querying node not in the pool is pinged (to verify it) at most once in this long.
+const PROBE_REPEAT: Duration = Duration::from_secs(10 * 60);
+/// Source addresses remembered for that (bounded memory).
+const MAX_PROBED: usize = 16_384;
+/// Sent datagram buffers kept for reuse (see [`Dht::recycle`]), and the size a new one
+/// starts with (a reply with nodes and a token is about 250 bytes).
+const MAX_SPARE_BUFFERS: usize = 256;
+const BUFFER_CAPACITY: usize = 512;
 
 /// The DHT core. See the crate docs for the driving loop.
 pub struct Dht {
@@ -150,6 +161,11 @@ pub struct Dht {
     rng: ChaCha8Rng,
     table4: Option<RoutingTable>,
     table6: Option<RoutingTable>,
+    /// Bootstrap nodes: verified nodes that queries are answered from.
+    pool4: Option<Pool>,
+    pool6: Option<Pool>,
+    /// Query sources recently pinged to verify them for the pool.
+    probed: lru::LruCache<SocketAddr, Instant>,
     tokens: Tokens,
     store: PeerStore,
     inbound: InboundLimiter,
@@ -169,6 +185,8 @@ pub struct Dht {
     next_tid: u16,
     queue: VecDeque<PendingQuery>,
     transmits: VecDeque<Transmit>,
+    /// Buffers of sent datagrams handed back by the driver, reused for replies.
+    spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     next_tick: Instant,
     last_bootstrap: Option<Instant>,
@@ -196,6 +214,22 @@ impl Dht {
         };
         let table4 = table(config.ipv4);
         let table6 = table(config.ipv6);
+        let pool = |on: bool| {
+            (on && config.pool_capacity > 0).then(|| {
+                Pool::new(
+                    config.pool_capacity,
+                    config.restrict_ips,
+                    config.pool_reverify,
+                )
+            })
+        };
+        let pool4 = pool(config.ipv4);
+        let pool6 = pool(config.ipv6);
+        let probed_cap = if config.pool_capacity > 0 {
+            MAX_PROBED
+        } else {
+            1
+        };
         let tokens = Tokens::new(now, config.token_rotation, &mut rng);
         let store = PeerStore::new(
             config.max_torrents,
@@ -218,6 +252,9 @@ impl Dht {
             rng,
             table4,
             table6,
+            pool4,
+            pool6,
+            probed: lru::LruCache::new(std::num::NonZeroUsize::new(probed_cap).expect("non-zero")),
             tokens,
             store,
             inbound,
@@ -233,6 +270,7 @@ impl Dht {
             next_tid,
             queue: VecDeque::new(),
             transmits: VecDeque::new(),
+            spare: Vec::new(),
             events: VecDeque::new(),
             next_tick: now,
             last_bootstrap: None,
@@ -279,10 +317,7 @@ impl Dht {
         }
         match Message::decode(bytes) {
             Ok(msg) => match msg.body {
-                Body::Query(ref q) => {
-                    let q = q.clone();
-                    self.handle_query(now, from, &msg, q);
-                }
+                Body::Query(q) => self.handle_query(now, from, msg.t, msg.ro, q),
                 Body::Response(r) => self.handle_response(now, from, &msg.t, msg.ip, msg.ro, r),
                 Body::Error(e) => self.handle_error(now, from, &msg.t, e),
             },
@@ -347,6 +382,15 @@ impl Dht {
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// Hands back the buffer of a sent [`Transmit`] so that a later reply reuses it
+    /// instead of allocating (optional; a bounded number is kept).
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE_BUFFERS && buf.capacity() <= 4 * BUFFER_CAPACITY {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     /// The next event, if any.
@@ -439,7 +483,47 @@ impl Dht {
         s.torrents = self.store.torrent_count();
         s.peers = self.store.peer_count();
         s.external_ip = self.voter.external_ip();
+        s.pool_nodes = self.pools().map(Pool::len).sum();
         s
+    }
+
+    /// The bootstrap pool's nodes as a pool file (see [`crate::pool`]); empty without a
+    /// pool.
+    pub fn export_pool(&self) -> Vec<u8> {
+        let nodes: Vec<NodeInfo> = self.pools().flat_map(Pool::nodes).collect();
+        encode_pool_file(&nodes)
+    }
+
+    /// Loads a pool file saved by [`Dht::export_pool`]: its nodes are handed out at once
+    /// and re-verified first. Returns how many were taken.
+    pub fn import_pool(&mut self, now: Instant, bytes: &[u8]) -> Result<usize, StateError> {
+        let nodes = decode_pool_file(bytes)?;
+        let bep42 = self.config.bep42;
+        let own = self.id;
+        let secure = |n: &NodeInfo| !bep42 || bep42::is_valid_id(&n.id, n.addr.ip());
+        let (v4, v6): (Vec<NodeInfo>, Vec<NodeInfo>) = nodes
+            .into_iter()
+            .map(|n| NodeInfo {
+                id: n.id,
+                addr: canonical_addr(n.addr),
+            })
+            .filter(|n| n.id != own && !n.addr.ip().is_unspecified())
+            .partition(|n| n.addr.is_ipv4());
+        let mut taken = 0;
+        if let Some(p) = self.pool4.as_mut() {
+            taken += p.load(now, v4, secure);
+        }
+        if let Some(p) = self.pool6.as_mut() {
+            taken += p.load(now, v6, secure);
+        }
+        Ok(taken)
+    }
+
+    /// Nodes in the bootstrap pool closest to `target` (both families), for tests and tools.
+    pub fn pool_closest(&self, target: &Id, count: usize) -> Vec<NodeInfo> {
+        self.pools()
+            .flat_map(|p| p.closest(target, count))
+            .collect()
     }
 
     /// Approximate heap bytes held by this core (tables, buffers, maps; not counting
@@ -457,11 +541,22 @@ impl Dht {
                 .iter()
                 .map(|t| t.data.capacity())
                 .sum::<usize>()
-            + self.events.capacity() * size_of::<Event>();
+            + self.events.capacity() * size_of::<Event>()
+            + self.spare.iter().map(Vec::capacity).sum::<usize>();
         let lookups = self.lookups.len() * (size_of::<Lookup>() + 64 * 80);
         let seeds = self.seed_nodes.capacity() * size_of::<NodeInfo>()
             + self.config.bootstrap.capacity() * size_of::<SocketAddr>();
-        tables + tx + deques + lookups + seeds + self.inbound.heap_bytes() + self.store.heap_bytes()
+        let pools: usize = self.pools().map(Pool::heap_bytes).sum();
+        let probed = self.probed.len() * (std::mem::size_of::<(SocketAddr, Instant)>() + 32);
+        tables
+            + tx
+            + deques
+            + lookups
+            + seeds
+            + pools
+            + probed
+            + self.inbound.heap_bytes()
+            + self.store.heap_bytes()
     }
 
     /// Every node in the routing tables, nearest buckets last.
@@ -507,6 +602,18 @@ impl Dht {
         self.table4.iter().chain(self.table6.iter())
     }
 
+    fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.pool4.iter().chain(self.pool6.iter())
+    }
+
+    fn pool_for(&mut self, addr: &SocketAddr) -> Option<&mut Pool> {
+        if addr.is_ipv4() {
+            self.pool4.as_mut()
+        } else {
+            self.pool6.as_mut()
+        }
+    }
+
     fn table_for(&mut self, addr: &SocketAddr) -> Option<&mut RoutingTable> {
         if addr.is_ipv4() {
             self.table4.as_mut()
@@ -526,7 +633,37 @@ impl Dht {
         } else {
             self.table6.as_ref()
         };
-        t.is_some_and(|t| t.is_confirmed(id, addr))
+        let p = if addr.is_ipv4() {
+            self.pool4.as_ref()
+        } else {
+            self.pool6.as_ref()
+        };
+        t.is_some_and(|t| t.is_confirmed(id, addr)) || p.is_some_and(|p| p.contains(id, addr))
+    }
+
+    /// Pings a querying node that is not in the pool yet (at most once per
+    /// `PROBE_REPEAT`, and only while the queue has room for more urgent queries): if it
+    /// answers, it joins the pool.
+    fn probe_for_pool(&mut self, now: Instant, id: &Id, from: SocketAddr) {
+        let Some(pool) = (if from.is_ipv4() {
+            self.pool4.as_ref()
+        } else {
+            self.pool6.as_ref()
+        }) else {
+            return;
+        };
+        if pool.contains(id, &from) || self.queue.len() * 2 >= self.config.max_queued_queries {
+            return;
+        }
+        if self
+            .probed
+            .get(&from)
+            .is_some_and(|t| now.saturating_duration_since(*t) < PROBE_REPEAT)
+        {
+            return;
+        }
+        self.probed.put(from, now);
+        self.enqueue(from, QueryKind::Ping, TxKind::Ping, None);
     }
 
     fn apply_outcome(&mut self, addr: SocketAddr, outcome: InsertOutcome) {
@@ -562,7 +699,7 @@ impl Dht {
         }
     }
 
-    fn handle_query(&mut self, now: Instant, from: SocketAddr, msg: &Message, q: Query) {
+    fn handle_query(&mut self, now: Instant, from: SocketAddr, t: Vec<u8>, ro: bool, q: Query) {
         self.stats.queries_received += 1;
         if self.config.read_only {
             return;
@@ -574,15 +711,24 @@ impl Dht {
             return;
         }
         // A node that queries us may fill a free slot; confirm it with a ping.
-        if !msg.ro {
+        if !ro {
             let verified = self.verified(&q.id, from.ip());
+            let mut pinged = false;
             if let Some(t) = self.table_for(&from) {
                 let out = t.on_query(q.id, from, verified, now);
                 if out == InsertOutcome::Added {
                     self.enqueue(from, QueryKind::Ping, TxKind::Ping, None);
+                    pinged = true;
                 } else {
                     self.apply_outcome(from, out);
                 }
+            }
+            if pinged {
+                if self.pool_for(&from).is_some() {
+                    self.probed.put(from, now);
+                }
+            } else {
+                self.probe_for_pool(now, &q.id, from);
             }
         }
         let confirmed = self.is_confirmed(&q.id, &from);
@@ -613,12 +759,12 @@ impl Dht {
             } => {
                 if !self.tokens.check(from.ip(), &token) {
                     self.stats.bad_tokens += 1;
-                    self.send_error(from, msg.t.clone(), error_code::PROTOCOL, b"bad token");
+                    self.send_error(from, t, error_code::PROTOCOL, b"bad token");
                     return;
                 }
                 let port = if implied_port { from.port() } else { port };
                 if port == 0 {
-                    self.send_error(from, msg.t.clone(), error_code::PROTOCOL, b"invalid port");
+                    self.send_error(from, t, error_code::PROTOCOL, b"invalid port");
                     return;
                 }
                 if self.config.store_announces {
@@ -639,13 +785,17 @@ impl Dht {
             }
         }
         let reply = Message {
-            t: msg.t.clone(),
+            t,
             v: self.config.client_version.map(|v| v.to_vec()),
             ip: Some(from),
             ro: false,
             body: Body::Response(r),
         };
-        let data = reply.to_bytes();
+        let mut data = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY));
+        reply.encode(&mut data);
         // Unconfirmed sources get one family and few values: see `fill_nodes`.
         self.stats.responses_sent += 1;
         self.transmits.push_back(Transmit { to: from, data });
@@ -666,15 +816,18 @@ impl Dht {
             n4 = want.n4;
             n6 = want.n6;
         }
+        let k = self.config.k;
+        // A bootstrap node answers from its pool once that holds k nodes.
+        let pick = |pool: &Option<Pool>, table: &Option<RoutingTable>| match (pool, table) {
+            (Some(p), _) if p.len() >= k => p.closest(target, k),
+            (_, Some(t)) => t.closest(target, k, true),
+            _ => Vec::new(),
+        };
         if n4 {
-            if let Some(t) = &self.table4 {
-                r.nodes = t.closest(target, self.config.k, true);
-            }
+            r.nodes = pick(&self.pool4, &self.table4);
         }
         if n6 {
-            if let Some(t) = &self.table6 {
-                r.nodes6 = t.closest(target, self.config.k, true);
-            }
+            r.nodes6 = pick(&self.pool6, &self.table6);
         }
     }
 
@@ -736,6 +889,10 @@ impl Dht {
             if let Some(t) = self.table_for(&from) {
                 let out = t.on_response(r.id, from, verified, now);
                 self.apply_outcome(from, out);
+            }
+            let id = r.id;
+            if let Some(p) = self.pool_for(&from) {
+                p.insert_verified(now, NodeInfo { id, addr: from }, verified);
             }
         }
         match tx.kind {
@@ -804,6 +961,9 @@ impl Dht {
             let addr = tx.addr;
             if let Some(t) = self.table_for(&addr) {
                 t.on_timeout(&addr, now);
+            }
+            if let Some(p) = self.pool_for(&addr) {
+                p.on_failure(now, &addr);
             }
         }
         match tx.kind {
@@ -1178,6 +1338,25 @@ impl Dht {
         if sparse(self.queue.len(), self.queue.capacity()) {
             self.queue.shrink_to_fit();
         }
+        // Kept buffers serve bursts; at rest they go back.
+        if self.transmits.is_empty() {
+            self.spare.clear();
+            self.spare.shrink_to_fit();
+        }
+    }
+
+    /// Pings the pool nodes due for a check, a bounded number per tick, while the queue
+    /// has room for more urgent queries.
+    fn check_pool(&mut self, now: Instant) {
+        let room = (self.config.max_queued_queries / 2).saturating_sub(self.queue.len());
+        let max = self.config.pool_checks_per_tick.min(room);
+        let mut due = Vec::new();
+        for p in self.pool4.iter_mut().chain(self.pool6.iter_mut()) {
+            due.extend(p.due_for_check(now, max.saturating_sub(due.len())));
+        }
+        for n in due {
+            self.enqueue(n.addr, QueryKind::Ping, TxKind::Ping, None);
+        }
     }
 
     fn tick(&mut self, now: Instant) {
@@ -1186,6 +1365,7 @@ impl Dht {
         self.store.expire(now);
         self.inbound.sweep(now);
         self.shrink_buffers();
+        self.check_pool(now);
         let count = self.node_count();
         let have_seeds = !self.config.bootstrap.is_empty() || !self.seed_nodes.is_empty();
         if count >= self.config.k {

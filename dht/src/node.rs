@@ -15,13 +15,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::core::{Dht, Event, Stats};
+use crate::core::{Dht, Event, Stats, Transmit};
 use crate::id::Id;
 use crate::lookup::LookupId;
+use crate::mmsg::{self, RecvBatch};
 use crate::state::SavedState;
 
 /// Settings of a [`Node`].
@@ -33,6 +35,9 @@ pub struct NodeConfig {
     pub core: Config,
     /// Where the id and good nodes are loaded from at start and saved to (atomically).
     pub state_file: Option<PathBuf>,
+    /// Bootstrap nodes: where the pool of verified nodes is loaded from at start and saved
+    /// to (atomically, with the state). Needs `core.pool_capacity > 0`.
+    pub pool_file: Option<PathBuf>,
     /// How often the state is saved while running (it is saved at shutdown too).
     pub save_every: Duration,
     /// Kernel socket buffer sizes; large buffers absorb bursts (bootstrap nodes).
@@ -50,6 +55,7 @@ impl NodeConfig {
             bind,
             core,
             state_file: None,
+            pool_file: None,
             save_every: Duration::from_secs(5 * 60),
             recv_buffer: 4 << 20,
             send_buffer: 4 << 20,
@@ -128,10 +134,13 @@ impl Node {
         let seed = cfg.rng_seed.unwrap_or_else(rand::random);
         let now = Instant::now();
         let saved = cfg.state_file.as_deref().and_then(load_state);
-        let dht = match saved {
+        let mut dht = match saved {
             Some(state) => Dht::with_saved_state(cfg.core.clone(), now, seed, state),
             None => Dht::new(cfg.core.clone(), now, seed),
         };
+        if let Some(path) = &cfg.pool_file {
+            load_pool(&mut dht, now, path);
+        }
         let id = dht.id();
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = Driver {
@@ -140,6 +149,7 @@ impl Node {
             commands: rx,
             subscribers: HashMap::new(),
             state_file: cfg.state_file.clone(),
+            pool_file: cfg.pool_file.clone(),
             save_every: cfg.save_every,
         };
         let task = tokio::spawn(driver.run());
@@ -253,6 +263,21 @@ fn make_socket(cfg: &NodeConfig) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+fn load_pool(dht: &mut Dht, now: Instant, path: &Path) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!("cannot read DHT pool {}: {e}", path.display());
+            return;
+        }
+    };
+    match dht.import_pool(now, &bytes) {
+        Ok(n) => tracing::info!("dht: {n} pool nodes loaded from {}", path.display()),
+        Err(e) => tracing::warn!("ignoring DHT pool {}: {e}", path.display()),
+    }
+}
+
 fn load_state(path: &Path) -> Option<SavedState> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -295,10 +320,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Largest datagram we read; KRPC messages are far smaller, and anything longer is garbage.
-const MAX_DATAGRAM: usize = 64 * 1024;
-/// Datagrams handled per wake-up before the loop lets timers and commands run.
-const RECV_BATCH: usize = 256;
+/// Receive batches (of up to `mmsg::BATCH` datagrams) handled per wake-up before the loop
+/// lets timers and commands run.
+const RECV_ROUNDS: usize = 8;
 
 struct Subscriber {
     peers: mpsc::UnboundedSender<SocketAddr>,
@@ -312,12 +336,13 @@ struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     subscribers: HashMap<LookupId, Subscriber>,
     state_file: Option<PathBuf>,
+    pool_file: Option<PathBuf>,
     save_every: Duration,
 }
 
 impl Driver {
     async fn run(mut self) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut rx = RecvBatch::default();
         let mut next_save = tokio::time::Instant::now() + self.save_every;
         loop {
             self.flush().await;
@@ -329,13 +354,9 @@ impl Driver {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60))
                 .min(next_save);
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
+                r = self.socket.readable() => {
                     match r {
-                        Ok((n, from)) => {
-                            self.dht.handle_datagram(Instant::now(), from, &buf[..n]);
-                            self.drain_socket(&mut buf);
-                        }
-                        // ICMP port-unreachable and similar surface here on some systems.
+                        Ok(()) => self.receive(&mut rx).await,
                         Err(e) => tracing::debug!("dht recv: {e}"),
                     }
                 }
@@ -363,35 +384,82 @@ impl Driver {
         }
     }
 
-    /// Handles datagrams already queued in the kernel without going back to the reactor.
-    fn drain_socket(&mut self, buf: &mut [u8]) {
-        for _ in 0..RECV_BATCH {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, from)) => self.dht.handle_datagram(Instant::now(), from, &buf[..n]),
-                Err(_) => break,
+    /// Receives what the kernel has queued, a batch per system call (recvmmsg), feeds it
+    /// to the core and sends the replies a batch at a time (sendmmsg), for a bounded
+    /// number of rounds.
+    async fn receive(&mut self, rx: &mut RecvBatch) {
+        for _ in 0..RECV_ROUNDS {
+            let socket = &self.socket;
+            let n = match socket.try_io(Interest::READABLE, || mmsg::recv(socket, rx)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP port-unreachable and similar surface here on some systems.
+                Err(e) => {
+                    tracing::debug!("dht recv: {e}");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                if let Some((from, data)) = rx.get(i) {
+                    self.dht.handle_datagram(now, from, data);
+                }
+            }
+            self.flush().await;
+            if n < mmsg::BATCH {
+                return;
             }
         }
     }
 
+    /// Sends everything the core wants sent, a batch per system call, waiting for room
+    /// in the socket buffer when it is full.
     async fn flush(&mut self) {
         let v6_socket = self.socket.local_addr().is_ok_and(|a| a.is_ipv6());
-        while let Some(mut t) = self.dht.poll_transmit() {
-            // The core speaks plain IPv4; a dual-stack IPv6 socket needs mapped addresses.
-            if v6_socket {
-                if let SocketAddr::V4(v4) = t.to {
-                    t.to =
-                        SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port());
-                }
-            }
-            match self.socket.try_send_to(&t.data, t.to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.socket.send_to(&t.data, t.to).await {
-                        tracing::debug!("dht send to {}: {e}", t.to);
+        let mut out: Vec<Transmit> = Vec::new();
+        loop {
+            while out.len() < mmsg::BATCH {
+                let Some(mut t) = self.dht.poll_transmit() else {
+                    break;
+                };
+                // The core speaks plain IPv4; a dual-stack IPv6 socket needs mapped addresses.
+                if v6_socket {
+                    if let SocketAddr::V4(v4) = t.to {
+                        t.to = SocketAddr::new(
+                            std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()),
+                            v4.port(),
+                        );
                     }
                 }
-                // Unreachable destinations etc.: the core's timeouts deal with it.
-                Err(e) => tracing::debug!("dht send to {}: {e}", t.to),
+                out.push(t);
+            }
+            if out.is_empty() {
+                return;
+            }
+            let batch: Vec<(SocketAddr, &[u8])> =
+                out.iter().map(|t| (t.to, t.data.as_slice())).collect();
+            let socket = &self.socket;
+            match socket.try_io(Interest::WRITABLE, || mmsg::send(socket, &batch)) {
+                Ok(n) => {
+                    drop(batch);
+                    for t in out.drain(..n.max(1)) {
+                        self.dht.recycle(t.data);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(batch);
+                    if let Err(e) = self.socket.writable().await {
+                        tracing::debug!("dht send: {e}");
+                        return;
+                    }
+                }
+                // Unreachable destinations etc.: that datagram is dropped, the core's
+                // timeouts deal with it.
+                Err(e) => {
+                    drop(batch);
+                    tracing::debug!("dht send to {}: {e}", out[0].to);
+                    out.remove(0);
+                }
             }
         }
     }
@@ -461,6 +529,9 @@ impl Driver {
     }
 
     fn save_result(&mut self) -> io::Result<()> {
+        if let Some(path) = &self.pool_file {
+            write_atomically(path, &self.dht.export_pool())?;
+        }
         let Some(path) = &self.state_file else {
             return Ok(());
         };

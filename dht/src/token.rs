@@ -1,12 +1,14 @@
-//! Announce tokens (BEP 5): SHA-1 over a secret and the requester's IP, so a token is
-//! only good from the address it was handed to. The secret rotates; tokens made with the
-//! previous secret are still accepted, so a token lives between one and two rotations.
+//! Announce tokens (BEP 5): a keyed hash (SipHash-2-4, a PRF built for short inputs) of
+//! the requester's IP under a 128-bit secret, so a token is only good from the address it
+//! was handed to and cannot be made without the secret. The secret rotates; tokens made
+//! with the previous secret are still accepted, so a token lives between one and two
+//! rotations. SipHash costs a few tens of nanoseconds where SHA-1 cost several hundred, and
+//! a bootstrap node makes one token per get_peers.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use sha1::{Digest, Sha1};
 
 use crate::krpc::canonical_ip;
 
@@ -35,16 +37,11 @@ impl Tokens {
     }
 
     fn make(secret: &[u8; 16], ip: IpAddr) -> [u8; TOKEN_LEN] {
-        let mut h = Sha1::new();
-        h.update(secret);
-        match canonical_ip(ip) {
-            IpAddr::V4(v4) => h.update(v4.octets()),
-            IpAddr::V6(v6) => h.update(v6.octets()),
-        }
-        let d = h.finalize();
-        let mut t = [0u8; TOKEN_LEN];
-        t.copy_from_slice(&d[..TOKEN_LEN]);
-        t
+        let tag = match canonical_ip(ip) {
+            IpAddr::V4(v4) => siphash24(secret, &v4.octets()),
+            IpAddr::V6(v6) => siphash24(secret, &v6.octets()),
+        };
+        tag.to_le_bytes()
     }
 
     /// The token to hand to `ip` now.
@@ -77,10 +74,91 @@ impl Tokens {
     }
 }
 
+/// SipHash-2-4 (Aumasson and Bernstein) of `msg` under `key`, little-endian as specified.
+fn siphash24(key: &[u8; 16], msg: &[u8]) -> u64 {
+    let k0 = u64::from_le_bytes(key[..8].try_into().expect("8 bytes"));
+    let k1 = u64::from_le_bytes(key[8..].try_into().expect("8 bytes"));
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    fn compress(m: u64, v: &mut [u64; 4]) {
+        v[3] ^= m;
+        round(v);
+        round(v);
+        v[0] ^= m;
+    }
+    let mut chunks = msg.chunks_exact(8);
+    for c in &mut chunks {
+        compress(u64::from_le_bytes(c.try_into().expect("8 bytes")), &mut v);
+    }
+    let mut last = [0u8; 8];
+    let rest = chunks.remainder();
+    last[..rest.len()].copy_from_slice(rest);
+    last[7] = msg.len() as u8;
+    compress(u64::from_le_bytes(last), &mut v);
+    v[2] ^= 0xff;
+    for _ in 0..4 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn siphash_matches_the_reference_vectors() {
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let msg: Vec<u8> = (0u8..64).collect();
+        // From the SipHash paper (appendix A): 15-byte message 00..0e.
+        assert_eq!(siphash24(&key, &msg[..15]), 0xa129_ca61_49be_45e5);
+        // The standard library's (deprecated) SipHasher is SipHash-2-4 too: agree on
+        // every length, so every tail and block path is exercised.
+        for len in 0..msg.len() {
+            #[allow(deprecated)]
+            let mut h = std::hash::SipHasher::new_with_keys(
+                u64::from_le_bytes(key[..8].try_into().unwrap()),
+                u64::from_le_bytes(key[8..].try_into().unwrap()),
+            );
+            std::hash::Hasher::write(&mut h, &msg[..len]);
+            assert_eq!(
+                siphash24(&key, &msg[..len]),
+                std::hash::Hasher::finish(&h),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_differ_by_secret_and_ip() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let t0 = Instant::now();
+        let a = Tokens::new(t0, Duration::from_secs(300), &mut rng);
+        let b = Tokens::new(t0, Duration::from_secs(300), &mut rng);
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_ne!(a.issue(ip), b.issue(ip), "another secret, another token");
+        assert!(!b.check(ip, &a.issue(ip)));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert!(a.check(v6, &a.issue(v6)));
+        assert!(!a.check(ip, &a.issue(v6)));
+    }
 
     #[test]
     fn bound_to_ip_and_expires_after_two_rotations() {

@@ -2,8 +2,9 @@
 //!
 //! It runs the ordinary [`dht::Node`] (the same sans-IO core as every other node) with
 //! settings for a server: no default routers, large socket buffers, a bounded peer store
-//! (unless `--router-only`), a per-IP inbound rate limit, its node pool saved in the state
-//! directory, and a stats line every `--stats-every` seconds.
+//! (unless `--router-only`), a per-IP inbound rate limit, a large pool of verified nodes
+//! (nodes that answered its pings) that find_node/get_peers are answered from, saved in
+//! the state directory and reloaded, and a stats line every `--stats-every` seconds.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -11,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-/// Name of the state file (id and node pool) inside the state directory.
+/// Name of the state file (id and routing table nodes) inside the state directory.
 pub const STATE_FILE: &str = "bootstrap-dht.state";
+/// Name of the pool file (verified nodes) inside the state directory.
+pub const POOL_FILE: &str = "bootstrap-dht.pool";
+/// Default size of the pool of verified nodes, per address family.
+pub const DEFAULT_POOL_SIZE: usize = 100_000;
 
 /// Arguments of `swarm bootstrap`.
 #[derive(clap::Args, Debug, Clone)]
@@ -23,7 +28,9 @@ and a generous per-IP rate limit, so that a private swarm whose nodes share one 
 works. On a public or unspecified address (0.0.0.0) the Mainline rules apply. \
 --private / --public override the choice.
 
-Ctrl-C (or SIGTERM) saves the node pool to STATE_DIR/bootstrap-dht.state and exits 0.")]
+Every node that queries it is pinged once; those that answer join a pool of verified nodes (--pool-size per address family), which find_node and get_peers are answered from. Pool nodes are pinged again every 15 minutes, oldest first, and dropped when they stop answering.
+
+Ctrl-C (or SIGTERM) saves the pool to STATE_DIR/bootstrap-dht.pool (and the id and routing table to STATE_DIR/bootstrap-dht.state) and exits 0; both are reloaded at start.")]
 pub struct Args {
     /// UDP port to listen on.
     #[arg(long, env = "SWARM_PORT", default_value_t = 6881)]
@@ -67,6 +74,9 @@ pub struct Args {
     /// Public mode even on a loopback or private address.
     #[arg(long)]
     pub public: bool,
+    /// Verified nodes kept to answer from, per address family.
+    #[arg(long, env = "SWARM_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE, value_name = "NODES")]
+    pub pool_size: usize,
 }
 
 pub use crate::addr::is_private;
@@ -83,6 +93,9 @@ pub struct Settings {
     pub rate_limit: Option<u32>,
     pub bootstrap: Vec<SocketAddr>,
     pub state_file: Option<PathBuf>,
+    pub pool_file: Option<PathBuf>,
+    /// Verified nodes kept per address family.
+    pub pool_size: usize,
 }
 
 impl Settings {
@@ -96,7 +109,14 @@ impl Settings {
             rate_limit: None,
             bootstrap: Vec::new(),
             state_file: None,
+            pool_file: None,
+            pool_size: DEFAULT_POOL_SIZE,
         }
+    }
+
+    /// Bound to the IPv6 unspecified address `[::]`: serve IPv4 and IPv6 on one socket.
+    pub fn dual_stack(&self) -> bool {
+        matches!(self.bind.ip(), IpAddr::V6(v6) if v6.is_unspecified())
     }
 
     /// The [`dht::NodeConfig`] of a bootstrap node with these settings.
@@ -124,12 +144,17 @@ impl Settings {
             outbound_rate: 2_000,
             outbound_burst: 1_000,
             max_queued_queries: 10_000,
-            ipv4: self.bind.is_ipv4(),
+            // `[::]` is dual-stack: IPv4 arrives as mapped addresses, and the node keeps
+            // a routing table and a pool per family (BEP 32).
+            ipv4: self.bind.is_ipv4() || self.dual_stack(),
             ipv6: self.bind.is_ipv6(),
+            pool_capacity: self.pool_size,
             ..base
         };
         let mut cfg = dht::NodeConfig::new(self.bind, core);
         cfg.state_file = self.state_file.clone();
+        cfg.pool_file = self.pool_file.clone();
+        cfg.dual_stack = self.dual_stack();
         cfg.save_every = Duration::from_secs(60);
         cfg.recv_buffer = 16 << 20;
         cfg.send_buffer = 16 << 20;
@@ -156,13 +181,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         settings.private = false;
     }
     settings.rate_limit = args.rate_limit;
+    settings.pool_size = args.pool_size;
     if !args.bootstrap.is_empty() {
         settings.bootstrap = crate::addr::resolve_all(&args.bootstrap).await?;
     }
     if !args.no_state {
         let dir = crate::state::state_dir(args.state_dir.as_deref())?;
         settings.state_file = Some(dir.join(STATE_FILE));
+        settings.pool_file = Some(dir.join(POOL_FILE));
     }
+    // Watch for Ctrl-C / SIGTERM before the ready line: a signal right after it must
+    // save and exit cleanly, not kill the process.
+    let stop = shutdown_signal()?;
     let node = dht::Node::bind(settings.node_config()).await?;
     let addr = node.local_addr();
     println!("listening on {addr} (node id {})", node.id().to_hex());
@@ -185,14 +215,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tokio::time::interval_at(tokio::time::Instant::now() + every, every)
     });
     let mut last = (Instant::now(), node.stats().await);
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            r = &mut stop => {
-                r?;
-                break;
-            }
+            () = &mut stop => break,
             _ = async {
                 match ticker.as_mut() {
                     Some(t) => { t.tick().await; }
@@ -208,9 +234,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let nodes = node.stats().await.nodes4;
+    let pool = node.stats().await.pool_nodes;
     node.shutdown().await;
-    eprintln!("swarm bootstrap: stopped, {nodes} nodes saved");
+    eprintln!("swarm bootstrap: stopped, {pool} pool nodes saved");
     Ok(())
 }
 
@@ -219,9 +245,10 @@ fn stats_line(s: &dht::Stats, prev: &dht::Stats, dt: Duration) -> String {
     let secs = dt.as_secs_f64().max(1e-3);
     let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
     format!(
-        "bootstrap stats: nodes {} (+{} replacements), queries {} ({:.0}/s), replies {} ({:.0}/s), \
+        "bootstrap stats: pool {}, table {} (+{} replacements), queries {} ({:.0}/s), replies {} ({:.0}/s), \
          errors sent {}, rate limited {}, banned drops {}, invalid {}, torrents {}, peers {}, \
          announces {}, own queries {}, timeouts {}",
+        s.pool_nodes,
         s.nodes4 + s.nodes6,
         s.replacements,
         s.queries_received,
@@ -240,20 +267,25 @@ fn stats_line(s: &dht::Stats, prev: &dht::Stats, dt: Duration) -> String {
     )
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Starts watching Ctrl-C and (on Unix) SIGTERM now; the future resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch Ctrl-C")?;
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C"),
-            _ = term.recv() => Ok(()),
-        }
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
@@ -273,10 +305,17 @@ mod tests {
         assert!(!c.core.restrict_ips);
         assert!(c.core.store_announces);
         assert!(c.core.bootstrap.is_empty());
+        assert_eq!(c.core.pool_capacity, DEFAULT_POOL_SIZE);
         let mut p = Settings::new("0.0.0.0:6881".parse().unwrap());
         p.router_only = true;
         let c = p.node_config();
         assert!(c.core.restrict_ips);
         assert!(!c.core.store_announces);
+        assert!(!c.dual_stack && c.core.ipv4 && !c.core.ipv6);
+        // [::] serves both families on one socket; ::1 only IPv6.
+        let c = Settings::new("[::]:6881".parse().unwrap()).node_config();
+        assert!(c.dual_stack && c.core.ipv4 && c.core.ipv6);
+        let c = Settings::new("[::1]:6881".parse().unwrap()).node_config();
+        assert!(!c.dual_stack && !c.core.ipv4 && c.core.ipv6);
     }
 }
