@@ -67,6 +67,15 @@ struct Candidate {
     verified: bool,
     /// Queries from us to it: 1 for nodes we knew, one more than its referrer otherwise.
     hop: u8,
+    /// Sort key: known ids by distance to the target, unknown ids after them.
+    rank: (bool, Id),
+}
+
+fn rank(id: Option<Id>, target: &Id) -> (bool, Id) {
+    match id {
+        Some(id) => (false, id.distance(target)),
+        None => (true, Id::ZERO),
+    }
 }
 
 /// Where a lookup is in its life.
@@ -191,12 +200,9 @@ impl Lookup {
     }
 
     fn sort(&mut self) {
-        let target = self.target;
-        // Known ids by distance; unknown ids (bootstrap addresses) last, in insertion order.
-        self.candidates.sort_by_key(|c| match c.id {
-            Some(id) => (0u8, id.distance(&target)),
-            None => (1u8, Id::ZERO),
-        });
+        // Known ids by distance; unknown ids (bootstrap addresses) last, in insertion order
+        // (the sort is stable).
+        self.candidates.sort_by_key(|c| c.rank);
     }
 
     /// Adds nodes learned from the routing table or a reply.
@@ -209,16 +215,22 @@ impl Lookup {
                 continue;
             }
             let verified = self.is_verified(&n.id, &n.addr);
-            self.candidates.push(Candidate {
-                id: Some(n.id),
-                addr: n.addr,
-                state: State::Fresh,
-                token: None,
-                verified,
-                hop: self.next_hop,
-            });
+            let rank = rank(Some(n.id), &self.target);
+            // Keep the list sorted: insert after the last candidate that ranks no farther.
+            let at = self.candidates.partition_point(|c| c.rank <= rank);
+            self.candidates.insert(
+                at,
+                Candidate {
+                    id: Some(n.id),
+                    addr: n.addr,
+                    state: State::Fresh,
+                    token: None,
+                    verified,
+                    hop: self.next_hop,
+                    rank,
+                },
+            );
         }
-        self.sort();
         self.trim();
     }
 
@@ -235,6 +247,7 @@ impl Lookup {
                 token: None,
                 verified: true,
                 hop: 1,
+                rank: rank(None, &self.target),
             });
         }
     }
@@ -320,6 +333,7 @@ impl Lookup {
         if c.id != Some(id) {
             c.id = Some(id);
             c.verified = verified;
+            c.rank = rank(Some(id), &self.target);
             self.sort();
         }
     }
