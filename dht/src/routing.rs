@@ -112,6 +112,39 @@ pub struct RoutingTable {
     /// No node can be due for a liveness ping before this (`None`: unknown, scan). Lets
     /// the housekeeping tick skip the scan of the whole table while nothing is due.
     ping_check_at: Option<Instant>,
+    /// [`addr_key`] of every node in the buckets (not the replacement caches), sorted:
+    /// answers "is this address / IP in the table?" without reading every entry, which a
+    /// node must ask for every newcomer that queries or answers it.
+    addr_keys: Vec<u64>,
+}
+
+/// A sortable key for an address: IPv4 as `ip << 16 | port` (exact); IPv6 as a 47-bit hash
+/// of the IP with the top bit set (collisions are possible, so a hit is confirmed on the
+/// entries). Keys of one IP are adjacent: `key >> 16` is the IP part.
+fn addr_key(addr: &SocketAddr) -> u64 {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let x = u128::from(v6);
+            // A multiplicative mix of both halves (FxHash-like): plenty for a filter.
+            let h = ((x as u64) ^ ((x >> 64) as u64).rotate_left(29))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            (1 << 47) | (h >> 17)
+        }
+    };
+    (ip << 16) | u64::from(addr.port())
+}
+
+fn index_add(keys: &mut Vec<u64>, addr: &SocketAddr) {
+    let k = addr_key(addr);
+    let at = keys.partition_point(|x| *x < k);
+    keys.insert(at, k);
+}
+
+fn index_remove(keys: &mut Vec<u64>, addr: &SocketAddr) {
+    if let Ok(at) = keys.binary_search(&addr_key(addr)) {
+        keys.remove(at);
+    }
 }
 
 fn subnet(ip: IpAddr) -> (u8, [u8; 8]) {
@@ -146,6 +179,7 @@ impl RoutingTable {
             good_for,
             buckets: vec![Bucket::new(now)],
             ping_check_at: None,
+            addr_keys: Vec::new(),
         }
     }
 
@@ -174,6 +208,7 @@ impl RoutingTable {
     pub fn heap_bytes(&self) -> usize {
         let entry = std::mem::size_of::<Entry>();
         self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self.addr_keys.capacity() * std::mem::size_of::<u64>()
             + self
                 .buckets
                 .iter()
@@ -202,6 +237,9 @@ impl RoutingTable {
     }
 
     fn find_addr(&self, addr: &SocketAddr) -> Option<(usize, usize)> {
+        if self.addr_keys.binary_search(&addr_key(addr)).is_err() {
+            return None;
+        }
         for (bi, b) in self.buckets.iter().enumerate() {
             if let Some(ni) = b.nodes.iter().position(|e| e.addr == *addr) {
                 return Some((bi, ni));
@@ -302,7 +340,13 @@ impl RoutingTable {
     }
 
     fn ip_allowed(&self, bi: usize, ip: IpAddr) -> bool {
-        if self.entries().any(|e| e.addr.ip() == ip) {
+        let first = addr_key(&SocketAddr::new(ip, 0));
+        let at = self.addr_keys.partition_point(|x| *x < first);
+        let maybe_there = self
+            .addr_keys
+            .get(at)
+            .is_some_and(|k| k >> 16 == first >> 16);
+        if maybe_there && self.entries().any(|e| e.addr.ip() == ip) {
             return false;
         }
         let net = subnet(ip);
@@ -334,6 +378,7 @@ impl RoutingTable {
                 bucket
                     .replacements
                     .retain(|r| r.id != entry.id && r.addr != entry.addr);
+                index_add(&mut self.addr_keys, &entry.addr);
                 bucket.nodes.push(entry);
                 bucket.last_changed = now;
                 return InsertOutcome::Added;
@@ -344,6 +389,8 @@ impl RoutingTable {
                 .iter()
                 .position(|e| e.liveness(now, good_for) == Liveness::Bad)
             {
+                index_remove(&mut self.addr_keys, &bucket.nodes[pos].addr);
+                index_add(&mut self.addr_keys, &entry.addr);
                 bucket.nodes[pos] = entry;
                 bucket.last_changed = now;
                 return InsertOutcome::Added;
@@ -368,6 +415,8 @@ impl RoutingTable {
                 }
             });
             if let Some(pos) = displace {
+                index_remove(&mut self.addr_keys, &bucket.nodes[pos].addr);
+                index_add(&mut self.addr_keys, &entry.addr);
                 bucket.nodes[pos] = entry;
                 bucket.last_changed = now;
                 return InsertOutcome::Added;
@@ -423,7 +472,8 @@ impl RoutingTable {
 
     fn remove_at(&mut self, bi: usize, ni: usize) {
         let bucket = &mut self.buckets[bi];
-        bucket.nodes.remove(ni);
+        let gone = bucket.nodes.remove(ni);
+        index_remove(&mut self.addr_keys, &gone.addr);
         // Promote the best replacement: verified first, then most recently seen.
         if let Some(pos) = bucket
             .replacements
@@ -433,6 +483,7 @@ impl RoutingTable {
             .map(|(i, _)| i)
         {
             let r = bucket.replacements.remove(pos);
+            index_add(&mut self.addr_keys, &r.addr);
             bucket.nodes.push(r);
             self.ping_check_at = None;
         }
@@ -656,6 +707,7 @@ impl RoutingTable {
         self.own = own;
         self.buckets.push(Bucket::new(now));
         self.ping_check_at = None;
+        self.addr_keys.clear();
         for e in old {
             if e.id != own {
                 let _ = self.insert_new(e, now);
@@ -935,6 +987,52 @@ mod tests {
         assert!(t.get(&newcomer).is_some());
     }
 
+    impl RoutingTable {
+        /// The address index holds exactly the buckets' nodes.
+        fn check_index(&self) {
+            let mut want: Vec<u64> = self.entries().map(|e| addr_key(&e.addr)).collect();
+            want.sort_unstable();
+            assert_eq!(self.addr_keys, want);
+        }
+    }
+
+    #[test]
+    fn address_index_follows_every_change() {
+        let (mut t, now, mut rng) = table(true);
+        let mut later = now;
+        for step in 0..20_000u32 {
+            later += Duration::from_secs(1);
+            let i = rng.gen_range(0..3000u32);
+            // Some IPv6 nodes too, and several ports per IP.
+            let a = if i % 5 == 0 {
+                SocketAddr::new(
+                    IpAddr::V6(std::net::Ipv6Addr::from(
+                        0x2001_0db8_u128 << 96 | u128::from(i),
+                    )),
+                    1 + (i % 3) as u16,
+                )
+            } else {
+                addr(i / 2, 1 + (i % 2) as u16)
+            };
+            let id = Id::random(&mut rng);
+            match step % 7 {
+                0..=2 => drop(t.on_response(id, a, rng.gen_bool(0.5), later)),
+                3 | 4 => drop(t.on_query(id, a, true, later)),
+                5 => drop(t.on_timeout(&a, later)),
+                _ => drop(t.remove(&a)),
+            }
+            if step % 97 == 0 {
+                t.check_index();
+            }
+            if step == 10_000 {
+                t.rebuild(Id::random(&mut rng), later);
+                t.check_index();
+            }
+        }
+        t.check_index();
+        assert!(t.len() > 50);
+    }
+
     #[test]
     fn incremental_ping_scan_matches_a_full_scan() {
         let (mut t, start, mut rng) = table(false);
@@ -961,6 +1059,7 @@ mod tests {
                     _ => drop(t.on_timeout(&a, now)),
                 }
             }
+            t.check_index();
             let mut full = t.clone();
             full.ping_check_at = None;
             let want = full.nodes_to_ping(now, 2, Duration::from_secs(60));
