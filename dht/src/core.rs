@@ -49,6 +49,8 @@ pub enum Event {
         closest: Vec<NodeInfo>,
         peers_found: usize,
         queries: u32,
+        /// Referral rounds to the closest node that answered (our own table's nodes: 1).
+        hops: u32,
     },
     /// The announce phase finished: `acked` of `sent` nodes accepted it.
     AnnounceDone {
@@ -1016,7 +1018,8 @@ impl Dht {
             self.config.alpha,
             self.config.max_in_flight,
         )
-        .with_one_per_ip(self.config.restrict_ips);
+        .with_one_per_ip(self.config.restrict_ips)
+        .with_prefer_verified(self.config.bep42);
         if kind.wants_peers() {
             // Our own store counts: in a tiny network we may be the one that was told.
             let stored =
@@ -1111,6 +1114,7 @@ impl Dht {
             closest,
             peers_found: l.peers_found(),
             queries: l.queries_sent,
+            hops: l.hops(),
         });
         match l.kind {
             LookupKind::Bootstrap => {

@@ -4,9 +4,38 @@ use std::fmt;
 
 use rand::RngCore;
 
-/// A 160-bit node id or info-hash.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+/// A 160-bit node id or info-hash. Ordered as a big-endian unsigned number, so comparing
+/// two distances compares them as XOR-metric values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Id(pub [u8; 20]);
+
+impl Id {
+    /// The id as two big-endian integers (high 128 bits, low 32 bits): cheap to compare.
+    #[inline]
+    fn key(&self) -> (u128, u32) {
+        let mut hi = [0u8; 16];
+        hi.copy_from_slice(&self.0[..16]);
+        let mut lo = [0u8; 4];
+        lo.copy_from_slice(&self.0[16..]);
+        (u128::from_be_bytes(hi), u32::from_be_bytes(lo))
+    }
+}
+
+// Written out instead of derived: the derived order compares byte slices through `memcmp`,
+// which was the single hottest function of a 10,000-node simulation (closest-node scans).
+impl Ord for Id {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl PartialOrd for Id {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Id {
     pub const LEN: usize = 20;
@@ -38,15 +67,12 @@ impl Id {
 
     /// Number of leading zero bits (160 for the zero id).
     pub fn leading_zeros(&self) -> u32 {
-        let mut n = 0;
-        for b in self.0 {
-            if b == 0 {
-                n += 8;
-            } else {
-                return n + b.leading_zeros();
-            }
+        let (hi, lo) = self.key();
+        if hi != 0 {
+            hi.leading_zeros()
+        } else {
+            128 + lo.leading_zeros()
         }
-        n
     }
 
     /// Length of the common prefix of two ids, in bits (0..=160).
@@ -143,6 +169,21 @@ mod tests {
         for prefix in 0..160 {
             let t = me.random_with_prefix(prefix, &mut rng);
             assert_eq!(me.common_prefix_len(&t), prefix, "prefix {prefix}");
+        }
+    }
+
+    #[test]
+    fn order_is_big_endian_byte_order() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for i in 0..2000 {
+            let a = Id::random(&mut rng);
+            let mut b = a;
+            // Make them differ in one byte, anywhere (also in the low 32 bits).
+            let at = i % 20;
+            b.0[at] = rng.next_u32() as u8;
+            assert_eq!(a.cmp(&b), a.0.cmp(&b.0), "{a:?} vs {b:?}");
+            let c = Id::random(&mut rng);
+            assert_eq!(a.cmp(&c), a.0.cmp(&c.0));
         }
     }
 

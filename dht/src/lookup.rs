@@ -5,6 +5,15 @@
 //! (so a slow node costs little), and a failed one drops out. It is done when the `k`
 //! closest candidates that have not failed have all answered, or when nobody is left to
 //! ask. The lookup itself sends nothing: the core turns its decisions into datagrams.
+//!
+//! BEP 42: with [`Lookup::with_prefer_verified`], nodes whose id is not valid for their IP
+//! may hold at most half of the `k` closest places the lookup works on, finishes on and
+//! announces to. Sybils that pick ids right next to a target (and so cannot have valid
+//! ids for their addresses) can then no longer crowd out every honest node near it: the
+//! other half is always the closest verified nodes.
+//!
+//! Hops: nodes from our own table (or the bootstrap list) are one hop away; a node learned
+//! from the reply of a node `h` hops away is `h + 1` hops away.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -53,6 +62,20 @@ struct Candidate {
     addr: SocketAddr,
     state: State,
     token: Option<Vec<u8>>,
+    /// Its id is valid for its IP under BEP 42 (or the IP is exempt, or the lookup does
+    /// not check, or the id is not known yet).
+    verified: bool,
+    /// Queries from us to it: 1 for nodes we knew, one more than its referrer otherwise.
+    hop: u8,
+    /// Sort key: known ids by distance to the target, unknown ids after them.
+    rank: (bool, Id),
+}
+
+fn rank(id: Option<Id>, target: &Id) -> (bool, Id) {
+    match id {
+        Some(id) => (false, id.distance(target)),
+        None => (true, Id::ZERO),
+    }
 }
 
 /// Where a lookup is in its life.
@@ -90,6 +113,11 @@ pub struct Lookup {
     /// At most one candidate per IP, so a hostile reply cannot point a lookup's queries
     /// at one victim on many ports (off on loopback, where every node shares an IP).
     one_per_ip: bool,
+    /// Check ids with BEP 42 and give unverified nodes at most half the closest places.
+    prefer_verified: bool,
+    /// Hop count given to nodes added next: one more than the node that answered last
+    /// (the core adds a reply's nodes right after reporting the reply).
+    next_hop: u8,
 }
 
 impl Lookup {
@@ -116,7 +144,53 @@ impl Lookup {
             queries_sent: 0,
             responses: 0,
             one_per_ip: false,
+            prefer_verified: false,
+            next_hop: 1,
         }
+    }
+
+    /// Checks candidates' ids against their IPs (BEP 42) and lets unverified ones take at
+    /// most half of the k closest places (see the module docs).
+    pub fn with_prefer_verified(mut self, on: bool) -> Lookup {
+        self.prefer_verified = on;
+        self
+    }
+
+    fn is_verified(&self, id: &Id, addr: &SocketAddr) -> bool {
+        !self.prefer_verified || crate::bep42::is_valid_id(id, addr.ip())
+    }
+
+    /// Places among the k closest that unverified nodes may take.
+    fn max_unverified(&self) -> usize {
+        if self.prefer_verified {
+            (self.k / 2).max(1)
+        } else {
+            self.k
+        }
+    }
+
+    /// Indices of the candidates the lookup works on, nearest first: the k closest that
+    /// have not failed, where unverified ones beyond `max_unverified` are passed over.
+    fn window(&self) -> impl Iterator<Item = usize> + '_ {
+        let max_unverified = self.max_unverified();
+        let mut unverified = 0;
+        self.candidates
+            .iter()
+            .enumerate()
+            .filter(move |(_, c)| {
+                if c.state == State::Failed {
+                    return false;
+                }
+                if !c.verified {
+                    if unverified >= max_unverified {
+                        return false;
+                    }
+                    unverified += 1;
+                }
+                true
+            })
+            .map(|(i, _)| i)
+            .take(self.k)
     }
 
     /// Allows only one candidate per IP address (see the field's docs).
@@ -126,12 +200,9 @@ impl Lookup {
     }
 
     fn sort(&mut self) {
-        let target = self.target;
-        // Known ids by distance; unknown ids (bootstrap addresses) last, in insertion order.
-        self.candidates.sort_by_key(|c| match c.id {
-            Some(id) => (0u8, id.distance(&target)),
-            None => (1u8, Id::ZERO),
-        });
+        // Known ids by distance; unknown ids (bootstrap addresses) last, in insertion order
+        // (the sort is stable).
+        self.candidates.sort_by_key(|c| c.rank);
     }
 
     /// Adds nodes learned from the routing table or a reply.
@@ -143,14 +214,23 @@ impl Lookup {
             }) {
                 continue;
             }
-            self.candidates.push(Candidate {
-                id: Some(n.id),
-                addr: n.addr,
-                state: State::Fresh,
-                token: None,
-            });
+            let verified = self.is_verified(&n.id, &n.addr);
+            let rank = rank(Some(n.id), &self.target);
+            // Keep the list sorted: insert after the last candidate that ranks no farther.
+            let at = self.candidates.partition_point(|c| c.rank <= rank);
+            self.candidates.insert(
+                at,
+                Candidate {
+                    id: Some(n.id),
+                    addr: n.addr,
+                    state: State::Fresh,
+                    token: None,
+                    verified,
+                    hop: self.next_hop,
+                    rank,
+                },
+            );
         }
-        self.sort();
         self.trim();
     }
 
@@ -165,17 +245,23 @@ impl Lookup {
                 addr,
                 state: State::Fresh,
                 token: None,
+                verified: true,
+                hop: 1,
+                rank: rank(None, &self.target),
             });
         }
     }
 
     fn trim(&mut self) {
         while self.candidates.len() > MAX_CANDIDATES {
-            // Drop the farthest one that is not in flight.
+            // Drop the farthest one that is not in flight, unverified ones first (a flood
+            // of Sybil ids must not push the verified nodes out).
+            let idle = |c: &Candidate| !matches!(c.state, State::InFlight { .. });
             let Some(pos) = self
                 .candidates
                 .iter()
-                .rposition(|c| !matches!(c.state, State::InFlight { .. }))
+                .rposition(|c| idle(c) && !c.verified)
+                .or_else(|| self.candidates.iter().rposition(idle))
             else {
                 break;
             };
@@ -202,21 +288,9 @@ impl Lookup {
             if active >= self.alpha || self.in_flight >= self.max_in_flight {
                 break;
             }
-            let mut window = 0;
-            let mut pick = None;
-            for (i, c) in self.candidates.iter().enumerate() {
-                if window >= self.k {
-                    break;
-                }
-                match c.state {
-                    State::Failed => continue,
-                    State::Fresh => {
-                        pick = Some(i);
-                        break;
-                    }
-                    _ => window += 1,
-                }
-            }
+            let pick = self
+                .window()
+                .find(|&i| self.candidates[i].state == State::Fresh);
             let Some(i) = pick else { break };
             let c = &mut self.candidates[i];
             c.state = State::InFlight { slow: false };
@@ -251,11 +325,15 @@ impl Lookup {
             return;
         }
         self.responses += 1;
+        let verified = self.is_verified(&id, addr);
         let c = &mut self.candidates[i];
         c.state = State::Responded;
         c.token = token;
+        self.next_hop = c.hop.saturating_add(1);
         if c.id != Some(id) {
             c.id = Some(id);
+            c.verified = verified;
+            c.rank = rank(Some(id), &self.target);
             self.sort();
         }
     }
@@ -281,39 +359,42 @@ impl Lookup {
     /// or there is nobody left to ask and nothing in flight.
     pub fn traversal_done(&self) -> bool {
         let mut answered = 0;
-        for c in &self.candidates {
-            match c.state {
-                State::Failed => {}
-                State::Responded => {
-                    answered += 1;
-                    if answered >= self.k {
-                        return true;
-                    }
-                }
-                State::Fresh | State::InFlight { .. } => return false,
+        for i in self.window() {
+            match self.candidates[i].state {
+                State::Responded => answered += 1,
+                _ => return false,
             }
         }
-        self.in_flight == 0
+        answered >= self.k || self.in_flight == 0
     }
 
-    /// The closest nodes that answered, nearest first (at most k).
+    /// The closest nodes that answered, nearest first (at most k; with BEP 42 preference
+    /// at most half of them unverified).
     pub fn closest_responded(&self) -> Vec<NodeInfo> {
-        self.candidates
-            .iter()
+        self.window()
+            .map(|i| &self.candidates[i])
             .filter(|c| c.state == State::Responded)
             .filter_map(|c| c.id.map(|id| NodeInfo { id, addr: c.addr }))
-            .take(self.k)
             .collect()
     }
 
-    /// The k closest that answered with a token: where an announce goes.
+    /// The closest that answered with a token (as in [`Lookup::closest_responded`]):
+    /// where an announce goes.
     pub fn announce_targets(&self) -> Vec<(SocketAddr, Id, Vec<u8>)> {
-        self.candidates
-            .iter()
+        self.window()
+            .map(|i| &self.candidates[i])
             .filter(|c| c.state == State::Responded)
             .filter_map(|c| Some((c.addr, c.id?, c.token.clone()?)))
-            .take(self.k)
             .collect()
+    }
+
+    /// Hops to the closest node that answered (0 if none did): how many rounds of
+    /// referrals the lookup needed to get there.
+    pub fn hops(&self) -> u32 {
+        self.window()
+            .map(|i| &self.candidates[i])
+            .find(|c| c.state == State::Responded)
+            .map_or(0, |c| u32::from(c.hop))
     }
 
     /// Filters `peers` down to ones not reported before by this lookup.
@@ -456,6 +537,144 @@ mod tests {
         let mut open = Lookup::new(LookupId(2), LookupKind::FindNode, Id::ZERO, 8, 3, 8);
         open.add_nodes(&victim);
         assert_eq!(open.candidate_count(), 8);
+    }
+
+    #[test]
+    fn hops_count_referral_rounds_to_the_closest() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let target = Id::random(&mut rng);
+        // Three rings of nodes, each closer to the target than the last.
+        let ring = |rng: &mut rand_chacha::ChaCha8Rng, bits: u32, base: u16| -> Vec<NodeInfo> {
+            (0..8)
+                .map(|i| NodeInfo {
+                    id: target.random_with_prefix(bits + i as u32 % 2, rng),
+                    addr: SocketAddr::from(([10, 0, 1, 1], base + i)),
+                })
+                .collect()
+        };
+        let far = ring(&mut rng, 2, 100);
+        let mid = ring(&mut rng, 20, 200);
+        let near = ring(&mut rng, 40, 300);
+        let mut l = Lookup::new(LookupId(1), LookupKind::FindNode, target, 8, 3, 8);
+        l.add_nodes(&far);
+        assert_eq!(l.hops(), 0, "nobody answered yet");
+        let mut rounds = 0;
+        while !l.traversal_done() {
+            rounds += 1;
+            assert!(rounds < 100);
+            for (addr, id) in l.next_queries() {
+                let id = id.unwrap();
+                l.on_response(&addr, id, None);
+                // Far nodes know the middle ring, middle ones the near ring.
+                let port = addr.port();
+                if (100..200).contains(&port) {
+                    l.add_nodes(&mid);
+                } else if (200..300).contains(&port) {
+                    l.add_nodes(&near);
+                }
+            }
+        }
+        assert_eq!(l.hops(), 3);
+        let closest: Vec<Id> = l.closest_responded().iter().map(|n| n.id).collect();
+        assert!(near.iter().all(|n| closest.contains(&n.id)));
+    }
+
+    /// A public address and a BEP 42-valid id for it.
+    fn honest(rng: &mut rand_chacha::ChaCha8Rng, i: u32) -> NodeInfo {
+        let ip = std::net::Ipv4Addr::from(0x2000_0000 + i * 7919);
+        NodeInfo {
+            id: crate::bep42::random_secure_id(ip.into(), rng),
+            addr: SocketAddr::from((ip, 6881)),
+        }
+    }
+
+    /// Runs a lookup where Sybils (ids next to the target, public addresses, so invalid
+    /// under BEP 42) answer with each other and honest nodes answer with the closest
+    /// nodes they know, Sybils included. Returns how many of the honest nodes closest to
+    /// the target are in the finishing set, and how many Sybils.
+    fn sybil_lookup(prefer_verified: bool) -> (usize, usize) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let target = Id::random(&mut rng);
+        let honest: Vec<NodeInfo> = (0..400).map(|i| honest(&mut rng, i)).collect();
+        let sybils: Vec<NodeInfo> = (0..40)
+            .map(|i| NodeInfo {
+                id: target.random_with_prefix(30 + i % 8, &mut rng),
+                addr: SocketAddr::from(([100, 64, 0, 1 + i as u8], 6881)),
+            })
+            .collect();
+        assert!(sybils
+            .iter()
+            .all(|n| !crate::bep42::is_valid_id(&n.id, n.addr.ip())));
+        let by_distance = |set: &[NodeInfo], n: usize| {
+            let mut v = set.to_vec();
+            v.sort_by_key(|x| x.id.distance(&target));
+            v.truncate(n);
+            v
+        };
+        let everyone: Vec<NodeInfo> = honest.iter().chain(&sybils).copied().collect();
+        let mut l = Lookup::new(LookupId(1), LookupKind::GetPeers, target, 8, 3, 8)
+            .with_prefer_verified(prefer_verified);
+        // We start from a few random honest nodes.
+        l.add_nodes(&honest[..16]);
+        let mut rounds = 0;
+        while !l.traversal_done() {
+            rounds += 1;
+            assert!(rounds < 500);
+            let asks = l.next_queries();
+            if asks.is_empty() {
+                break;
+            }
+            for (addr, id) in asks {
+                l.on_response(&addr, id.unwrap(), Some(vec![1]));
+                if sybils.iter().any(|s| s.addr == addr) {
+                    l.add_nodes(&by_distance(&sybils, 8));
+                } else {
+                    // An honest node whose table has some Sybils: it prefers verified
+                    // ones too (see `RoutingTable::closest`), modelled by 4 + 4.
+                    let mut reply = by_distance(&sybils, 4);
+                    reply.extend(by_distance(&honest, 4));
+                    let _ = &everyone;
+                    l.add_nodes(&reply);
+                }
+            }
+        }
+        let finish = l.closest_responded();
+        let best_honest = by_distance(&honest, 4);
+        let honest_in = best_honest
+            .iter()
+            .filter(|h| finish.iter().any(|f| f.id == h.id))
+            .count();
+        let sybils_in = finish
+            .iter()
+            .filter(|f| sybils.iter().any(|s| s.id == f.id))
+            .count();
+        assert_eq!(
+            l.announce_targets().len(),
+            finish.len(),
+            "every finisher gave a token"
+        );
+        (honest_in, sybils_in)
+    }
+
+    #[test]
+    fn sybils_cannot_take_every_closest_place_from_verified_nodes() {
+        let (honest_in, sybils_in) = sybil_lookup(true);
+        assert_eq!(honest_in, 4, "the 4 closest honest nodes are in the set");
+        assert!(sybils_in <= 4, "{sybils_in} Sybils");
+        // Without the preference the Sybils own the whole set: the eclipse.
+        let (honest_in, sybils_in) = sybil_lookup(false);
+        assert_eq!((honest_in, sybils_in), (0, 8));
+    }
+
+    #[test]
+    fn exempt_addresses_count_as_verified() {
+        // Loopback and private networks cannot have BEP 42 ids: nothing is passed over.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let nodes: Vec<NodeInfo> = (1..=20).map(|i| node(&mut rng, i)).collect();
+        let mut l = Lookup::new(LookupId(1), LookupKind::FindNode, Id::ZERO, 8, 8, 8)
+            .with_prefer_verified(true);
+        l.add_nodes(&nodes);
+        assert_eq!(l.next_queries().len(), 8);
     }
 
     #[test]

@@ -109,6 +109,42 @@ pub struct RoutingTable {
     max_per_subnet: usize,
     good_for: Duration,
     buckets: Vec<Bucket>,
+    /// No node can be due for a liveness ping before this (`None`: unknown, scan). Lets
+    /// the housekeeping tick skip the scan of the whole table while nothing is due.
+    ping_check_at: Option<Instant>,
+    /// [`addr_key`] of every node in the buckets (not the replacement caches), sorted:
+    /// answers "is this address / IP in the table?" without reading every entry, which a
+    /// node must ask for every newcomer that queries or answers it.
+    addr_keys: Vec<u64>,
+}
+
+/// A sortable key for an address: IPv4 as `ip << 16 | port` (exact); IPv6 as a 47-bit hash
+/// of the IP with the top bit set (collisions are possible, so a hit is confirmed on the
+/// entries). Keys of one IP are adjacent: `key >> 16` is the IP part.
+fn addr_key(addr: &SocketAddr) -> u64 {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let x = u128::from(v6);
+            // A multiplicative mix of both halves (FxHash-like): plenty for a filter.
+            let h = ((x as u64) ^ ((x >> 64) as u64).rotate_left(29))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            (1 << 47) | (h >> 17)
+        }
+    };
+    (ip << 16) | u64::from(addr.port())
+}
+
+fn index_add(keys: &mut Vec<u64>, addr: &SocketAddr) {
+    let k = addr_key(addr);
+    let at = keys.partition_point(|x| *x < k);
+    keys.insert(at, k);
+}
+
+fn index_remove(keys: &mut Vec<u64>, addr: &SocketAddr) {
+    if let Ok(at) = keys.binary_search(&addr_key(addr)) {
+        keys.remove(at);
+    }
 }
 
 fn subnet(ip: IpAddr) -> (u8, [u8; 8]) {
@@ -142,6 +178,8 @@ impl RoutingTable {
             max_per_subnet: max_per_subnet.max(1),
             good_for,
             buckets: vec![Bucket::new(now)],
+            ping_check_at: None,
+            addr_keys: Vec::new(),
         }
     }
 
@@ -170,6 +208,7 @@ impl RoutingTable {
     pub fn heap_bytes(&self) -> usize {
         let entry = std::mem::size_of::<Entry>();
         self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self.addr_keys.capacity() * std::mem::size_of::<u64>()
             + self
                 .buckets
                 .iter()
@@ -198,6 +237,9 @@ impl RoutingTable {
     }
 
     fn find_addr(&self, addr: &SocketAddr) -> Option<(usize, usize)> {
+        if self.addr_keys.binary_search(&addr_key(addr)).is_err() {
+            return None;
+        }
         for (bi, b) in self.buckets.iter().enumerate() {
             if let Some(ni) = b.nodes.iter().position(|e| e.addr == *addr) {
                 return Some((bi, ni));
@@ -253,6 +295,10 @@ impl RoutingTable {
                 e.last_seen = now;
                 e.pinged_at = None;
                 self.buckets[home].last_changed = now;
+            } else if e.confirmed && e.fails == 0 {
+                // BEP 5: a node that once answered us and queries us now is good; no need
+                // to ping it later to find that out.
+                e.last_seen = now;
             }
             return InsertOutcome::Updated;
         }
@@ -294,7 +340,13 @@ impl RoutingTable {
     }
 
     fn ip_allowed(&self, bi: usize, ip: IpAddr) -> bool {
-        if self.entries().any(|e| e.addr.ip() == ip) {
+        let first = addr_key(&SocketAddr::new(ip, 0));
+        let at = self.addr_keys.partition_point(|x| *x < first);
+        let maybe_there = self
+            .addr_keys
+            .get(at)
+            .is_some_and(|k| k >> 16 == first >> 16);
+        if maybe_there && self.entries().any(|e| e.addr.ip() == ip) {
             return false;
         }
         let net = subnet(ip);
@@ -307,6 +359,15 @@ impl RoutingTable {
     }
 
     fn insert_new(&mut self, entry: Entry, now: Instant) -> InsertOutcome {
+        let out = self.insert_entry(entry, now);
+        if out == InsertOutcome::Added {
+            // The newcomer may be due for a ping (unconfirmed, or seen long ago).
+            self.ping_check_at = None;
+        }
+        out
+    }
+
+    fn insert_entry(&mut self, entry: Entry, now: Instant) -> InsertOutcome {
         loop {
             let bi = self.bucket_index(&entry.id);
             let k = self.k;
@@ -317,6 +378,7 @@ impl RoutingTable {
                 bucket
                     .replacements
                     .retain(|r| r.id != entry.id && r.addr != entry.addr);
+                index_add(&mut self.addr_keys, &entry.addr);
                 bucket.nodes.push(entry);
                 bucket.last_changed = now;
                 return InsertOutcome::Added;
@@ -327,6 +389,8 @@ impl RoutingTable {
                 .iter()
                 .position(|e| e.liveness(now, good_for) == Liveness::Bad)
             {
+                index_remove(&mut self.addr_keys, &bucket.nodes[pos].addr);
+                index_add(&mut self.addr_keys, &entry.addr);
                 bucket.nodes[pos] = entry;
                 bucket.last_changed = now;
                 return InsertOutcome::Added;
@@ -351,6 +415,8 @@ impl RoutingTable {
                 }
             });
             if let Some(pos) = displace {
+                index_remove(&mut self.addr_keys, &bucket.nodes[pos].addr);
+                index_add(&mut self.addr_keys, &entry.addr);
                 bucket.nodes[pos] = entry;
                 bucket.last_changed = now;
                 return InsertOutcome::Added;
@@ -406,7 +472,8 @@ impl RoutingTable {
 
     fn remove_at(&mut self, bi: usize, ni: usize) {
         let bucket = &mut self.buckets[bi];
-        bucket.nodes.remove(ni);
+        let gone = bucket.nodes.remove(ni);
+        index_remove(&mut self.addr_keys, &gone.addr);
         // Promote the best replacement: verified first, then most recently seen.
         if let Some(pos) = bucket
             .replacements
@@ -416,7 +483,9 @@ impl RoutingTable {
             .map(|(i, _)| i)
         {
             let r = bucket.replacements.remove(pos);
+            index_add(&mut self.addr_keys, &r.addr);
             bucket.nodes.push(r);
+            self.ping_check_at = None;
         }
     }
 
@@ -429,6 +498,7 @@ impl RoutingTable {
             }
             return false;
         };
+        self.ping_check_at = None;
         let e = &mut self.buckets[bi].nodes[ni];
         e.fails = e.fails.saturating_add(1);
         if e.liveness(now, self.good_for) == Liveness::Bad {
@@ -451,26 +521,106 @@ impl RoutingTable {
 
     /// Up to `count` nodes closest to `target`, nearest first. With `confirmed_only`,
     /// nodes that never answered us are left out (what we tell others).
+    ///
+    /// BEP 42: nodes whose id is not valid for their IP take at most half of the places
+    /// while verified nodes are there to take the rest, so that Sybils with ids chosen
+    /// next to a target cannot fill a whole reply or a lookup's seed set. (With BEP 42 off
+    /// or on private addresses every entry counts as verified.)
+    ///
+    /// Buckets are visited nearest-first, so usually only two or three are read: with
+    /// `p` the bucket `target` falls in, nodes of bucket `p` share more leading bits with
+    /// `target` than nodes of the buckets after it (they share exactly `p`), and those
+    /// share more than nodes of any bucket `j < p` (exactly `j`). Once `count` nodes are
+    /// found, the farther buckets cannot improve on them.
     pub fn closest(&self, target: &Id, count: usize, confirmed_only: bool) -> Vec<NodeInfo> {
-        // Keep the best `count` in a small sorted vector: no allocation per entry, and
-        // cheap for the table sizes we have (hundreds of nodes, count = k).
-        let mut best: Vec<(Id, NodeInfo)> = Vec::with_capacity(count + 1);
         if count == 0 {
             return Vec::new();
         }
-        for e in self.entries() {
-            if confirmed_only && !(e.confirmed && e.fails == 0) {
-                continue;
+        let max_unverified = count.div_ceil(2);
+        // The best `count` verified and unverified nodes, as (distance, entry) in small
+        // sorted vectors: no copy of an entry until the end.
+        let mut verified: Vec<(Id, &Entry)> = Vec::with_capacity(count + 1);
+        let mut unverified: Vec<(Id, &Entry)> = Vec::new();
+        fn consider<'t>(
+            b: &'t Bucket,
+            target: &Id,
+            count: usize,
+            confirmed_only: bool,
+            verified: &mut Vec<(Id, &'t Entry)>,
+            unverified: &mut Vec<(Id, &'t Entry)>,
+        ) {
+            for e in &b.nodes {
+                if confirmed_only && !(e.confirmed && e.fails == 0) {
+                    continue;
+                }
+                let best = if e.verified {
+                    &mut *verified
+                } else {
+                    &mut *unverified
+                };
+                let d = e.id.distance(target);
+                if best.len() == count && d >= best[count - 1].0 {
+                    continue;
+                }
+                let pos = best.partition_point(|(bd, _)| *bd < d);
+                best.insert(pos, (d, e));
+                best.truncate(count);
             }
-            let d = e.id.distance(target);
-            if best.len() == count && d >= best[count - 1].0 {
-                continue;
-            }
-            let pos = best.partition_point(|(bd, _)| *bd < d);
-            best.insert(pos, (d, e.info()));
-            best.truncate(count);
         }
-        best.into_iter().map(|(_, n)| n).collect()
+        // Farther buckets cannot change the answer once it is full from nearer ones.
+        let full = |v: &Vec<(Id, &Entry)>, u: &Vec<(Id, &Entry)>| {
+            v.len() + u.len().min(max_unverified) >= count
+        };
+        let p = self.bucket_index(target);
+        for b in &self.buckets[p..] {
+            consider(
+                b,
+                target,
+                count,
+                confirmed_only,
+                &mut verified,
+                &mut unverified,
+            );
+        }
+        for b in self.buckets[..p].iter().rev() {
+            if full(&verified, &unverified) {
+                break;
+            }
+            consider(
+                b,
+                target,
+                count,
+                confirmed_only,
+                &mut verified,
+                &mut unverified,
+            );
+        }
+        // Nearest first, passing over unverified ones beyond their share; those fill only
+        // the places left when the verified ones run out.
+        let mut out: Vec<(Id, &Entry)> = Vec::with_capacity(count);
+        let mut passed: Vec<(Id, &Entry)> = Vec::new();
+        let (mut vi, mut ui, mut taken_u) = (0, 0, 0);
+        while out.len() < count && (vi < verified.len() || ui < unverified.len()) {
+            let take_verified = ui >= unverified.len()
+                || (vi < verified.len() && verified[vi].0 < unverified[ui].0);
+            if take_verified {
+                out.push(verified[vi]);
+                vi += 1;
+            } else {
+                if taken_u < max_unverified {
+                    out.push(unverified[ui]);
+                    taken_u += 1;
+                } else {
+                    passed.push(unverified[ui]);
+                }
+                ui += 1;
+            }
+        }
+        if out.len() < count {
+            out.extend(passed.into_iter().take(count - out.len()));
+            out.sort_unstable_by_key(|(d, _)| *d);
+        }
+        out.into_iter().map(|(_, e)| e.info()).collect()
     }
 
     /// Whether `addr` is in the table as `id` and has answered us.
@@ -506,23 +656,44 @@ impl RoutingTable {
 
     /// Up to `limit` nodes worth a liveness ping: unconfirmed ones, and questionable ones
     /// not pinged in the last `repeat`. Marks them pinged.
+    ///
+    /// Cheap when nothing is due: the scan remembers when the next node falls due (a good
+    /// node turns questionable `good_for` after it was last seen; a pinged one may be
+    /// pinged again after `repeat`), and only a change that can bring that time forward
+    /// (a node added or promoted, a failure) makes the next call scan again.
     pub fn nodes_to_ping(&mut self, now: Instant, limit: usize, repeat: Duration) -> Vec<NodeInfo> {
+        if self.ping_check_at.is_some_and(|t| now < t) {
+            return Vec::new();
+        }
         let good_for = self.good_for;
         let mut out = Vec::new();
+        let mut next: Option<Instant> = None;
         for b in &mut self.buckets {
             for e in &mut b.nodes {
-                if out.len() >= limit {
-                    return out;
-                }
-                let due = e
-                    .pinged_at
-                    .is_none_or(|p| now.saturating_duration_since(p) >= repeat);
-                if due && e.liveness(now, good_for) != Liveness::Good {
+                let again = e.pinged_at.map(|p| p + repeat);
+                let due_at = if e.liveness(now, good_for) == Liveness::Good {
+                    let questionable = e.last_seen + good_for;
+                    again.map_or(questionable, |a| a.max(questionable))
+                } else {
+                    again.unwrap_or(now)
+                };
+                if due_at <= now {
+                    if out.len() >= limit {
+                        // More are due than we may ping now: look again next time.
+                        self.ping_check_at = None;
+                        return out;
+                    }
                     e.pinged_at = Some(now);
                     out.push(e.info());
+                    // Pinged now; if it stays questionable it is due again after `repeat`.
+                    next = Some(next.map_or(now + repeat, |n| n.min(now + repeat)));
+                } else {
+                    next = Some(next.map_or(due_at, |n| n.min(due_at)));
                 }
             }
         }
+        // An empty table has nothing due until something is added.
+        self.ping_check_at = Some(next.unwrap_or(now + good_for));
         out
     }
 
@@ -535,6 +706,8 @@ impl RoutingTable {
             .collect();
         self.own = own;
         self.buckets.push(Bucket::new(now));
+        self.ping_check_at = None;
+        self.addr_keys.clear();
         for e in old {
             if e.id != own {
                 let _ = self.insert_new(e, now);
@@ -605,6 +778,77 @@ mod tests {
         present.sort_by_key(|id| id.distance(&target));
         let want: Vec<Id> = present.into_iter().take(8).collect();
         assert_eq!(got.iter().map(|n| n.id).collect::<Vec<_>>(), want);
+    }
+
+    /// What `closest` must return, the slow way: all eligible entries by distance, at
+    /// most half unverified unless verified ones run out.
+    fn closest_reference(
+        t: &RoutingTable,
+        target: &Id,
+        count: usize,
+        confirmed_only: bool,
+    ) -> Vec<Id> {
+        let mut all: Vec<&Entry> = t
+            .entries()
+            .filter(|e| !confirmed_only || (e.confirmed && e.fails == 0))
+            .collect();
+        all.sort_by_key(|e| e.id.distance(target));
+        let (mut out, mut passed, mut unverified) = (Vec::new(), Vec::new(), 0);
+        for e in all {
+            if out.len() == count {
+                break;
+            }
+            if e.verified || unverified < count.div_ceil(2) {
+                unverified += usize::from(!e.verified);
+                out.push(e);
+            } else {
+                passed.push(e);
+            }
+        }
+        let missing = count.saturating_sub(out.len());
+        out.extend(passed.into_iter().take(missing));
+        out.sort_by_key(|e| e.id.distance(target));
+        out.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn closest_matches_a_full_sort_for_any_target() {
+        for share_verified in [1.0, 0.7, 0.2] {
+            closest_matches_a_full_sort(share_verified);
+        }
+    }
+
+    fn closest_matches_a_full_sort(share_verified: f64) {
+        let (mut t, now, mut rng) = table(false);
+        for i in 0..3000 {
+            let id = Id::random(&mut rng);
+            let verified = rng.gen_bool(share_verified);
+            if i % 3 == 0 {
+                t.on_query(id, addr(i, 1), verified, now);
+            } else {
+                t.on_response(id, addr(i, 1), verified, now);
+            }
+        }
+        assert!(t.bucket_count() > 5);
+        let own = t.own_id();
+        for i in 0..400u32 {
+            // Targets in every bucket, past the last one, and our own id.
+            let target = match i % 4 {
+                0 => Id::random(&mut rng),
+                1 => own.random_with_prefix(i % 24, &mut rng),
+                2 => own,
+                _ => own.random_with_prefix(t.bucket_count() as u32 - 1, &mut rng),
+            };
+            for (count, confirmed_only) in [(8, true), (8, false), (3, true), (40, false)] {
+                let got = t.closest(&target, count, confirmed_only);
+                assert_eq!(
+                    got.iter().map(|n| n.id).collect::<Vec<_>>(),
+                    closest_reference(&t, &target, count, confirmed_only),
+                    "target {target:?} count {count} confirmed_only {confirmed_only} \
+                     verified {share_verified}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -741,6 +985,120 @@ mod tests {
         t.on_timeout(&victim.addr, later);
         t.on_timeout(&victim.addr, later);
         assert!(t.get(&newcomer).is_some());
+    }
+
+    impl RoutingTable {
+        /// The address index holds exactly the buckets' nodes.
+        fn check_index(&self) {
+            let mut want: Vec<u64> = self.entries().map(|e| addr_key(&e.addr)).collect();
+            want.sort_unstable();
+            assert_eq!(self.addr_keys, want);
+        }
+    }
+
+    #[test]
+    fn address_index_follows_every_change() {
+        let (mut t, now, mut rng) = table(true);
+        let mut later = now;
+        for step in 0..20_000u32 {
+            later += Duration::from_secs(1);
+            let i = rng.gen_range(0..3000u32);
+            // Some IPv6 nodes too, and several ports per IP.
+            let a = if i % 5 == 0 {
+                SocketAddr::new(
+                    IpAddr::V6(std::net::Ipv6Addr::from(
+                        0x2001_0db8_u128 << 96 | u128::from(i),
+                    )),
+                    1 + (i % 3) as u16,
+                )
+            } else {
+                addr(i / 2, 1 + (i % 2) as u16)
+            };
+            let id = Id::random(&mut rng);
+            match step % 7 {
+                0..=2 => drop(t.on_response(id, a, rng.gen_bool(0.5), later)),
+                3 | 4 => drop(t.on_query(id, a, true, later)),
+                5 => drop(t.on_timeout(&a, later)),
+                _ => drop(t.remove(&a)),
+            }
+            if step % 97 == 0 {
+                t.check_index();
+            }
+            if step == 10_000 {
+                t.rebuild(Id::random(&mut rng), later);
+                t.check_index();
+            }
+        }
+        t.check_index();
+        assert!(t.len() > 50);
+    }
+
+    #[test]
+    fn incremental_ping_scan_matches_a_full_scan() {
+        let (mut t, start, mut rng) = table(false);
+        let mut known = Vec::new();
+        let mut pinged = 0;
+        for step in 0..2000u32 {
+            let now = start + Duration::from_secs(5 * u64::from(step));
+            // Some traffic: new nodes (answering or only querying), answers and queries
+            // from known ones, timeouts.
+            for _ in 0..rng.gen_range(0..3) {
+                let i = rng.gen_range(0..400u32);
+                let a = addr(i, 1);
+                let id = match known.iter().find(|(_, ka)| *ka == a) {
+                    Some((id, _)) => *id,
+                    None => {
+                        let id = Id::random(&mut rng);
+                        known.push((id, a));
+                        id
+                    }
+                };
+                match rng.gen_range(0..10) {
+                    0..=3 => drop(t.on_response(id, a, true, now)),
+                    4..=6 => drop(t.on_query(id, a, true, now)),
+                    _ => drop(t.on_timeout(&a, now)),
+                }
+            }
+            t.check_index();
+            let mut full = t.clone();
+            full.ping_check_at = None;
+            let want = full.nodes_to_ping(now, 2, Duration::from_secs(60));
+            let got = t.nodes_to_ping(now, 2, Duration::from_secs(60));
+            assert_eq!(
+                got.iter().map(|n| n.addr).collect::<Vec<_>>(),
+                want.iter().map(|n| n.addr).collect::<Vec<_>>(),
+                "step {step}"
+            );
+            pinged += got.len();
+        }
+        assert!(pinged > 50, "the scenario must exercise pings: {pinged}");
+    }
+
+    #[test]
+    fn query_from_a_node_that_answered_keeps_it_good() {
+        let (mut t, now, mut rng) = table(false);
+        let id = Id::random(&mut rng);
+        t.on_response(id, addr(1, 1), true, now);
+        let later = now + Duration::from_secs(800);
+        t.on_query(id, addr(1, 1), true, later);
+        let check = now + Duration::from_secs(1000);
+        assert_eq!(
+            t.get(&id)
+                .unwrap()
+                .liveness(check, Duration::from_secs(900)),
+            Liveness::Good
+        );
+        assert!(t
+            .nodes_to_ping(check, 8, Duration::from_secs(60))
+            .is_empty());
+        // A node that never answered stays unconfirmed however often it queries.
+        let q = Id::random(&mut rng);
+        t.on_query(q, addr(2, 1), true, now);
+        t.on_query(q, addr(2, 1), true, later);
+        assert_eq!(
+            t.get(&q).unwrap().liveness(later, Duration::from_secs(900)),
+            Liveness::Questionable
+        );
     }
 
     #[test]

@@ -450,14 +450,18 @@ fn lookup_table(rows: &[(&str, &dht_lookup::LookupReport)], a: &LookupArgs) -> T
         "done_p99_ms",
         "queries_p50",
         "queries_mean",
+        "hops_p50",
+        "hops_mean",
+        "hops_max",
         "rtt_p50_ms",
     ]);
     for (label, r) in rows {
-        let (mut first, mut found, mut done, mut q) = (
+        let (mut first, mut found, mut done, mut q, mut hops) = (
             r.time_to_first_peer(),
             r.time_to_found(),
             r.time_to_done(),
             r.queries(),
+            r.hops(),
         );
         t.row(vec![
             label.to_string(),
@@ -478,6 +482,9 @@ fn lookup_table(rows: &[(&str, &dht_lookup::LookupReport)], a: &LookupArgs) -> T
             ms(done.percentile(99.0)),
             format!("{:.0}", q.percentile(50.0)),
             format!("{:.1}", q.mean()),
+            format!("{:.0}", hops.percentile(50.0)),
+            format!("{:.2}", hops.mean()),
+            format!("{:.0}", hops.percentile(100.0)),
             format!("{:.0}", r.median_rtt.as_secs_f64() * 1e3),
         ]);
     }

@@ -35,7 +35,7 @@ fn a_fifth_of_nodes_answering_garbage_does_not_break_lookups() {
 }
 
 #[test]
-fn sybils_next_to_the_target_are_queried_and_success_is_reported_per_share() {
+fn sybils_next_to_the_target_are_queried_but_cannot_eclipse_it() {
     let points = run(&params(AttackKind::Sybil, vec![0.0, 0.3]));
     let (clean, attacked) = (&points[0].report, &points[1].report);
     assert!(
@@ -50,5 +50,11 @@ fn sybils_next_to_the_target_are_queried_and_success_is_reported_per_share() {
         "{}",
         attacked.attacker_answers
     );
-    assert!(attacked.success_rate() <= clean.success_rate());
+    // BEP 42: the Sybils' ids are not valid for their addresses, so they may take at most
+    // half of the closest places; the verified half still finds the announcers.
+    assert!(
+        attacked.success_rate() >= 0.95,
+        "30% Sybils: success {}",
+        attacked.success_rate()
+    );
 }

@@ -23,4 +23,10 @@ fn without_churn_at_least_99_percent_of_searches_find_the_announcer() {
         p50 < 4.0 * report.median_rtt.as_secs_f64(),
         "median {p50} s"
     );
+    // Hops to the closest node: more than our own table's one, a handful in 1,000 nodes.
+    let mut hops = report.hops();
+    assert_eq!(hops.len(), report.queries().len());
+    let (h50, hmax) = (hops.percentile(50.0), hops.percentile(100.0));
+    assert!((2.0..=5.0).contains(&h50), "median hops {h50}");
+    assert!(hmax <= 12.0, "max hops {hmax}");
 }

@@ -46,6 +46,8 @@ pub struct LookupRecord {
     pub found: Option<SimTime>,
     pub done: Option<SimTime>,
     pub queries: u32,
+    /// Referral rounds to the closest node that answered (from `LookupDone`).
+    pub hops: u32,
     /// The searcher left before its lookup finished: excluded from the success rate.
     pub aborted: bool,
 }
@@ -116,6 +118,14 @@ impl LookupReport {
         self.measured()
             .filter(|r| r.done.is_some())
             .map(|r| f64::from(r.queries))
+            .collect()
+    }
+
+    /// Hops per finished search (referral rounds to the closest node that answered).
+    pub fn hops(&self) -> Samples {
+        self.measured()
+            .filter(|r| r.done.is_some())
+            .map(|r| f64::from(r.hops))
             .collect()
     }
 }
@@ -204,6 +214,7 @@ pub fn run(p: &LookupParams) -> LookupReport {
                     found: None,
                     done: None,
                     queries: 0,
+                    hops: 0,
                     aborted: false,
                 });
             }
@@ -246,7 +257,10 @@ pub fn run(p: &LookupParams) -> LookupReport {
                     }
                 }
                 Event::LookupDone {
-                    lookup, queries, ..
+                    lookup,
+                    queries,
+                    hops,
+                    ..
                 } => {
                     // An announce also ends its traversal with LookupDone: leave it pending.
                     if let Some(&Pending::Search(idx)) = pending.get(&(h, lookup)) {
@@ -254,6 +268,7 @@ pub fn run(p: &LookupParams) -> LookupReport {
                         let r = &mut records[idx];
                         r.done = Some(now);
                         r.queries = queries;
+                        r.hops = hops;
                     }
                 }
                 _ => {}
