@@ -388,16 +388,27 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
         e.strikes < self.cfg.max_strikes
     }
 
+    /// Usable, and has not rejected every block it could still be asked for (those of its
+    /// size the current attempt lacks). A peer that rejected them all keeps no size alive.
+    fn can_serve(&self, e: &PeerEntry) -> bool {
+        let have = |i: u32| {
+            self.assembly.as_ref().is_some_and(|a| {
+                a.size == e.size && matches!(a.blocks[i as usize], Block::Have { .. })
+            })
+        };
+        self.usable(e) && (0..block_count(e.size)).any(|i| !e.rejected.contains(&i) && !have(i))
+    }
+
     /// Hands missing blocks to peers with spare capacity.
     fn schedule(&mut self, now: Instant) {
         if self.done {
             return;
         }
-        // Start (or restart with another size) when no usable peer serves the current one.
+        // Start (or restart with another size) when no peer can serve the current one.
         let current_served = self.assembly.as_ref().is_some_and(|a| {
             self.peers
                 .values()
-                .any(|e| e.size == a.size && self.usable(e))
+                .any(|e| e.size == a.size && self.can_serve(e))
         });
         if !current_served {
             let Some(size) = self.most_claimed_size() else {
@@ -484,10 +495,10 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
             .map(|(p, _)| *p)
     }
 
-    /// The metadata size most usable peers agree on (ties: the smallest).
+    /// The metadata size most peers that can serve agree on (ties: the smallest).
     fn most_claimed_size(&self) -> Option<u64> {
         let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-        for e in self.peers.values().filter(|e| self.usable(e)) {
+        for e in self.peers.values().filter(|e| self.can_serve(e)) {
             *votes.entry(e.size).or_default() += 1;
         }
         votes
@@ -572,5 +583,34 @@ mod tests {
             drain(&mut f),
             vec![FetchEvent::Request { peer: 5, piece: 0 }]
         );
+    }
+
+    #[test]
+    fn a_peer_that_rejects_its_bogus_size_does_not_stall_the_fetch() {
+        // Found by fuzz/metadata_fetcher: peer 1 claims a 1-byte metadata and rejects its
+        // only block. It still had strikes to spare, so its size stayed "served" and the
+        // honest peer with the real size was never asked: the fetch stalled for good.
+        let (bytes, ih) = info(100);
+        let t0 = Instant::now();
+        let mut f = MetadataFetcher::new(ih, FetcherConfig::default());
+        f.add_peer(t0, 1, Some(1));
+        assert_eq!(
+            drain(&mut f),
+            vec![FetchEvent::Request { peer: 1, piece: 0 }]
+        );
+        let reject = MetadataMessage::Reject { piece: 0 };
+        assert_eq!(f.on_message(t0, 1, &reject), Verdict::Accepted);
+        assert_eq!(f.add_peer(t0, 2, Some(100)), Verdict::Accepted);
+        assert_eq!(
+            drain(&mut f),
+            vec![FetchEvent::Request { peer: 2, piece: 0 }]
+        );
+        let msg = MetadataMessage::Data {
+            piece: 0,
+            total_size: 100,
+            data: bytes.clone(),
+        };
+        assert_eq!(f.on_message(t0, 2, &msg), Verdict::Accepted);
+        assert_eq!(drain(&mut f), vec![FetchEvent::Complete { info: bytes }]);
     }
 }
