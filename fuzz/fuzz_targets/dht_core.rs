@@ -223,7 +223,14 @@ impl Harness {
             }
             // A well-formed query.
             2 | 3 => {
-                let from = self.addr(u)?;
+                // The kernel delivers no datagram from port 0, a multicast or an
+                // unspecified address.
+                let from = Some(self.addr(u)?)
+                    .filter(|a| {
+                        let ip = canonical_addr(*a).ip();
+                        a.port() != 0 && !ip.is_multicast() && !ip.is_unspecified()
+                    })
+                    .unwrap_or(self.sources[0]);
                 let id = self.id(u)?;
                 let target = self.id(u)?;
                 let kind = match u.int_in_range(0..=5u8)? {
@@ -269,8 +276,12 @@ impl Harness {
                 }
                 let back = u.int_in_range(1..=self.sent.len().min(16))?;
                 let (to, t) = self.sent[self.sent.len() - back].clone();
-                // Sometimes from the wrong address (a spoofed or confused reply).
-                let from = if u.ratio(1, 8)? { self.addr(u)? } else { to };
+                // Sometimes from another source (a spoofed or confused reply).
+                let from = if u.ratio(1, 8)? {
+                    self.sources[u.choose_index(self.sources.len())?]
+                } else {
+                    to
+                };
                 let body = if u.ratio(1, 6)? {
                     Body::Error(KrpcError {
                         code: 201,

@@ -166,7 +166,19 @@ impl Harness {
                 }
                 let v = self.f.on_message(self.now, peer, &msg);
                 if std::env::var_os("FUZZ_DEBUG").is_some() {
-                    eprintln!("{peer} sends {msg:?}: {v:?}");
+                    let shown = match &msg {
+                        MetadataMessage::Data {
+                            piece,
+                            total_size,
+                            data,
+                        } => format!(
+                            "data {piece} total {total_size} len {} good {}",
+                            data.len(),
+                            *data == self.block(*piece)
+                        ),
+                        other => format!("{other:?}"),
+                    };
+                    eprintln!("{peer} sends {shown}: {v:?}");
                 }
             }
             7 => {
@@ -206,22 +218,24 @@ impl Harness {
         // Each silent peer can hold the fetch for at most `max_strikes` timeouts per
         // block it is asked for; a generous bound on rounds.
         for _ in 0..500 {
-            if self.completed {
-                return;
-            }
-            let asked: Vec<u32> = self
-                .asked
-                .remove(&HONEST)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            for piece in asked {
+            // The honest peer answers everything it is asked at once (also what its
+            // answers lead to), so it never times out; then the silent ones time out.
+            for _ in 0..1_000 {
+                if self.completed {
+                    return;
+                }
+                let Some(piece) = self.asked.get_mut(&HONEST).and_then(|s| s.pop_first()) else {
+                    break;
+                };
                 let msg = MetadataMessage::Data {
                     piece,
                     total_size: size,
                     data: self.block(piece),
                 };
                 let v = self.f.on_message(self.now, HONEST, &msg);
+                if std::env::var_os("FUZZ_DEBUG").is_some() {
+                    eprintln!("honest sends {piece}: {v:?}");
+                }
                 assert!(
                     !matches!(v, wire::extension::Verdict::Violation(_)),
                     "honest data refused: {v:?}"
@@ -229,6 +243,9 @@ impl Harness {
                 self.drain();
             }
             self.now += self.cfg.request_timeout;
+            if std::env::var_os("FUZZ_DEBUG").is_some() {
+                eprintln!("timeout, progress {:?}", self.f.progress());
+            }
             self.f.handle_timeout(self.now);
             self.drain();
         }
