@@ -453,6 +453,10 @@ impl Dht {
     /// Pings `addr` (e.g. a peer's DHT port from a BEP 5 PORT message). If it answers it
     /// may enter the routing table; [`Event::Pong`] or [`Event::PingTimeout`] follows.
     pub fn ping(&mut self, now: Instant, addr: SocketAddr) {
+        if !dialable(&addr) {
+            self.events.push_back(Event::PingTimeout { addr });
+            return;
+        }
         self.enqueue(
             canonical_addr(addr),
             QueryKind::Ping,
@@ -464,6 +468,9 @@ impl Dht {
 
     /// Adds a node we learned of elsewhere (e.g. a torrent's `nodes`): it is pinged.
     pub fn add_node(&mut self, now: Instant, addr: SocketAddr) {
+        if !dialable(&addr) {
+            return;
+        }
         self.enqueue(canonical_addr(addr), QueryKind::Ping, TxKind::Ping, None);
         self.flush(now);
     }
@@ -1411,4 +1418,11 @@ impl Dht {
             self.enqueue(n.addr, QueryKind::Ping, TxKind::Ping, None);
         }
     }
+}
+
+/// An address a query can go to: not port 0, not unspecified, not multicast (the same
+/// rule `lookup_response` applies to nodes learned from replies).
+fn dialable(addr: &SocketAddr) -> bool {
+    let ip = canonical_addr(*addr).ip();
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast()
 }

@@ -388,16 +388,27 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
         e.strikes < self.cfg.max_strikes
     }
 
+    /// Usable, and has not rejected every block it could still be asked for (those of its
+    /// size the current attempt lacks). A peer that rejected them all keeps no size alive.
+    fn can_serve(&self, e: &PeerEntry) -> bool {
+        let have = |i: u32| {
+            self.assembly.as_ref().is_some_and(|a| {
+                a.size == e.size && matches!(a.blocks[i as usize], Block::Have { .. })
+            })
+        };
+        self.usable(e) && (0..block_count(e.size)).any(|i| !e.rejected.contains(&i) && !have(i))
+    }
+
     /// Hands missing blocks to peers with spare capacity.
     fn schedule(&mut self, now: Instant) {
         if self.done {
             return;
         }
-        // Start (or restart with another size) when no usable peer serves the current one.
+        // Start (or restart with another size) when no peer can serve the current one.
         let current_served = self.assembly.as_ref().is_some_and(|a| {
             self.peers
                 .values()
-                .any(|e| e.size == a.size && self.usable(e))
+                .any(|e| e.size == a.size && self.can_serve(e))
         });
         if !current_served {
             let Some(size) = self.most_claimed_size() else {
@@ -419,10 +430,12 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
         let Some(size) = self.assembly.as_ref().map(|a| a.size) else {
             return;
         };
+        // A source that rejected every block still missing (maybe before it became the
+        // source) is never asked again, so it would never be struck out: replace it.
         if self.single_source
             && !self
                 .source
-                .is_some_and(|s| self.peers.get(&s).is_some_and(|e| self.usable(e)))
+                .is_some_and(|s| self.peers.get(&s).is_some_and(|e| self.can_serve(e)))
         {
             self.source = self.pick_source(size);
         }
@@ -484,10 +497,10 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
             .map(|(p, _)| *p)
     }
 
-    /// The metadata size most usable peers agree on (ties: the smallest).
+    /// The metadata size most peers that can serve agree on (ties: the smallest).
     fn most_claimed_size(&self) -> Option<u64> {
         let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-        for e in self.peers.values().filter(|e| self.usable(e)) {
+        for e in self.peers.values().filter(|e| self.can_serve(e)) {
             *votes.entry(e.size).or_default() += 1;
         }
         votes
@@ -572,5 +585,92 @@ mod tests {
             drain(&mut f),
             vec![FetchEvent::Request { peer: 5, piece: 0 }]
         );
+    }
+
+    #[test]
+    fn a_peer_that_rejects_its_bogus_size_does_not_stall_the_fetch() {
+        // Found by fuzz/metadata_fetcher: peer 1 claims a 1-byte metadata and rejects its
+        // only block. It still had strikes to spare, so its size stayed "served" and the
+        // honest peer with the real size was never asked: the fetch stalled for good.
+        let (bytes, ih) = info(100);
+        let t0 = Instant::now();
+        let mut f = MetadataFetcher::new(ih, FetcherConfig::default());
+        f.add_peer(t0, 1, Some(1));
+        assert_eq!(
+            drain(&mut f),
+            vec![FetchEvent::Request { peer: 1, piece: 0 }]
+        );
+        let reject = MetadataMessage::Reject { piece: 0 };
+        assert_eq!(f.on_message(t0, 1, &reject), Verdict::Accepted);
+        assert_eq!(f.add_peer(t0, 2, Some(100)), Verdict::Accepted);
+        assert_eq!(
+            drain(&mut f),
+            vec![FetchEvent::Request { peer: 2, piece: 0 }]
+        );
+        let msg = MetadataMessage::Data {
+            piece: 0,
+            total_size: 100,
+            data: bytes.clone(),
+        };
+        assert_eq!(f.on_message(t0, 2, &msg), Verdict::Accepted);
+        assert_eq!(drain(&mut f), vec![FetchEvent::Complete { info: bytes }]);
+    }
+
+    #[test]
+    fn a_single_source_that_rejected_a_missing_block_is_replaced() {
+        use crate::extension::METADATA_BLOCK_LEN;
+        // Found by fuzz/metadata_fetcher: after an ambiguous mismatch the job went to
+        // peer 4, which had rejected block 1 in the earlier attempt. It was never asked
+        // for block 1 again (so never struck) and stayed the source: block 1 was never
+        // requested from anyone, even from an honest peer that joined.
+        let (bytes, ih) = info(METADATA_BLOCK_LEN + 1);
+        let size = bytes.len() as u64;
+        let data = |piece: u32| MetadataMessage::Data {
+            piece,
+            total_size: size,
+            data: bytes.slice(
+                piece as usize * METADATA_BLOCK_LEN
+                    ..(piece as usize * METADATA_BLOCK_LEN + METADATA_BLOCK_LEN).min(bytes.len()),
+            ),
+        };
+        let t0 = Instant::now();
+        let mut f = MetadataFetcher::new(ih, FetcherConfig::default());
+        f.add_peer(t0, 4, Some(size));
+        drain(&mut f);
+        f.on_message(t0, 4, &data(0));
+        f.add_peer(t0, 3, Some(size));
+        f.on_message(t0, 4, &MetadataMessage::Reject { piece: 1 });
+        assert_eq!(
+            drain(&mut f),
+            vec![FetchEvent::Request { peer: 3, piece: 1 }]
+        );
+        let lie = MetadataMessage::Data {
+            piece: 1,
+            total_size: size,
+            data: Bytes::from_static(b"x"),
+        };
+        f.on_message(t0, 3, &lie);
+        assert!(matches!(
+            drain(&mut f)[..],
+            [FetchEvent::HashMismatch { culprit: None, .. }, ..]
+        ));
+        // Peer 3 is the source now, rejects block 0; the job goes to peer 4.
+        f.on_message(t0, 3, &MetadataMessage::Reject { piece: 0 });
+        assert_eq!(
+            drain(&mut f),
+            vec![FetchEvent::Request { peer: 4, piece: 0 }]
+        );
+        f.on_message(t0, 4, &data(0));
+        f.add_peer(t0, 5, Some(size));
+        drain(&mut f);
+        // Peer 3's request for block 1 times out: the honest peer 5 must get it.
+        let t1 = t0 + FetcherConfig::default().request_timeout;
+        f.handle_timeout(t1);
+        assert_eq!(
+            drain(&mut f),
+            vec![FetchEvent::Request { peer: 5, piece: 1 }]
+        );
+        f.on_message(t1, 5, &data(1));
+        assert_eq!(drain(&mut f), vec![FetchEvent::Complete { info: bytes }]);
     }
 }
