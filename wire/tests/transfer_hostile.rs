@@ -71,6 +71,21 @@ impl Raw {
         }
     }
 
+    /// Reads until the other side unchokes us; panics if it closes or takes too long.
+    async fn until_unchoked(&mut self) {
+        let unchoked = tokio::time::timeout(LIMIT, async {
+            while let Some(m) = self.recv().await {
+                if m == Message::Unchoke {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .expect("unchoked in time");
+        assert!(unchoked, "closed before unchoking us");
+    }
+
     /// Reads until the other side closes (bounded by the test's timeouts).
     async fn until_closed(&mut self) {
         while self.recv().await.is_some() {}
@@ -316,17 +331,7 @@ async fn request_outside_the_torrent_is_refused_by_the_seeder() {
     let mut r = Raw::handshake(stream, sw.meta.info_hash).await;
     r.send(Message::HaveNone).await;
     r.send(Message::Interested).await;
-    let unchoked = tokio::time::timeout(LIMIT, async {
-        while let Some(m) = r.recv().await {
-            if m == Message::Unchoke {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap();
-    assert!(unchoked);
+    r.until_unchoked().await;
     r.send(Message::Request(BlockRequest {
         piece: 1_000_000,
         offset: 0,
@@ -376,17 +381,7 @@ async fn peer_that_requests_but_never_reads_gets_a_bounded_amount() {
     let stream = socket.connect(seeder.listen_addr().unwrap()).await.unwrap();
     let mut r = Raw::handshake(stream, meta.info_hash).await;
     r.send(Message::Interested).await;
-    let unchoked = tokio::time::timeout(LIMIT, async {
-        while let Some(m) = r.recv().await {
-            if m == Message::Unchoke {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap();
-    assert!(unchoked);
+    r.until_unchoked().await;
     // Ask for every block (within the seeder's request queue limit), then stop reading.
     let blocks = (24u32 << 20) / 16384;
     let mut out = BytesMut::new();

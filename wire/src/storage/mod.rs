@@ -245,15 +245,19 @@ impl Storage {
         self.handles.get(&self.root, file, &path, access)
     }
 
-    /// Checks that `len` bytes at `offset` lie within piece `piece`.
-    fn check_block(&self, piece: u32, offset: u32, len: u32) -> Result<u64, StorageError> {
-        let piece_len = self
-            .layout
+    /// The length of piece `piece`, or the error for an index past the end.
+    fn piece_len(&self, piece: u32) -> Result<u32, StorageError> {
+        self.layout
             .piece_len(piece)
             .ok_or(StorageError::PieceOutOfRange {
                 piece,
                 count: self.layout.piece_count(),
-            })?;
+            })
+    }
+
+    /// Checks that `len` bytes at `offset` lie within piece `piece`.
+    fn check_block(&self, piece: u32, offset: u32, len: u32) -> Result<u64, StorageError> {
+        let piece_len = self.piece_len(piece)?;
         if (offset as u64) + (len as u64) > piece_len as u64 {
             return Err(StorageError::BlockOutOfRange {
                 piece,
@@ -294,13 +298,7 @@ impl Storage {
     /// Reads a whole piece (whether or not it is verified: callers serve only pieces
     /// they have).
     pub fn read_piece(&self, piece: u32) -> Result<Bytes, StorageError> {
-        let len = self
-            .layout
-            .piece_len(piece)
-            .ok_or(StorageError::PieceOutOfRange {
-                piece,
-                count: self.layout.piece_count(),
-            })?;
+        let len = self.piece_len(piece)?;
         let mut buf = vec![0u8; len as usize];
         self.read_at_stream(piece as u64 * self.layout.piece_length() as u64, &mut buf)?;
         Ok(Bytes::from(buf))
@@ -364,13 +362,7 @@ impl Storage {
         piece: u32,
         parts: &[P],
     ) -> Result<bool, StorageError> {
-        let expected = self
-            .layout
-            .piece_len(piece)
-            .ok_or(StorageError::PieceOutOfRange {
-                piece,
-                count: self.layout.piece_count(),
-            })?;
+        let expected = self.piece_len(piece)?;
         let got: usize = parts.iter().map(|p| p.as_ref().len()).sum();
         if got != expected as usize {
             return Err(StorageError::WrongPieceSize {
@@ -422,13 +414,7 @@ impl Storage {
     }
 
     fn verify_into(&self, piece: u32, buf: &mut Vec<u8>) -> Result<bool, StorageError> {
-        let len = self
-            .layout
-            .piece_len(piece)
-            .ok_or(StorageError::PieceOutOfRange {
-                piece,
-                count: self.layout.piece_count(),
-            })?;
+        let len = self.piece_len(piece)?;
         buf.resize(len as usize, 0);
         match self.read_at_stream(piece as u64 * self.layout.piece_length() as u64, buf) {
             Ok(()) => Ok(self.hash_matches(piece, buf)),
