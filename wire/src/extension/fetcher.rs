@@ -431,11 +431,14 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
             return;
         };
         // A source that rejected every block still missing (maybe before it became the
-        // source) is never asked again, so it would never be struck out: replace it.
+        // source) is never asked again, so it would never be struck out: replace it. So
+        // is one whose new handshake claims another size.
         if self.single_source
-            && !self
-                .source
-                .is_some_and(|s| self.peers.get(&s).is_some_and(|e| self.can_serve(e)))
+            && !self.source.is_some_and(|s| {
+                self.peers
+                    .get(&s)
+                    .is_some_and(|e| e.size == size && self.can_serve(e))
+            })
         {
             self.source = self.pick_source(size);
         }
@@ -672,5 +675,48 @@ mod tests {
         );
         f.on_message(t1, 5, &data(1));
         assert_eq!(drain(&mut f), vec![FetchEvent::Complete { info: bytes }]);
+    }
+
+    #[test]
+    fn a_source_that_changes_its_size_is_not_asked_for_blocks_beyond_it() {
+        // Found by fuzz/metadata_fetcher: the single source sent a second handshake with
+        // another metadata_size and was still asked for block 2 of the old size.
+        let (bytes, ih) = info(40_000);
+        let good = |piece: usize| MetadataMessage::Data {
+            piece: piece as u32,
+            total_size: 40_000,
+            data: bytes.slice(piece * 16_384..((piece + 1) * 16_384).min(40_000)),
+        };
+        let t0 = Instant::now();
+        let mut f = MetadataFetcher::new(ih, FetcherConfig::default());
+        f.add_peer(t0, 3, Some(40_000));
+        f.add_peer(t0, 1, Some(40_000));
+        drain(&mut f);
+        f.on_message(t0, 3, &good(0));
+        f.add_peer(t0, 0, Some(40_000));
+        let lie = MetadataMessage::Data {
+            piece: 1,
+            total_size: 40_000,
+            data: bytes.slice(..16_384),
+        };
+        f.on_message(t0, 3, &lie);
+        f.on_message(t0, 1, &good(2));
+        let events = drain(&mut f);
+        assert!(matches!(events[0], FetchEvent::HashMismatch { .. }));
+        assert_eq!(
+            events[1..],
+            [
+                FetchEvent::Request { peer: 0, piece: 0 },
+                FetchEvent::Request { peer: 0, piece: 1 }
+            ]
+        );
+        assert_eq!(f.add_peer(t0, 0, Some(51)), Verdict::Accepted);
+        let events = drain(&mut f);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, FetchEvent::Request { peer: 0, .. })),
+            "{events:?}"
+        );
     }
 }
