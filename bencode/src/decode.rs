@@ -339,18 +339,18 @@ mod tests {
     /// seconds unoptimised); now they are a few milliseconds. The bound is generous so a
     /// loaded machine does not make this flaky.
     #[test]
-    fn unsorted_dictionaries_decode_in_linear_time() {
+    fn many_unsorted_keys_decode_and_a_late_duplicate_is_found() {
+        // 50,000 keys in reverse order: the set-based duplicate check handles this in
+        // linear time (the old scan took 48 s unoptimised; see `cargo bench` or the
+        // fuzz target for speed: tests assert no wall-clock times).
         let n = 50_000;
         let mut input = b"d".to_vec();
         for i in (0..n).rev() {
             input.extend_from_slice(format!("5:{i:05}0:").as_bytes());
         }
         input.push(b'e');
-        let start = std::time::Instant::now();
         let v = decode(&input).unwrap();
-        let took = start.elapsed();
         assert_eq!(v.as_dict().unwrap().len(), n);
-        assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
         // A duplicate at the very end is still found, at its offset.
         let dup_at = input.len() - 1;
         input.truncate(dup_at);
