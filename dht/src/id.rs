@@ -12,7 +12,7 @@ pub struct Id(pub [u8; 20]);
 impl Id {
     /// The id as two big-endian integers (high 128 bits, low 32 bits): cheap to compare.
     #[inline]
-    fn key(&self) -> (u128, u32) {
+    pub(crate) fn key(&self) -> (u128, u32) {
         let mut hi = [0u8; 16];
         hi.copy_from_slice(&self.0[..16]);
         let mut lo = [0u8; 4];

@@ -387,11 +387,8 @@ struct Key(u128, u32);
 
 impl Key {
     fn of(id: &Id) -> Key {
-        let b = &id.0;
-        Key(
-            u128::from_be_bytes(b[..16].try_into().expect("16 bytes")),
-            u32::from_be_bytes(b[16..].try_into().expect("4 bytes")),
-        )
+        let (hi, lo) = id.key();
+        Key(hi, lo)
     }
 
     fn id(&self) -> Id {
