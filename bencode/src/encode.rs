@@ -52,6 +52,18 @@ impl<'b> Encoder<'b> {
         self
     }
 
+    /// Writes a byte string of exactly `len` bytes produced by `fill`, with no buffer of
+    /// its own (e.g. compact node lists). Panics if `fill` writes another length, which
+    /// would corrupt the output.
+    pub fn bytes_with(&mut self, len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        push_decimal_u64(self.out, len as u64);
+        self.out.push(b':');
+        let start = self.out.len();
+        fill(self.out);
+        assert_eq!(self.out.len() - start, len, "bytes_with: wrong length");
+        self
+    }
+
     /// Copies already-encoded bencode (e.g. a raw info dictionary) verbatim.
     pub fn raw(&mut self, encoded: &[u8]) -> &mut Self {
         self.out.extend_from_slice(encoded);

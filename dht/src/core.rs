@@ -142,6 +142,9 @@ const REFRESH_AFTER_BOOTSTRAP: usize = 8;
 /// Liveness pings per housekeeping tick, and how soon the same node is pinged again.
 const PINGS_PER_TICK: usize = 2;
 const PING_REPEAT: Duration = Duration::from_secs(60);
+/// Longest sleep between housekeeping passes when nothing is due sooner: bounds how late
+/// stored peers expire and how long idle rate-limiter entries are kept.
+const IDLE_TICK_MAX: Duration = Duration::from_secs(60);
 /// Values in a get_peers reply to a source that never answered us (anti-amplification).
 const UNVERIFIED_VALUES: usize = 8;
 /// BEP 51 samples per reply.
@@ -190,7 +193,9 @@ pub struct Dht {
     /// Buffers of sent datagrams handed back by the driver, reused for replies.
     spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
+    /// When housekeeping runs next (see `tick`), and when it last ran.
     next_tick: Instant,
+    last_tick: Instant,
     last_bootstrap: Option<Instant>,
     bootstrap_backoff: Duration,
     bootstrap_lookup: Option<LookupId>,
@@ -275,6 +280,7 @@ impl Dht {
             spare: Vec::new(),
             events: VecDeque::new(),
             next_tick: now,
+            last_tick: now,
             last_bootstrap: None,
             bootstrap_backoff: REBOOTSTRAP_MIN,
             bootstrap_lookup: None,
@@ -375,7 +381,8 @@ impl Dht {
                 self.on_query_failed(now, tx, true);
             }
         }
-        if now >= self.next_tick {
+        self.drop_settled_timers();
+        if now >= self.housekeeping_due() {
             self.tick(now);
         }
         self.flush(now);
@@ -395,6 +402,13 @@ impl Dht {
         }
     }
 
+    /// An empty buffer for a datagram: a recycled one if we have it.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY))
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -402,7 +416,7 @@ impl Dht {
 
     /// When `handle_timeout` should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next = self.next_tick;
+        let mut next = self.housekeeping_due();
         if let Some((sent, _)) = self.slow_checks.front() {
             next = next.min(*sent + self.config.short_timeout);
         }
@@ -800,10 +814,7 @@ impl Dht {
             ro: false,
             body: Body::Response(r),
         };
-        let mut data = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY));
+        let mut data = self.take_buffer();
         reply.encode(&mut data);
         // Unconfirmed sources get one family and few values: see `fill_nodes`.
         self.stats.responses_sent += 1;
@@ -863,9 +874,27 @@ impl Dht {
 
     fn take_tx(&mut self, from: SocketAddr, t: &[u8]) -> Option<Tx> {
         let tid = u16::from_be_bytes(<[u8; 2]>::try_from(t).ok()?);
-        match self.transactions.get(&tid) {
+        let tx = match self.transactions.get(&tid) {
             Some(tx) if tx.addr == from => self.transactions.remove(&tid),
             _ => None,
+        };
+        self.drop_settled_timers();
+        tx
+    }
+
+    /// Pops timeout checks of transactions that are already settled off the fronts of
+    /// both queues, so that `poll_timeout` names the next deadline that can still fire
+    /// (otherwise every answered query would cost the driver two useless wake-ups).
+    fn drop_settled_timers(&mut self) {
+        let transactions = &self.transactions;
+        let live = |&(sent, tid): &(Instant, u16)| {
+            transactions.get(&tid).is_some_and(|tx| tx.sent == sent)
+        };
+        while self.slow_checks.front().is_some_and(|c| !live(c)) {
+            self.slow_checks.pop_front();
+        }
+        while self.deadlines.front().is_some_and(|c| !live(c)) {
+            self.deadlines.pop_front();
         }
     }
 
@@ -1015,6 +1044,23 @@ impl Dht {
     // internals: lookups
 
     fn start_lookup(&mut self, now: Instant, kind: LookupKind, target: Id) -> LookupId {
+        self.start_lookup_with(now, kind, target, None)
+    }
+
+    /// Refreshes bucket `prefix`: a find_node for a random id in its range that stops once
+    /// k nodes in that range have answered.
+    fn start_refresh(&mut self, now: Instant, own: Id, prefix: u32) -> LookupId {
+        let target = own.random_with_prefix(prefix, &mut self.rng);
+        self.start_lookup_with(now, LookupKind::Refresh, target, Some(prefix + 1))
+    }
+
+    fn start_lookup_with(
+        &mut self,
+        now: Instant,
+        kind: LookupKind,
+        target: Id,
+        fill_bits: Option<u32>,
+    ) -> LookupId {
         let lid = LookupId(self.next_lookup);
         self.next_lookup += 1;
         let mut l = Lookup::new(
@@ -1027,6 +1073,9 @@ impl Dht {
         )
         .with_one_per_ip(self.config.restrict_ips)
         .with_prefer_verified(self.config.bep42);
+        if let Some(bits) = fill_bits {
+            l = l.with_fill(bits);
+        }
         if kind.wants_peers() {
             // Our own store counts: in a tiny network we may be the one that was told.
             let stored =
@@ -1188,12 +1237,12 @@ impl Dht {
                 // not full, so the ranges between far and near get explored too.
                 let bucket = prefix.min(sizes.len() - 1);
                 if sizes[bucket] < self.config.k || prefix >= sizes.len() - 1 {
-                    targets.push(t.own_id().random_with_prefix(prefix as u32, &mut self.rng));
+                    targets.push((t.own_id(), prefix as u32));
                 }
             }
         }
-        for target in targets {
-            self.start_lookup(now, LookupKind::Refresh, target);
+        for (own, prefix) in targets {
+            self.start_refresh(now, own, prefix);
         }
     }
 
@@ -1303,10 +1352,9 @@ impl Dht {
                 kind: q.kind,
             }),
         };
-        self.transmits.push_back(Transmit {
-            to: q.addr,
-            data: msg.to_bytes(),
-        });
+        let mut data = self.take_buffer();
+        msg.encode(&mut data);
+        self.transmits.push_back(Transmit { to: q.addr, data });
         self.stats.queries_sent += 1;
         self.transactions.insert(
             tid,
@@ -1370,7 +1418,31 @@ impl Dht {
         }
     }
 
+    /// When `tick` runs next: as it planned, or at the regular tick if something changed
+    /// since (new nodes to confirm, or a table that may need a bootstrap).
+    fn housekeeping_due(&self) -> Instant {
+        let k = self.config.k;
+        let sparse = || {
+            // node_count() < k, without summing every bucket.
+            let mut tables = self.tables();
+            match (tables.next(), tables.next()) {
+                (Some(a), None) => !a.has_at_least(k),
+                _ => self.node_count() < k,
+            }
+        };
+        if self.tables().any(|t| t.ping_scan_pending()) || sparse() {
+            self.next_tick.min(self.last_tick + self.config.tick)
+        } else {
+            self.next_tick
+        }
+    }
+
+    /// Housekeeping. It runs every `config.tick` while there is work (joining, a sparse
+    /// table, pings waiting, a bootstrap pool to check); an idle node sleeps until its
+    /// next ping, bucket refresh or token rotation is due, at most `IDLE_TICK_MAX`, so
+    /// that 100,000 quiet nodes (or one on a laptop) do not wake every few seconds.
     fn tick(&mut self, now: Instant) {
+        self.last_tick = now;
         self.next_tick = now + self.config.tick;
         self.tokens.maybe_rotate(now, &mut self.rng);
         self.store.expire(now);
@@ -1397,17 +1469,31 @@ impl Dht {
         if count == 0 {
             return;
         }
-        // Refresh one stale bucket per tick (per family).
+        // Refresh one stale bucket per tick (per family): a bucket with room gets a
+        // lookup that fills it; a full one gets a single find_node (for a random id in
+        // its range) to its longest-silent node, since there is no room for what a
+        // lookup would find, and the answer proves the bucket live (marks it changed)
+        // while a failure counts against that node, as a ping's would.
         let refresh = self.config.bucket_refresh;
         let mut targets = Vec::new();
+        let mut probes = Vec::new();
         for t in self.table4.iter_mut().chain(self.table6.iter_mut()) {
             if let Some(&b) = t.stale_buckets(now, refresh).first() {
                 t.touch_bucket(b, now);
-                targets.push(t.own_id().random_with_prefix(b as u32, &mut self.rng));
+                match t.refresh_probe(b) {
+                    Some(n) => {
+                        let target = t.own_id().random_with_prefix(b as u32, &mut self.rng);
+                        probes.push((n.addr, target));
+                    }
+                    None => targets.push((t.own_id(), b as u32)),
+                }
             }
         }
-        for target in targets {
-            self.start_lookup(now, LookupKind::Refresh, target);
+        for (own, prefix) in targets {
+            self.start_refresh(now, own, prefix);
+        }
+        for (addr, target) in probes {
+            self.enqueue(addr, QueryKind::FindNode { target }, TxKind::Ping, None);
         }
         // Check a few questionable or unconfirmed nodes.
         let mut pings = Vec::new();
@@ -1416,6 +1502,16 @@ impl Dht {
         }
         for n in pings {
             self.enqueue(n.addr, QueryKind::Ping, TxKind::Ping, None);
+        }
+        let busy = self.pool4.is_some() || self.pool6.is_some() || !self.queue.is_empty();
+        if !busy {
+            let refresh = self.config.bucket_refresh;
+            let due = self
+                .tables()
+                .map(|t| t.next_due(now, refresh))
+                .fold(self.tokens.next_rotation(), Instant::min)
+                .min(now + IDLE_TICK_MAX);
+            self.next_tick = due.max(self.next_tick);
         }
     }
 }

@@ -229,11 +229,16 @@ pub fn decode_nodes(b: &[u8], entry: usize) -> Vec<NodeInfo> {
 /// Packs nodes of one family into compact node info.
 pub fn encode_nodes<'n>(nodes: impl IntoIterator<Item = &'n NodeInfo>) -> Vec<u8> {
     let mut out = Vec::new();
+    push_nodes(&mut out, nodes);
+    out
+}
+
+/// Appends nodes as compact node info (26 bytes each for IPv4, 38 for IPv6).
+fn push_nodes<'n>(out: &mut Vec<u8>, nodes: impl IntoIterator<Item = &'n NodeInfo>) {
     for n in nodes {
         out.extend_from_slice(&n.id.0);
-        push_compact_addr(&mut out, &n.addr);
+        push_compact_addr(out, &n.addr);
     }
-    out
 }
 
 fn is_v4(addr: &SocketAddr) -> bool {
@@ -515,13 +520,19 @@ fn encode_response(e: &mut Encoder<'_>, r: &Response) {
     if let Some(interval) = r.interval {
         e.key(b"interval").int(interval);
     }
-    let v4: Vec<&NodeInfo> = r.nodes.iter().filter(|n| is_v4(&n.addr)).collect();
-    if !v4.is_empty() {
-        e.key(b"nodes").bytes(&encode_nodes(v4));
+    // Compact node lists go straight into the datagram (this is the hot path of every
+    // find_node and get_peers reply).
+    let v4 = || r.nodes.iter().filter(|n| is_v4(&n.addr));
+    let count = v4().count();
+    if count > 0 {
+        e.key(b"nodes")
+            .bytes_with(count * 26, |out| push_nodes(out, v4()));
     }
-    let v6: Vec<&NodeInfo> = r.nodes6.iter().filter(|n| !is_v4(&n.addr)).collect();
-    if !v6.is_empty() {
-        e.key(b"nodes6").bytes(&encode_nodes(v6));
+    let v6 = || r.nodes6.iter().filter(|n| !is_v4(&n.addr));
+    let count = v6().count();
+    if count > 0 {
+        e.key(b"nodes6")
+            .bytes_with(count * 38, |out| push_nodes(out, v6()));
     }
     if let Some(num) = r.num {
         e.key(b"num").int(num);

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 
 use crate::id::Id;
 use crate::krpc::NodeInfo;
+use crate::routing::addr_key;
 
 /// Identifies a lookup in events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,6 +61,8 @@ struct Candidate {
     /// Unknown for bootstrap addresses until they answer.
     id: Option<Id>,
     addr: SocketAddr,
+    /// `routing::addr_key(addr)`: a cheap first test in the duplicate checks.
+    addr_key: u64,
     state: State,
     token: Option<Vec<u8>>,
     /// Its id is valid for its IP under BEP 42 (or the IP is exempt, or the lookup does
@@ -118,6 +121,9 @@ pub struct Lookup {
     /// Hop count given to nodes added next: one more than the node that answered last
     /// (the core adds a reply's nodes right after reporting the reply).
     next_hop: u8,
+    /// Bucket refresh: done once k nodes sharing at least this many leading bits with the
+    /// target have answered (see [`Lookup::with_fill`]).
+    fill_bits: Option<u32>,
 }
 
 impl Lookup {
@@ -146,7 +152,32 @@ impl Lookup {
             one_per_ip: false,
             prefer_verified: false,
             next_hop: 1,
+            fill_bits: None,
         }
+    }
+
+    /// Makes this a bucket-filling lookup: it is done as soon as `k` nodes that share at
+    /// least `bits` leading bits with the target have answered. A refresh only needs k
+    /// live nodes in the bucket's range (each answer puts its node in our table); the
+    /// exact k closest to a random id in it are worth nothing, and converging on them
+    /// costs about twice the queries.
+    pub fn with_fill(mut self, bits: u32) -> Lookup {
+        self.fill_bits = Some(bits);
+        self
+    }
+
+    /// Whether a bucket-filling lookup has its k nodes.
+    fn filled(&self) -> bool {
+        let Some(bits) = self.fill_bits else {
+            return false;
+        };
+        // Candidates are sorted by distance, so the ones in range come first.
+        self.candidates
+            .iter()
+            .take_while(|c| c.id.is_some() && c.rank.1.leading_zeros() >= bits)
+            .filter(|c| c.state == State::Responded)
+            .nth(self.k - 1)
+            .is_some()
     }
 
     /// Checks candidates' ids against their IPs (BEP 42) and lets unverified ones take at
@@ -209,8 +240,13 @@ impl Lookup {
     pub fn add_nodes<'n>(&mut self, nodes: impl IntoIterator<Item = &'n NodeInfo>) {
         for n in nodes {
             let one_per_ip = self.one_per_ip;
+            let key = addr_key(&n.addr);
+            // Keys of one IP share all but the low 16 bits (the port); equal keys are
+            // confirmed on the address itself, since IPv6 keys are hashes.
             if self.candidates.iter().any(|c| {
-                c.addr == n.addr || c.id == Some(n.id) || (one_per_ip && c.addr.ip() == n.addr.ip())
+                c.id == Some(n.id)
+                    || (c.addr_key == key && c.addr == n.addr)
+                    || (one_per_ip && c.addr_key >> 16 == key >> 16 && c.addr.ip() == n.addr.ip())
             }) {
                 continue;
             }
@@ -223,6 +259,7 @@ impl Lookup {
                 Candidate {
                     id: Some(n.id),
                     addr: n.addr,
+                    addr_key: key,
                     state: State::Fresh,
                     token: None,
                     verified,
@@ -243,6 +280,7 @@ impl Lookup {
             self.candidates.push(Candidate {
                 id: None,
                 addr,
+                addr_key: addr_key(&addr),
                 state: State::Fresh,
                 token: None,
                 verified: true,
@@ -280,7 +318,7 @@ impl Lookup {
     /// The next nodes to ask; they are marked in flight.
     pub fn next_queries(&mut self) -> Vec<(SocketAddr, Option<Id>)> {
         let mut out = Vec::new();
-        if self.phase != Phase::Traversal {
+        if self.phase != Phase::Traversal || self.filled() {
             return out;
         }
         loop {
@@ -358,6 +396,9 @@ impl Lookup {
     /// Whether the traversal has converged: the k closest live candidates all answered,
     /// or there is nobody left to ask and nothing in flight.
     pub fn traversal_done(&self) -> bool {
+        if self.filled() {
+            return true;
+        }
         let mut answered = 0;
         for i in self.window() {
             match self.candidates[i].state {
@@ -512,6 +553,55 @@ mod tests {
     fn empty_lookup_is_done() {
         let l = Lookup::new(LookupId(1), LookupKind::FindNode, Id::ZERO, 8, 3, 8);
         assert!(l.traversal_done());
+    }
+
+    /// Every reply names three nodes closer to the target than any before: a traversal
+    /// that must converge keeps chasing them; a bucket refresh stops once k nodes in its
+    /// range have answered.
+    #[test]
+    fn a_filling_lookup_stops_once_k_nodes_in_range_answered() {
+        fn run(fill: Option<u32>) -> (u32, u32) {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+            let target = Id::random(&mut rng);
+            // The i-th node named shares 5 + i leading bits with the target.
+            let mut named = 0u32;
+            let closer = |named: &mut u32, rng: &mut rand_chacha::ChaCha8Rng| -> Vec<NodeInfo> {
+                (0..3)
+                    .map(|_| {
+                        *named += 1;
+                        NodeInfo {
+                            id: target.random_with_prefix(4 + *named, rng),
+                            addr: SocketAddr::from(([10, 0, (*named >> 8) as u8, *named as u8], 1)),
+                        }
+                    })
+                    .collect()
+            };
+            let mut l = Lookup::new(LookupId(1), LookupKind::Refresh, target, 8, 3, 8);
+            if let Some(bits) = fill {
+                l = l.with_fill(bits);
+            }
+            l.add_nodes(&closer(&mut named, &mut rng));
+            let mut rounds = 0;
+            while !l.traversal_done() {
+                rounds += 1;
+                assert!(rounds < 1000);
+                for (addr, id) in l.next_queries() {
+                    l.on_response(&addr, id.unwrap(), None);
+                    if named < 140 {
+                        l.add_nodes(&closer(&mut named, &mut rng));
+                    }
+                }
+            }
+            (l.queries_sent, l.responses)
+        }
+        let (converge, _) = run(None);
+        let (fill, answered) = run(Some(5));
+        assert!(answered >= 8, "{answered}");
+        assert!(
+            fill <= 8 + 2,
+            "stops at k answers plus the queries in flight: {fill}"
+        );
+        assert!(converge > 3 * fill, "{converge} vs {fill}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use crate::id::Id;
 use crate::krpc::NodeInfo;
 
+/// Nodes noted for a one-by-one ping check before a full scan is cheaper.
+const RECHECK_MAX: usize = 64;
 /// Failures in a row after which an answering node is dropped.
 const MAX_FAILS: u8 = 2;
 
@@ -112,6 +114,9 @@ pub struct RoutingTable {
     /// No node can be due for a liveness ping before this (`None`: unknown, scan). Lets
     /// the housekeeping tick skip the scan of the whole table while nothing is due.
     ping_check_at: Option<Instant>,
+    /// Nodes that may have fallen due before `ping_check_at` (added unconfirmed, failed a
+    /// query): checked one by one, so that a newcomer does not cost a scan of the table.
+    recheck: Vec<SocketAddr>,
     /// [`addr_key`] of every node in the buckets (not the replacement caches), sorted:
     /// answers "is this address / IP in the table?" without reading every entry, which a
     /// node must ask for every newcomer that queries or answers it.
@@ -121,7 +126,7 @@ pub struct RoutingTable {
 /// A sortable key for an address: IPv4 as `ip << 16 | port` (exact); IPv6 as a 47-bit hash
 /// of the IP with the top bit set (collisions are possible, so a hit is confirmed on the
 /// entries). Keys of one IP are adjacent: `key >> 16` is the IP part.
-fn addr_key(addr: &SocketAddr) -> u64 {
+pub(crate) fn addr_key(addr: &SocketAddr) -> u64 {
     let ip = match addr.ip() {
         IpAddr::V4(v4) => u64::from(u32::from(v4)),
         IpAddr::V6(v6) => {
@@ -179,6 +184,7 @@ impl RoutingTable {
             good_for,
             buckets: vec![Bucket::new(now)],
             ping_check_at: None,
+            recheck: Vec::new(),
             addr_keys: Vec::new(),
         }
     }
@@ -359,10 +365,11 @@ impl RoutingTable {
     }
 
     fn insert_new(&mut self, entry: Entry, now: Instant) -> InsertOutcome {
+        let (addr, due) = (entry.addr, self.earliest_due(&entry));
         let out = self.insert_entry(entry, now);
         if out == InsertOutcome::Added {
             // The newcomer may be due for a ping (unconfirmed, or seen long ago).
-            self.ping_check_at = None;
+            self.note_due(addr, due, now);
         }
         out
     }
@@ -484,8 +491,9 @@ impl RoutingTable {
         {
             let r = bucket.replacements.remove(pos);
             index_add(&mut self.addr_keys, &r.addr);
+            let addr = r.addr;
             bucket.nodes.push(r);
-            self.ping_check_at = None;
+            self.note_recheck(addr);
         }
     }
 
@@ -498,7 +506,8 @@ impl RoutingTable {
             }
             return false;
         };
-        self.ping_check_at = None;
+        // Now questionable (or gone): due again once its last ping is old enough.
+        self.note_due(*addr, now, now);
         let e = &mut self.buckets[bi].nodes[ni];
         e.fails = e.fails.saturating_add(1);
         if e.liveness(now, self.good_for) == Liveness::Bad {
@@ -571,16 +580,29 @@ impl RoutingTable {
         let full = |v: &Vec<(Id, &Entry)>, u: &Vec<(Id, &Entry)>| {
             v.len() + u.len().min(max_unverified) >= count
         };
+        // Nearest first: the target's own bucket; then every deeper one (their nodes all
+        // differ from the target in the bit where the target leaves our prefix, so they
+        // tie on that and must all be read); then the shallower ones, deepest first.
         let p = self.bucket_index(target);
-        for b in &self.buckets[p..] {
-            consider(
-                b,
-                target,
-                count,
-                confirmed_only,
-                &mut verified,
-                &mut unverified,
-            );
+        consider(
+            &self.buckets[p],
+            target,
+            count,
+            confirmed_only,
+            &mut verified,
+            &mut unverified,
+        );
+        if !full(&verified, &unverified) {
+            for b in &self.buckets[p + 1..] {
+                consider(
+                    b,
+                    target,
+                    count,
+                    confirmed_only,
+                    &mut verified,
+                    &mut unverified,
+                );
+            }
         }
         for b in self.buckets[..p].iter().rev() {
             if full(&verified, &unverified) {
@@ -647,10 +669,80 @@ impl RoutingTable {
             .collect()
     }
 
+    /// For a refresh of a full bucket: its node heard from longest ago (`None` if the
+    /// bucket has room, which a full lookup should fill).
+    pub fn refresh_probe(&self, index: usize) -> Option<NodeInfo> {
+        let b = self.buckets.get(index)?;
+        if b.nodes.len() < self.k {
+            return None;
+        }
+        b.nodes.iter().min_by_key(|e| e.last_seen).map(Entry::info)
+    }
+
+    /// Whether the table holds at least `n` nodes (cheaper than `len` for small `n`).
+    pub fn has_at_least(&self, n: usize) -> bool {
+        let mut count = 0;
+        for b in &self.buckets {
+            count += b.nodes.len();
+            if count >= n {
+                return true;
+            }
+        }
+        n == 0
+    }
+
+    /// When this table next needs housekeeping: the next liveness ping or bucket refresh
+    /// that can fall due (`now` if a change since the last ping scan makes that unknown).
+    pub fn next_due(&self, now: Instant, refresh: Duration) -> Instant {
+        let Some(ping) = self.ping_check_at.filter(|_| self.recheck.is_empty()) else {
+            return now;
+        };
+        self.buckets
+            .iter()
+            .map(|b| b.last_changed + refresh)
+            .fold(ping, Instant::min)
+    }
+
+    /// Whether a change (a node added or promoted, a failure) means the next ping scan
+    /// may find work before the time the last scan computed.
+    pub fn ping_scan_pending(&self) -> bool {
+        self.ping_check_at.is_none() || !self.recheck.is_empty()
+    }
+
     /// Marks a bucket refreshed (a lookup into it was started).
     pub fn touch_bucket(&mut self, index: usize, now: Instant) {
         if let Some(b) = self.buckets.get_mut(index) {
             b.last_changed = now;
+        }
+    }
+
+    /// The earliest a node can fall due for a liveness ping (its last ping is not known
+    /// to the table's callers here, so this may be early, never late).
+    fn earliest_due(&self, e: &Entry) -> Instant {
+        if e.confirmed && e.fails == 0 {
+            e.last_seen + self.good_for
+        } else {
+            e.last_seen
+        }
+    }
+
+    /// Records that the node at `addr` may fall due at `due`.
+    fn note_due(&mut self, addr: SocketAddr, due: Instant, now: Instant) {
+        if due > now {
+            self.ping_check_at = self.ping_check_at.map(|t| t.min(due));
+        } else {
+            self.note_recheck(addr);
+        }
+    }
+
+    /// Queues the node at `addr` for a one-by-one check at the next `nodes_to_ping`.
+    fn note_recheck(&mut self, addr: SocketAddr) {
+        if self.recheck.len() < RECHECK_MAX {
+            self.recheck.push(addr);
+        } else {
+            // Many changes at once: one scan finds them all.
+            self.recheck.clear();
+            self.ping_check_at = None;
         }
     }
 
@@ -662,21 +754,43 @@ impl RoutingTable {
     /// pinged again after `repeat`), and only a change that can bring that time forward
     /// (a node added or promoted, a failure) makes the next call scan again.
     pub fn nodes_to_ping(&mut self, now: Instant, limit: usize, repeat: Duration) -> Vec<NodeInfo> {
-        if self.ping_check_at.is_some_and(|t| now < t) {
-            return Vec::new();
-        }
         let good_for = self.good_for;
+        let due_at = |e: &Entry| {
+            let again = e.pinged_at.map(|p| p + repeat);
+            if e.liveness(now, good_for) == Liveness::Good {
+                let questionable = e.last_seen + good_for;
+                again.map_or(questionable, |a| a.max(questionable))
+            } else {
+                again.unwrap_or(now)
+            }
+        };
         let mut out = Vec::new();
+        // The nodes noted since the last scan, one by one.
+        while let Some(addr) = self.recheck.pop() {
+            let Some((bi, ni)) = self.find_addr(&addr) else {
+                continue;
+            };
+            let e = &mut self.buckets[bi].nodes[ni];
+            let due = due_at(e);
+            if due > now {
+                self.ping_check_at = self.ping_check_at.map(|t| t.min(due));
+            } else if out.len() < limit {
+                e.pinged_at = Some(now);
+                out.push(e.info());
+                let again = now + repeat;
+                self.ping_check_at = self.ping_check_at.map(|t| t.min(again));
+            } else {
+                self.recheck.push(addr);
+                return out;
+            }
+        }
+        if self.ping_check_at.is_some_and(|t| now < t) {
+            return out;
+        }
         let mut next: Option<Instant> = None;
         for b in &mut self.buckets {
             for e in &mut b.nodes {
-                let again = e.pinged_at.map(|p| p + repeat);
-                let due_at = if e.liveness(now, good_for) == Liveness::Good {
-                    let questionable = e.last_seen + good_for;
-                    again.map_or(questionable, |a| a.max(questionable))
-                } else {
-                    again.unwrap_or(now)
-                };
+                let due_at = due_at(e);
                 if due_at <= now {
                     if out.len() >= limit {
                         // More are due than we may ping now: look again next time.
@@ -707,6 +821,7 @@ impl RoutingTable {
         self.own = own;
         self.buckets.push(Bucket::new(now));
         self.ping_check_at = None;
+        self.recheck.clear();
         self.addr_keys.clear();
         for e in old {
             if e.id != own {
@@ -1034,7 +1149,7 @@ mod tests {
     }
 
     #[test]
-    fn incremental_ping_scan_matches_a_full_scan() {
+    fn incremental_ping_checks_match_a_full_scan() {
         let (mut t, start, mut rng) = table(false);
         let mut known = Vec::new();
         let mut pinged = 0;
@@ -1060,15 +1175,24 @@ mod tests {
                 }
             }
             t.check_index();
+            // Every node due now, by a scan of the whole table.
             let mut full = t.clone();
             full.ping_check_at = None;
-            let want = full.nodes_to_ping(now, 2, Duration::from_secs(60));
+            full.recheck.clear();
+            let due: Vec<SocketAddr> = full
+                .nodes_to_ping(now, usize::MAX, Duration::from_secs(60))
+                .iter()
+                .map(|n| n.addr)
+                .collect();
             let got = t.nodes_to_ping(now, 2, Duration::from_secs(60));
             assert_eq!(
-                got.iter().map(|n| n.addr).collect::<Vec<_>>(),
-                want.iter().map(|n| n.addr).collect::<Vec<_>>(),
-                "step {step}"
+                got.len(),
+                due.len().min(2),
+                "step {step}: {got:?} of {due:?}"
             );
+            for n in &got {
+                assert!(due.contains(&n.addr), "step {step}: {n:?} is not due");
+            }
             pinged += got.len();
         }
         assert!(pinged > 50, "the scenario must exercise pings: {pinged}");

@@ -32,6 +32,11 @@ pub trait App {
     fn poll_transmit(&mut self, now: Instant) -> Option<Transmit>;
     fn poll_timeout(&mut self) -> Option<Instant>;
     fn poll_output(&mut self) -> Option<Self::Output>;
+    /// Takes back the buffer of a datagram it was handed, for reuse (as the tokio driver
+    /// hands sent buffers back); the default drops it.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        drop(buf);
+    }
 }
 
 enum Event<C> {
@@ -261,6 +266,7 @@ impl<A: App, C> Simulator<A, C> {
             tr.event(self.now.as_nanos(), KIND_DELIVER, to.0, &data);
         }
         app.handle_datagram(now, SocketAddr::V4(from), &data);
+        app.recycle(data);
         self.after_input(to);
     }
 

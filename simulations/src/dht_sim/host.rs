@@ -63,6 +63,12 @@ impl App for DhtHost {
         }
     }
 
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if let DhtHost::Honest(d) = self {
+            d.recycle(buf);
+        }
+    }
+
     fn poll_output(&mut self) -> Option<dht::Event> {
         match self {
             DhtHost::Honest(d) => d.poll_event(),

@@ -64,6 +64,43 @@ pub struct DhtWorld {
     honest: Vec<bool>,
     pub joins: u64,
     pub leaves: u64,
+    /// Finished lookups and the queries they sent, by kind (where the traffic goes).
+    pub lookup_costs: LookupCosts,
+}
+
+/// Finished lookups and their queries, by [`dht::LookupKind`].
+#[derive(Clone, Debug, Default)]
+pub struct LookupCosts {
+    /// (kind, lookups, queries) in first-seen order.
+    pub kinds: Vec<(&'static str, u64, u64)>,
+}
+
+impl LookupCosts {
+    fn add(&mut self, kind: dht::LookupKind, queries: u32) {
+        let name = match kind {
+            dht::LookupKind::FindNode => "find_node",
+            dht::LookupKind::GetPeers => "get_peers",
+            dht::LookupKind::Announce { .. } => "announce",
+            dht::LookupKind::Bootstrap => "bootstrap",
+            dht::LookupKind::Refresh => "refresh",
+        };
+        match self.kinds.iter_mut().find(|k| k.0 == name) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 += u64::from(queries);
+            }
+            None => self.kinds.push((name, 1, u64::from(queries))),
+        }
+    }
+
+    /// One line: `kind lookups/queries` for each kind.
+    pub fn summary(&self) -> String {
+        self.kinds
+            .iter()
+            .map(|(name, n, q)| format!("{name} {n}/{q}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    }
 }
 
 impl DhtWorld {
@@ -100,6 +137,7 @@ impl DhtWorld {
             rng,
             joins: 0,
             leaves: 0,
+            lookup_costs: LookupCosts::default(),
         };
         for h in 0..world.config.bootstrap_nodes {
             world.spawn(HostId(h as u32));
@@ -167,7 +205,16 @@ impl DhtWorld {
         }
         let core = match self.saved[h.index()].take() {
             Some(state) => dht::Dht::with_saved_state(config, now, seed, state),
-            None => dht::Dht::new(config, now, seed),
+            None => {
+                // A node that has run before knows its address and already has a BEP 42
+                // id for it; a fresh random id would be replaced (and the join redone)
+                // as soon as the first replies vote on the address.
+                if config.bep42 && config.id.is_none() {
+                    let ip = self.addr(h).ip();
+                    config.id = Some(dht::bep42::random_secure_id(ip, &mut self.rng));
+                }
+                dht::Dht::new(config, now, seed)
+            }
         };
         self.sim.start(h, DhtHost::Honest(Box::new(core)));
         self.sim.with_app(h, |app, now| {
@@ -214,6 +261,12 @@ impl DhtWorld {
                     if self.sim.app(h).is_some() {
                         self.leave(h);
                     }
+                }
+                Step::Output(at, h, ev) => {
+                    if let dht::Event::LookupDone { kind, queries, .. } = &ev {
+                        self.lookup_costs.add(*kind, *queries);
+                    }
+                    return Some(Step::Output(at, h, ev));
                 }
                 other => return Some(other),
             }

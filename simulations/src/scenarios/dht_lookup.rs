@@ -61,6 +61,8 @@ pub struct LookupReport {
     pub nat_dropped: u64,
     pub events: u64,
     pub joins: u64,
+    /// Lookups/queries by kind, all nodes (bootstrap and refresh traffic included).
+    pub lookup_costs: crate::dht_sim::world::LookupCosts,
     pub leaves: u64,
     pub online_at_end: usize,
     pub attackers: usize,
@@ -293,6 +295,7 @@ pub fn run(p: &LookupParams) -> LookupReport {
         nat_dropped: world.sim.net.stats.nat,
         events: world.sim.stats.events,
         joins: world.joins,
+        lookup_costs: world.lookup_costs.clone(),
         leaves: world.leaves,
         online_at_end: world.online_honest().count(),
         attackers,
