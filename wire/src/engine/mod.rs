@@ -342,6 +342,8 @@ pub struct PeerStats {
     pub peer_interested: bool,
     pub snubbed: bool,
     pub requests_out: usize,
+    /// Its requests we have queued or are sending.
+    pub requests_in: usize,
     pub is_seed: bool,
 }
 
@@ -480,6 +482,7 @@ impl Engine {
             peer_interested: p.peer_interested,
             snubbed: p.snubbed,
             requests_out: p.outstanding.len(),
+            requests_in: p.their_requests.len() + p.uploads_in_flight as usize,
             is_seed: p.is_seed,
         })
     }
