@@ -16,6 +16,7 @@ pub mod choker;
 pub mod peer_state;
 pub mod picker;
 pub mod rate;
+pub mod spread;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -30,6 +31,7 @@ pub use bitfield::{Bitfield, BitfieldError};
 use peer_state::{Outstanding, Peer, Unchoke};
 use picker::{PeerView, PickPolicy, Picker, PieceState, Received};
 use rate::TokenBucket;
+use spread::Spread;
 
 /// The block size everyone uses (BEP 3: 16 KiB).
 pub const BLOCK_LEN: u32 = 16 * 1024;
@@ -282,6 +284,9 @@ pub struct Config {
     /// Bytes of pieces in progress (each buffered whole until verified) at most; at
     /// least one piece is always allowed. Bounds download memory whatever peers do.
     pub max_partial_bytes: u64,
+    /// As a seed, pieces suggested ahead (BEP 6) to each peer it uploads to: the ones it
+    /// has handed out least ([`spread`]). 0 turns suggesting off.
+    pub seed_suggestions: usize,
 }
 
 impl Default for Config {
@@ -308,6 +313,7 @@ impl Default for Config {
             max_request_len: BLOCK_LEN,
             disconnect_seeds_when_seeding: true,
             max_partial_bytes: 256 << 20,
+            seed_suggestions: 2,
         }
     }
 }
@@ -364,6 +370,7 @@ pub struct Engine {
     geo: Geometry,
     have: Bitfield,
     picker: Picker,
+    spread: Spread,
     peers: Vec<Option<Peer>>,
     generations: Vec<u32>,
     free: Vec<u32>,
@@ -405,6 +412,7 @@ impl Engine {
         let completed = have.is_full();
         let mut e = Engine {
             picker: Picker::new(geo, &have),
+            spread: Spread::new(geo.piece_count),
             upload_bucket: TokenBucket::new(
                 cfg.upload_rate_limit,
                 burst(cfg.upload_rate_limit),
@@ -616,6 +624,9 @@ impl Engine {
         for o in &peer.outstanding {
             self.picker.release(o.block);
         }
+        for &p in &peer.suggested_out {
+            self.spread.withdraw(&self.geo, p);
+        }
         self.picker.disown(slot);
         if self.optimistic == Some(slot) {
             self.optimistic = None;
@@ -674,6 +685,7 @@ impl Engine {
                 }
                 let peer = self.peer_mut(slot).expect("checked");
                 if !peer.is_seed && peer.has.set(i) {
+                    self.settle_suggestion(slot, i);
                     self.picker.add_have(i);
                     if !self.have.get(i) {
                         self.set_interest(slot, true);
@@ -836,6 +848,9 @@ impl Engine {
             return;
         }
         peer.their_requests.push_back(b);
+        self.spread.requested(b.piece);
+        self.settle_suggestion(slot, b.piece);
+        let peer = self.peer_mut(slot).expect("checked");
         if !peer.in_upload_queue && peer.uploads_in_flight < max_in_flight {
             peer.in_upload_queue = true;
             self.upload_queue.push_back(slot);
@@ -1181,7 +1196,71 @@ impl Engine {
         let was = p.unchoke;
         p.unchoke = kind;
         if was == Unchoke::Choked {
+            // Suggestions first: the peer picks what to request as soon as it is unchoked.
+            self.suggest_to(slot);
             self.send(slot, PeerMessage::Unchoke);
+        }
+    }
+
+    /// As a seed, tops up the pieces suggested to an unchoked peer ([`spread`]).
+    fn suggest_to(&mut self, slot: PeerSlot) {
+        let want = self.cfg.seed_suggestions;
+        if want == 0 || !self.have.is_full() {
+            return;
+        }
+        let Engine {
+            peers,
+            spread,
+            picker,
+            geo,
+            rng,
+            actions,
+            ..
+        } = self;
+        let Some(p) = peers
+            .get_mut(slot.index as usize)
+            .and_then(|p| p.as_mut())
+            .filter(|p| p.generation == slot.generation)
+        else {
+            return;
+        };
+        if !p.info.fast || p.is_seed || p.am_choking() {
+            return;
+        }
+        while p.suggested_out.len() < want {
+            let Some(piece) = spread.suggest(
+                geo,
+                &p.has,
+                &p.suggested_out,
+                |i| picker.availability(i),
+                rng,
+            ) else {
+                break;
+            };
+            p.suggested_out.push(piece);
+            actions.push_back(Action::Send {
+                slot,
+                message: PeerMessage::Suggest(piece),
+            });
+        }
+    }
+
+    /// The peer asked for, or announced, a piece we suggested: the next one.
+    fn settle_suggestion(&mut self, slot: PeerSlot, piece: u32) {
+        let Some(p) = self.peer_mut(slot) else { return };
+        let Some(pos) = p.suggested_out.iter().position(|&x| x == piece) else {
+            return;
+        };
+        p.suggested_out.swap_remove(pos);
+        self.spread.withdraw(&self.geo, piece);
+        self.suggest_to(slot);
+    }
+
+    fn withdraw_suggestions(&mut self, slot: PeerSlot) {
+        let Some(p) = self.peer_mut(slot) else { return };
+        let out = std::mem::take(&mut p.suggested_out);
+        for piece in out {
+            self.spread.withdraw(&self.geo, piece);
         }
     }
 
@@ -1193,6 +1272,7 @@ impl Engine {
         p.unchoke = Unchoke::Choked;
         let fast = p.info.fast;
         let pending: Vec<_> = p.their_requests.drain(..).collect();
+        self.withdraw_suggestions(slot);
         self.send(slot, PeerMessage::Choke);
         if fast {
             for b in pending {

@@ -43,6 +43,8 @@ pub struct Peer {
     /// Pieces it lets us request while it chokes us (BEP 6).
     pub allowed_fast: Vec<u32>,
     pub suggested: Vec<u32>,
+    /// Pieces we suggested to it (as a seed) that it has not asked for yet.
+    pub suggested_out: Vec<u32>,
     pub down: RateMeter,
     pub up: RateMeter,
     /// Bytes in the current choke round.
@@ -76,6 +78,7 @@ impl Peer {
             in_upload_queue: false,
             allowed_fast: Vec::new(),
             suggested: Vec::new(),
+            suggested_out: Vec::new(),
             down: RateMeter::new(now),
             up: RateMeter::new(now),
             round_down: 0,

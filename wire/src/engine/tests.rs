@@ -832,3 +832,90 @@ fn completion_announces_haves_and_drops_seeds() {
     assert_eq!(disconnected(&acts, s), Some(DisconnectReason::BothSeeds));
     assert_eq!(h.e.stats().bytes_left, 0);
 }
+
+fn suggestions(actions: &[Action], to: PeerSlot) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                slot,
+                message: PeerMessage::Suggest(p),
+            } if *slot == to => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_seed_suggests_pieces_it_has_not_handed_out_yet() {
+    let pieces = 8;
+    let mut h = Harness::seeder(pieces, 2 * B, Config::default());
+    let peers: Vec<_> = (1..=3).map(|k| h.connect(k, true)).collect();
+    let mut all = Vec::new();
+    for &p in &peers {
+        h.msg(p, PeerMessage::HaveNone);
+        let acts = h.msg(p, PeerMessage::Interested);
+        // Two suggestions, sent before the unchoke so the first pick can use them.
+        let s = suggestions(&acts, p);
+        assert_eq!(s.len(), 2, "{acts:?}");
+        let unchoke_at = acts
+            .iter()
+            .position(
+                |a| matches!(a, Action::Send { slot, message: PeerMessage::Unchoke } if *slot == p),
+            )
+            .expect("unchoked");
+        let first_suggest = acts
+            .iter()
+            .position(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        message: PeerMessage::Suggest(_),
+                        ..
+                    }
+                )
+            })
+            .unwrap();
+        assert!(first_suggest < unchoke_at);
+        all.extend(s);
+    }
+    // Six suggestions, six different pieces: no second copy while others have none.
+    let mut distinct = all.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "{all:?}");
+    // Asking for a suggested piece brings the next suggestion: one of the two pieces
+    // nobody was offered yet.
+    let p = peers[0];
+    let asked = all[0];
+    let acts = h.msg(
+        p,
+        PeerMessage::Request(BlockRef {
+            piece: asked,
+            begin: 0,
+            length: B,
+        }),
+    );
+    let next = suggestions(&acts, p);
+    assert_eq!(next.len(), 1, "{acts:?}");
+    assert!(
+        !all.contains(&next[0]),
+        "{next:?} already offered in {all:?}"
+    );
+    // A peer without the Fast extension gets no suggest messages (BEP 6).
+    let slow = h.connect(9, false);
+    let acts = h.msg(slow, PeerMessage::Interested);
+    assert!(suggestions(&acts, slow).is_empty());
+    // Off when configured so.
+    let mut h = Harness::seeder(
+        pieces,
+        2 * B,
+        Config {
+            seed_suggestions: 0,
+            ..Config::default()
+        },
+    );
+    let p = h.connect(1, true);
+    h.msg(p, PeerMessage::HaveNone);
+    assert!(suggestions(&h.msg(p, PeerMessage::Interested), p).is_empty());
+}
