@@ -270,6 +270,12 @@ pub struct Config {
     pub max_incoming_requests: usize,
     /// Blocks being read/sent to one peer at once.
     pub max_uploads_in_flight: u32,
+    /// Blocks being read/sent to all peers at once (0 = no limit beyond the per-peer
+    /// one). A small total keeps the choice of what goes next with the engine, which
+    /// then finishes the piece a peer is receiving before starting another peer's. A
+    /// peer whose blocks have not moved for [`UPLOAD_STALL`] (a full socket) stops
+    /// counting against it.
+    pub max_uploads_in_flight_total: u32,
     /// Bytes per second, 0 = unlimited.
     pub upload_rate_limit: u64,
     pub download_rate_limit: u64,
@@ -305,6 +311,7 @@ impl Default for Config {
             default_peer_reqq: 250,
             max_incoming_requests: 2000,
             max_uploads_in_flight: 256,
+            max_uploads_in_flight_total: 8,
             upload_rate_limit: 0,
             download_rate_limit: 0,
             endgame_max_requesters: 2,
@@ -364,6 +371,9 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const NEW_PEER: Duration = Duration::from_secs(60);
 const MAX_ALLOWED_FAST: usize = 64;
 const MAX_SUGGESTED: usize = 16;
+/// A peer's blocks in flight that have not moved for this long no longer count against
+/// [`Config::max_uploads_in_flight_total`].
+pub const UPLOAD_STALL: Duration = Duration::from_millis(500);
 
 pub struct Engine {
     cfg: Config,
@@ -380,6 +390,7 @@ pub struct Engine {
     upload_bucket: TokenBucket,
     download_bucket: TokenBucket,
     upload_queue: VecDeque<PeerSlot>,
+    uploads_in_flight: u32,
     /// Set while the upload/download bucket is empty: when it has tokens again.
     upload_wake: Option<Instant>,
     download_wake: Option<Instant>,
@@ -436,6 +447,7 @@ impl Engine {
             actions: VecDeque::new(),
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             upload_queue: VecDeque::new(),
+            uploads_in_flight: 0,
             upload_wake: None,
             download_wake: None,
             optimistic: None,
@@ -605,6 +617,8 @@ impl Engine {
     pub fn peer_disconnected(&mut self, now: Instant, slot: PeerSlot) {
         if self.remove_peer(slot) {
             self.fill_all(now);
+            // Its blocks in flight no longer count: others may go.
+            self.serve_uploads(now);
         }
     }
 
@@ -616,6 +630,9 @@ impl Engine {
         self.generations[slot.index as usize] = slot.generation.wrapping_add(1);
         self.free.push(slot.index);
         self.peer_count -= 1;
+        self.uploads_in_flight = self
+            .uploads_in_flight
+            .saturating_sub(peer.uploads_in_flight);
         if peer.is_seed {
             self.picker.remove_seed();
         } else {
@@ -827,7 +844,7 @@ impl Engine {
             return self.disconnect(slot, DisconnectReason::BadRequest(b));
         }
         let max_queue = self.cfg.max_incoming_requests;
-        let max_in_flight = self.cfg.max_uploads_in_flight;
+        let max_in_flight = self.per_peer_uploads();
         let have_it = self.have.get(b.piece);
         let peer = self.peer_mut(slot).expect("checked");
         let fast = peer.info.fast;
@@ -973,16 +990,24 @@ impl Engine {
 
     /// A block handed out with [`Action::ReadBlock`] has been sent (or dropped).
     pub fn block_sent(&mut self, now: Instant, slot: PeerSlot) {
-        let max = self.cfg.max_uploads_in_flight;
+        let max = self.per_peer_uploads();
         let Some(peer) = self.peer_mut(slot) else {
+            // Counted out when the peer left (a driver may never report these).
             return;
         };
-        peer.uploads_in_flight = peer.uploads_in_flight.saturating_sub(1);
-        if !peer.in_upload_queue && !peer.their_requests.is_empty() && peer.uploads_in_flight < max
-        {
+        if peer.uploads_in_flight == 0 {
+            return;
+        }
+        peer.uploads_in_flight -= 1;
+        peer.upload_progress_at = Some(now);
+        let requeue = !peer.in_upload_queue
+            && !peer.their_requests.is_empty()
+            && peer.uploads_in_flight < max;
+        if requeue {
             peer.in_upload_queue = true;
             self.upload_queue.push_back(slot);
         }
+        self.uploads_in_flight = self.uploads_in_flight.saturating_sub(1);
         self.serve_uploads(now);
     }
 
@@ -1008,6 +1033,8 @@ impl Engine {
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.check_snubs(now);
+            // Blocks stuck in a full socket stop holding up the others.
+            self.serve_uploads(now);
             self.download_wake = None;
             self.fill_all(now);
         }
@@ -1142,11 +1169,56 @@ impl Engine {
 
     // ---- uploading ------------------------------------------------------------------
 
-    /// Hands out block reads, round-robin over peers, as the upload bucket allows.
+    /// Blocks one peer may have in flight: its own limit, and at most half the total so
+    /// a peer that does not read (a full socket) cannot hold up everyone else.
+    fn per_peer_uploads(&self) -> u32 {
+        let max = self.cfg.max_uploads_in_flight.max(1);
+        match self.cfg.max_uploads_in_flight_total {
+            0 => max,
+            total => max.min((total / 2).max(1)),
+        }
+    }
+
+    /// Blocks in flight to peers whose uploads are moving (see [`UPLOAD_STALL`]).
+    fn moving_uploads(&self, now: Instant) -> u32 {
+        self.peers
+            .iter()
+            .flatten()
+            .filter(|p| {
+                p.upload_progress_at
+                    .is_none_or(|t| now.saturating_duration_since(t) < UPLOAD_STALL)
+            })
+            .map(|p| p.uploads_in_flight)
+            .sum()
+    }
+
+    /// Hands out block reads as the upload bucket and the in-flight limits allow: first to
+    /// a peer part-way through a piece, else round-robin over peers. With a small total in
+    /// flight this sends pieces one (or two) at a time rather than a slice of every
+    /// unchoked peer's piece at once, so each piece arrives whole, and can be passed on,
+    /// sooner, at no cost in throughput.
     fn serve_uploads(&mut self, now: Instant) {
-        let max = self.cfg.max_uploads_in_flight;
+        let max = self.per_peer_uploads();
+        let total = self.cfg.max_uploads_in_flight_total;
         let mut budget = self.upload_queue.len() * max as usize + 1;
-        while let Some(slot) = self.upload_queue.pop_front() {
+        loop {
+            if total > 0 && self.uploads_in_flight >= total && self.moving_uploads(now) >= total {
+                break;
+            }
+            if let Some(pos) = self.upload_queue.iter().position(|s| {
+                self.peer(*s).is_some_and(|p| {
+                    p.last_served_piece.is_some()
+                        && p.their_requests.front().map(|b| b.piece) == p.last_served_piece
+                })
+            }) {
+                if pos > 0 {
+                    let s = self.upload_queue.remove(pos).expect("found");
+                    self.upload_queue.push_front(s);
+                }
+            }
+            let Some(slot) = self.upload_queue.pop_front() else {
+                break;
+            };
             budget -= 1;
             if budget == 0 {
                 self.upload_queue.push_front(slot);
@@ -1176,7 +1248,12 @@ impl Engine {
                 break;
             }
             peer.their_requests.pop_front();
+            if peer.uploads_in_flight == 0 {
+                peer.upload_progress_at = Some(now);
+            }
             peer.uploads_in_flight += 1;
+            peer.last_served_piece = Some(b.piece);
+            self.uploads_in_flight += 1;
             peer.up.add(now, b.length as u64);
             peer.round_up += b.length as u64;
             self.stats.uploaded += b.length as u64;
