@@ -391,6 +391,8 @@ pub struct Engine {
     download_bucket: TokenBucket,
     upload_queue: VecDeque<PeerSlot>,
     uploads_in_flight: u32,
+    /// No peer's uploads can have stalled before this.
+    stall_check_at: Instant,
     /// Set while the upload/download bucket is empty: when it has tokens again.
     upload_wake: Option<Instant>,
     download_wake: Option<Instant>,
@@ -448,6 +450,7 @@ impl Engine {
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             upload_queue: VecDeque::new(),
             uploads_in_flight: 0,
+            stall_check_at: now,
             upload_wake: None,
             download_wake: None,
             optimistic: None,
@@ -1179,17 +1182,33 @@ impl Engine {
         }
     }
 
-    /// Blocks in flight to peers whose uploads are moving (see [`UPLOAD_STALL`]).
-    fn moving_uploads(&self, now: Instant) -> u32 {
-        self.peers
+    /// Blocks in flight to peers whose uploads are moving (see [`UPLOAD_STALL`]). Before
+    /// `stall_check_at` no peer can have stalled (progress only moves that time later),
+    /// so the peers are scanned only after it.
+    fn moving_uploads(&mut self, now: Instant) -> u32 {
+        if now < self.stall_check_at {
+            return self.uploads_in_flight;
+        }
+        let (mut moving, mut next) = (0, None::<Instant>);
+        for p in self
+            .peers
             .iter()
             .flatten()
-            .filter(|p| {
-                p.upload_progress_at
-                    .is_none_or(|t| now.saturating_duration_since(t) < UPLOAD_STALL)
-            })
-            .map(|p| p.uploads_in_flight)
-            .sum()
+            .filter(|p| p.uploads_in_flight > 0)
+        {
+            let stalls_at = p.upload_progress_at.map_or(now, |t| t + UPLOAD_STALL);
+            if stalls_at > now {
+                moving += p.uploads_in_flight;
+                next = Some(next.map_or(stalls_at, |n| n.min(stalls_at)));
+            }
+        }
+        // With a peer stalled, look again next time; else when the first one could be.
+        self.stall_check_at = if moving < self.uploads_in_flight {
+            now
+        } else {
+            next.unwrap_or(now)
+        };
+        moving
     }
 
     /// Hands out block reads as the upload bucket and the in-flight limits allow: first to
