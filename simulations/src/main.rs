@@ -364,6 +364,7 @@ fn main() {
                 "last_over_t_min",
                 "seed_uploaded_mib",
                 "total_uploaded_mib",
+                "wasted_mib",
             ]);
             let last = r.last_completion().unwrap_or(f64::NAN);
             t.row(vec![
@@ -378,6 +379,7 @@ fn main() {
                 format!("{:.3}", last / r.t_min),
                 format!("{:.1}", r.uploaded_by_seed as f64 / 1048576.0),
                 format!("{:.1}", r.uploaded_total as f64 / 1048576.0),
+                format!("{:.1}", r.wasted as f64 / 1048576.0),
             ]);
             print!("{t}");
             println!(
@@ -395,6 +397,37 @@ fn main() {
                 ]);
             }
             save(&out, "swarm-availability", &av);
+            let mut tl = Table::new(&[
+                "t_s",
+                "seed_util",
+                "leecher_util",
+                "seed_distinct",
+                "seed_copies",
+                "empty",
+                "done",
+                "only_at_seed",
+                "unchoked_interested",
+                "interested_in_me",
+                "serving",
+                "idle_uplinks",
+            ]);
+            for row in &r.timeline {
+                tl.row(vec![
+                    format!("{:.0}", row.t),
+                    format!("{:.2}", row.seed_util),
+                    format!("{:.2}", row.leecher_util),
+                    row.seed_distinct.to_string(),
+                    format!("{:.2}", row.seed_copies),
+                    row.empty.to_string(),
+                    row.done.to_string(),
+                    row.pieces_only_at_seed.to_string(),
+                    format!("{:.1}", row.mean_unchoked_interested),
+                    format!("{:.1}", row.mean_interested_in_me),
+                    format!("{:.1}", row.mean_serving),
+                    row.idle_uplinks.to_string(),
+                ]);
+            }
+            save(&out, "swarm-timeline", &tl);
             let mut finished_curve: Vec<(f64, f64)> = vec![(0.0, 0.0)];
             for i in 0..=100 {
                 if finished > 0 {

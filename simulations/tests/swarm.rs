@@ -24,3 +24,29 @@ fn a_small_swarm_finishes_within_one_and_a_half_times_the_fluid_bound() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_hundred_leechers_finish_within_one_and_a_half_times_the_fluid_bound() {
+    let mut ratios = Vec::new();
+    for seed in 1..=2 {
+        let p = SwarmParams::new(100, seed);
+        let r = run(&p);
+        let last = r.last_completion().expect("every leecher completes");
+        ratios.push(last / r.t_min);
+        // The seed hands out every piece once before any piece a third time: all of them
+        // have left it soon after the time one copy of the file takes on its uplink.
+        let one_copy = p.file_bytes as f64 / p.seed_upload;
+        let pieces = p.file_bytes.div_ceil(p.piece_bytes) as u32;
+        let all_out = r
+            .timeline
+            .iter()
+            .find(|row| row.seed_distinct == pieces)
+            .map(|row| row.t);
+        assert!(
+            all_out.is_some_and(|t| t <= one_copy * 1.25),
+            "seed {seed}: every piece out at {all_out:?} s, one copy takes {one_copy:.1} s"
+        );
+    }
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    assert!(mean <= 1.5, "last completion / T_min by seed: {ratios:?}");
+}

@@ -89,7 +89,39 @@ pub struct SwarmReport {
     pub client_server: f64,
     pub uploaded_by_seed: u64,
     pub uploaded_total: u64,
+    /// Payload bytes leechers received but already had (endgame duplicates and the like).
+    pub wasted: u64,
+    /// One row per sample interval: where the upload capacity went.
+    pub timeline: Vec<TimelineRow>,
     pub events: u64,
+}
+
+/// What happened in one sample interval ending at `t`.
+#[derive(Clone, Debug, Default)]
+pub struct TimelineRow {
+    pub t: f64,
+    /// Share of the seeder's upload capacity used in the interval.
+    pub seed_util: f64,
+    /// Share of the leechers' total upload capacity used in the interval.
+    pub leecher_util: f64,
+    /// Distinct pieces the seeder has sent at least once (every block), so far.
+    pub seed_distinct: u32,
+    /// Whole-piece copies the seeder has sent so far.
+    pub seed_copies: f64,
+    /// Leechers holding no piece yet (nothing to upload).
+    pub empty: usize,
+    /// Leechers that have completed.
+    pub done: usize,
+    /// Pieces no leecher holds yet.
+    pub pieces_only_at_seed: u32,
+    /// Mean over unfinished leechers of the peers they unchoke that are interested.
+    pub mean_unchoked_interested: f64,
+    /// Mean over unfinished leechers of the neighbours interested in them.
+    pub mean_interested_in_me: f64,
+    /// Mean over unfinished leechers of the unchoked peers with requests to serve.
+    pub mean_serving: f64,
+    /// Unfinished leechers whose uplink is idle at the sample instant.
+    pub idle_uplinks: usize,
 }
 
 impl SwarmReport {
@@ -142,6 +174,8 @@ struct Peer {
 }
 
 struct Swarm {
+    /// Blocks of each piece the seeder has sent.
+    seed_blocks: Vec<u32>,
     clock: Clock,
     now: SimTime,
     queue: EventQueue<Ev>,
@@ -173,6 +207,9 @@ impl Swarm {
                         self.peers[h as usize].engine.block_sent(now_i, slot);
                         continue;
                     };
+                    if h == 0 {
+                        self.seed_blocks[block.piece as usize] += 1;
+                    }
                     let bytes = PIECE_HEADER + block.length as usize;
                     let left = self.net.link_mut(HostId(h)).send(now, bytes);
                     self.queue.push(left, Ev::BlockSent { host: h, slot });
@@ -277,6 +314,7 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
         })
         .collect();
     let mut swarm = Swarm {
+        seed_blocks: vec![0; geo.piece_count as usize],
         clock,
         now: SimTime::ZERO,
         queue: EventQueue::new(),
@@ -326,6 +364,9 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
     let (t_min, _) = p.distribution().p2p_lower_bound();
     let limit = SimTime::ZERO + p.limit;
     let mut availability = Vec::new();
+    let mut timeline = Vec::new();
+    let mut last_up = vec![0u64; n];
+    let mut last_sample = SimTime::ZERO;
     let mut done = 0usize;
     let mut events = 0u64;
     while let Some((at, ev)) = swarm.queue.pop() {
@@ -398,6 +439,18 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
                     share,
                     copies.iter().copied().min().unwrap_or(0),
                 ));
+                if at > last_sample {
+                    timeline.push(timeline_row(
+                        &swarm,
+                        p,
+                        &geo,
+                        &copies,
+                        &mut last_up,
+                        at.saturating_since(last_sample),
+                        at,
+                    ));
+                    last_sample = at;
+                }
                 swarm.queue.push(at + p.sample_every, Ev::Sample);
                 continue;
             }
@@ -421,6 +474,79 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
         uploaded_total: (0..n)
             .map(|h| swarm.net.link(HostId(h as u32)).bytes_up)
             .sum(),
+        wasted: swarm.peers[1..]
+            .iter()
+            .map(|p| p.engine.stats().wasted)
+            .sum(),
+        timeline,
         events,
+    }
+}
+
+fn timeline_row(
+    swarm: &Swarm,
+    p: &SwarmParams,
+    geo: &Geometry,
+    copies: &[u32],
+    last_up: &mut [u64],
+    dt: Duration,
+    at: SimTime,
+) -> TimelineRow {
+    let dt = dt.as_secs_f64();
+    let mut up = [0u64; 2];
+    for (h, last) in last_up.iter_mut().enumerate() {
+        let now = swarm.net.link(HostId(h as u32)).bytes_up;
+        up[usize::from(h > 0)] += now - *last;
+        *last = now;
+    }
+    let blocks = |piece: u32| geo.blocks_in(piece);
+    let seed_distinct = (0..geo.piece_count)
+        .filter(|&i| swarm.seed_blocks[i as usize] >= blocks(i))
+        .count() as u32;
+    let seed_copies = (0..geo.piece_count)
+        .map(|i| f64::from(swarm.seed_blocks[i as usize]) / f64::from(blocks(i)))
+        .sum::<f64>()
+        / f64::from(geo.piece_count);
+    let leechers = &swarm.peers[1..];
+    let (mut unchoked, mut interested, mut active) = (0usize, 0usize, 0usize);
+    let (mut serving, mut idle) = (0usize, 0usize);
+    for (i, l) in leechers.iter().enumerate() {
+        if l.completed.is_some() {
+            continue;
+        }
+        active += 1;
+        if swarm.net.link(HostId(i as u32 + 1)).upload_backlog(at) == Duration::ZERO {
+            idle += 1;
+        }
+        for slot in l.engine.peer_slots() {
+            let s = l.engine.peer_stats(slot).expect("listed");
+            if !s.am_choking && s.requests_in > 0 {
+                serving += 1;
+            }
+            if s.peer_interested {
+                interested += 1;
+                if !s.am_choking {
+                    unchoked += 1;
+                }
+            }
+        }
+    }
+    let per = |x: usize| x as f64 / active.max(1) as f64;
+    TimelineRow {
+        t: at.as_secs_f64(),
+        seed_util: up[0] as f64 / (p.seed_upload * dt),
+        leecher_util: up[1] as f64 / (p.leecher_upload * p.leechers.max(1) as f64 * dt),
+        seed_distinct,
+        seed_copies,
+        empty: leechers
+            .iter()
+            .filter(|l| l.engine.have().none_set())
+            .count(),
+        done: leechers.iter().filter(|l| l.completed.is_some()).count(),
+        pieces_only_at_seed: copies.iter().filter(|&&c| c == 0).count() as u32,
+        mean_unchoked_interested: per(unchoked),
+        mean_interested_in_me: per(interested),
+        mean_serving: per(serving),
+        idle_uplinks: idle,
     }
 }

@@ -16,6 +16,7 @@ pub mod choker;
 pub mod peer_state;
 pub mod picker;
 pub mod rate;
+pub mod spread;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -30,6 +31,7 @@ pub use bitfield::{Bitfield, BitfieldError};
 use peer_state::{Outstanding, Peer, Unchoke};
 use picker::{PeerView, PickPolicy, Picker, PieceState, Received};
 use rate::TokenBucket;
+use spread::Spread;
 
 /// The block size everyone uses (BEP 3: 16 KiB).
 pub const BLOCK_LEN: u32 = 16 * 1024;
@@ -268,6 +270,12 @@ pub struct Config {
     pub max_incoming_requests: usize,
     /// Blocks being read/sent to one peer at once.
     pub max_uploads_in_flight: u32,
+    /// Blocks being read/sent to all peers at once (0 = no limit beyond the per-peer
+    /// one). A small total keeps the choice of what goes next with the engine, which
+    /// then finishes the piece a peer is receiving before starting another peer's. A
+    /// peer whose blocks have not moved for [`UPLOAD_STALL`] (a full socket) stops
+    /// counting against it.
+    pub max_uploads_in_flight_total: u32,
     /// Bytes per second, 0 = unlimited.
     pub upload_rate_limit: u64,
     pub download_rate_limit: u64,
@@ -282,6 +290,9 @@ pub struct Config {
     /// Bytes of pieces in progress (each buffered whole until verified) at most; at
     /// least one piece is always allowed. Bounds download memory whatever peers do.
     pub max_partial_bytes: u64,
+    /// As a seed, pieces suggested ahead (BEP 6) to each peer it uploads to: the ones it
+    /// has handed out least ([`spread`]). 0 turns suggesting off.
+    pub seed_suggestions: usize,
 }
 
 impl Default for Config {
@@ -300,6 +311,7 @@ impl Default for Config {
             default_peer_reqq: 250,
             max_incoming_requests: 2000,
             max_uploads_in_flight: 256,
+            max_uploads_in_flight_total: 8,
             upload_rate_limit: 0,
             download_rate_limit: 0,
             endgame_max_requesters: 2,
@@ -308,6 +320,7 @@ impl Default for Config {
             max_request_len: BLOCK_LEN,
             disconnect_seeds_when_seeding: true,
             max_partial_bytes: 256 << 20,
+            seed_suggestions: 2,
         }
     }
 }
@@ -342,6 +355,8 @@ pub struct PeerStats {
     pub peer_interested: bool,
     pub snubbed: bool,
     pub requests_out: usize,
+    /// Its requests we have queued or are sending.
+    pub requests_in: usize,
     pub is_seed: bool,
 }
 
@@ -356,12 +371,16 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const NEW_PEER: Duration = Duration::from_secs(60);
 const MAX_ALLOWED_FAST: usize = 64;
 const MAX_SUGGESTED: usize = 16;
+/// A peer's blocks in flight that have not moved for this long no longer count against
+/// [`Config::max_uploads_in_flight_total`].
+pub const UPLOAD_STALL: Duration = Duration::from_millis(500);
 
 pub struct Engine {
     cfg: Config,
     geo: Geometry,
     have: Bitfield,
     picker: Picker,
+    spread: Spread,
     peers: Vec<Option<Peer>>,
     generations: Vec<u32>,
     free: Vec<u32>,
@@ -371,6 +390,9 @@ pub struct Engine {
     upload_bucket: TokenBucket,
     download_bucket: TokenBucket,
     upload_queue: VecDeque<PeerSlot>,
+    uploads_in_flight: u32,
+    /// No peer's uploads can have stalled before this.
+    stall_check_at: Instant,
     /// Set while the upload/download bucket is empty: when it has tokens again.
     upload_wake: Option<Instant>,
     download_wake: Option<Instant>,
@@ -403,6 +425,7 @@ impl Engine {
         let completed = have.is_full();
         let mut e = Engine {
             picker: Picker::new(geo, &have),
+            spread: Spread::new(geo.piece_count),
             upload_bucket: TokenBucket::new(
                 cfg.upload_rate_limit,
                 burst(cfg.upload_rate_limit),
@@ -426,6 +449,8 @@ impl Engine {
             actions: VecDeque::new(),
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             upload_queue: VecDeque::new(),
+            uploads_in_flight: 0,
+            stall_check_at: now,
             upload_wake: None,
             download_wake: None,
             optimistic: None,
@@ -480,6 +505,7 @@ impl Engine {
             peer_interested: p.peer_interested,
             snubbed: p.snubbed,
             requests_out: p.outstanding.len(),
+            requests_in: p.their_requests.len() + p.uploads_in_flight as usize,
             is_seed: p.is_seed,
         })
     }
@@ -594,6 +620,8 @@ impl Engine {
     pub fn peer_disconnected(&mut self, now: Instant, slot: PeerSlot) {
         if self.remove_peer(slot) {
             self.fill_all(now);
+            // Its blocks in flight no longer count: others may go.
+            self.serve_uploads(now);
         }
     }
 
@@ -605,6 +633,9 @@ impl Engine {
         self.generations[slot.index as usize] = slot.generation.wrapping_add(1);
         self.free.push(slot.index);
         self.peer_count -= 1;
+        self.uploads_in_flight = self
+            .uploads_in_flight
+            .saturating_sub(peer.uploads_in_flight);
         if peer.is_seed {
             self.picker.remove_seed();
         } else {
@@ -612,6 +643,9 @@ impl Engine {
         }
         for o in &peer.outstanding {
             self.picker.release(o.block);
+        }
+        for &p in &peer.suggested_out {
+            self.spread.withdraw(&self.geo, p);
         }
         self.picker.disown(slot);
         if self.optimistic == Some(slot) {
@@ -671,6 +705,7 @@ impl Engine {
                 }
                 let peer = self.peer_mut(slot).expect("checked");
                 if !peer.is_seed && peer.has.set(i) {
+                    self.settle_suggestion(slot, i);
                     self.picker.add_have(i);
                     if !self.have.get(i) {
                         self.set_interest(slot, true);
@@ -812,7 +847,7 @@ impl Engine {
             return self.disconnect(slot, DisconnectReason::BadRequest(b));
         }
         let max_queue = self.cfg.max_incoming_requests;
-        let max_in_flight = self.cfg.max_uploads_in_flight;
+        let max_in_flight = self.per_peer_uploads();
         let have_it = self.have.get(b.piece);
         let peer = self.peer_mut(slot).expect("checked");
         let fast = peer.info.fast;
@@ -833,6 +868,9 @@ impl Engine {
             return;
         }
         peer.their_requests.push_back(b);
+        self.spread.requested(b.piece);
+        self.settle_suggestion(slot, b.piece);
+        let peer = self.peer_mut(slot).expect("checked");
         if !peer.in_upload_queue && peer.uploads_in_flight < max_in_flight {
             peer.in_upload_queue = true;
             self.upload_queue.push_back(slot);
@@ -955,16 +993,24 @@ impl Engine {
 
     /// A block handed out with [`Action::ReadBlock`] has been sent (or dropped).
     pub fn block_sent(&mut self, now: Instant, slot: PeerSlot) {
-        let max = self.cfg.max_uploads_in_flight;
+        let max = self.per_peer_uploads();
         let Some(peer) = self.peer_mut(slot) else {
+            // Counted out when the peer left (a driver may never report these).
             return;
         };
-        peer.uploads_in_flight = peer.uploads_in_flight.saturating_sub(1);
-        if !peer.in_upload_queue && !peer.their_requests.is_empty() && peer.uploads_in_flight < max
-        {
+        if peer.uploads_in_flight == 0 {
+            return;
+        }
+        peer.uploads_in_flight -= 1;
+        peer.upload_progress_at = Some(now);
+        let requeue = !peer.in_upload_queue
+            && !peer.their_requests.is_empty()
+            && peer.uploads_in_flight < max;
+        if requeue {
             peer.in_upload_queue = true;
             self.upload_queue.push_back(slot);
         }
+        self.uploads_in_flight = self.uploads_in_flight.saturating_sub(1);
         self.serve_uploads(now);
     }
 
@@ -990,6 +1036,8 @@ impl Engine {
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.check_snubs(now);
+            // Blocks stuck in a full socket stop holding up the others.
+            self.serve_uploads(now);
             self.download_wake = None;
             self.fill_all(now);
         }
@@ -1124,11 +1172,72 @@ impl Engine {
 
     // ---- uploading ------------------------------------------------------------------
 
-    /// Hands out block reads, round-robin over peers, as the upload bucket allows.
+    /// Blocks one peer may have in flight: its own limit, and at most half the total so
+    /// a peer that does not read (a full socket) cannot hold up everyone else.
+    fn per_peer_uploads(&self) -> u32 {
+        let max = self.cfg.max_uploads_in_flight.max(1);
+        match self.cfg.max_uploads_in_flight_total {
+            0 => max,
+            total => max.min((total / 2).max(1)),
+        }
+    }
+
+    /// Blocks in flight to peers whose uploads are moving (see [`UPLOAD_STALL`]). Before
+    /// `stall_check_at` no peer can have stalled (progress only moves that time later),
+    /// so the peers are scanned only after it.
+    fn moving_uploads(&mut self, now: Instant) -> u32 {
+        if now < self.stall_check_at {
+            return self.uploads_in_flight;
+        }
+        let (mut moving, mut next) = (0, None::<Instant>);
+        for p in self
+            .peers
+            .iter()
+            .flatten()
+            .filter(|p| p.uploads_in_flight > 0)
+        {
+            let stalls_at = p.upload_progress_at.map_or(now, |t| t + UPLOAD_STALL);
+            if stalls_at > now {
+                moving += p.uploads_in_flight;
+                next = Some(next.map_or(stalls_at, |n| n.min(stalls_at)));
+            }
+        }
+        // With a peer stalled, look again next time; else when the first one could be.
+        self.stall_check_at = if moving < self.uploads_in_flight {
+            now
+        } else {
+            next.unwrap_or(now)
+        };
+        moving
+    }
+
+    /// Hands out block reads as the upload bucket and the in-flight limits allow: first to
+    /// a peer part-way through a piece, else round-robin over peers. With a small total in
+    /// flight this sends pieces one (or two) at a time rather than a slice of every
+    /// unchoked peer's piece at once, so each piece arrives whole, and can be passed on,
+    /// sooner, at no cost in throughput.
     fn serve_uploads(&mut self, now: Instant) {
-        let max = self.cfg.max_uploads_in_flight;
+        let max = self.per_peer_uploads();
+        let total = self.cfg.max_uploads_in_flight_total;
         let mut budget = self.upload_queue.len() * max as usize + 1;
-        while let Some(slot) = self.upload_queue.pop_front() {
+        loop {
+            if total > 0 && self.uploads_in_flight >= total && self.moving_uploads(now) >= total {
+                break;
+            }
+            if let Some(pos) = self.upload_queue.iter().position(|s| {
+                self.peer(*s).is_some_and(|p| {
+                    p.last_served_piece.is_some()
+                        && p.their_requests.front().map(|b| b.piece) == p.last_served_piece
+                })
+            }) {
+                if pos > 0 {
+                    let s = self.upload_queue.remove(pos).expect("found");
+                    self.upload_queue.push_front(s);
+                }
+            }
+            let Some(slot) = self.upload_queue.pop_front() else {
+                break;
+            };
             budget -= 1;
             if budget == 0 {
                 self.upload_queue.push_front(slot);
@@ -1158,7 +1267,12 @@ impl Engine {
                 break;
             }
             peer.their_requests.pop_front();
+            if peer.uploads_in_flight == 0 {
+                peer.upload_progress_at = Some(now);
+            }
             peer.uploads_in_flight += 1;
+            peer.last_served_piece = Some(b.piece);
+            self.uploads_in_flight += 1;
             peer.up.add(now, b.length as u64);
             peer.round_up += b.length as u64;
             self.stats.uploaded += b.length as u64;
@@ -1178,7 +1292,71 @@ impl Engine {
         let was = p.unchoke;
         p.unchoke = kind;
         if was == Unchoke::Choked {
+            // Suggestions first: the peer picks what to request as soon as it is unchoked.
+            self.suggest_to(slot);
             self.send(slot, PeerMessage::Unchoke);
+        }
+    }
+
+    /// As a seed, tops up the pieces suggested to an unchoked peer ([`spread`]).
+    fn suggest_to(&mut self, slot: PeerSlot) {
+        let want = self.cfg.seed_suggestions;
+        if want == 0 || !self.have.is_full() {
+            return;
+        }
+        let Engine {
+            peers,
+            spread,
+            picker,
+            geo,
+            rng,
+            actions,
+            ..
+        } = self;
+        let Some(p) = peers
+            .get_mut(slot.index as usize)
+            .and_then(|p| p.as_mut())
+            .filter(|p| p.generation == slot.generation)
+        else {
+            return;
+        };
+        if !p.info.fast || p.is_seed || p.am_choking() {
+            return;
+        }
+        while p.suggested_out.len() < want {
+            let Some(piece) = spread.suggest(
+                geo,
+                &p.has,
+                &p.suggested_out,
+                |i| picker.availability(i),
+                rng,
+            ) else {
+                break;
+            };
+            p.suggested_out.push(piece);
+            actions.push_back(Action::Send {
+                slot,
+                message: PeerMessage::Suggest(piece),
+            });
+        }
+    }
+
+    /// The peer asked for, or announced, a piece we suggested: the next one.
+    fn settle_suggestion(&mut self, slot: PeerSlot, piece: u32) {
+        let Some(p) = self.peer_mut(slot) else { return };
+        let Some(pos) = p.suggested_out.iter().position(|&x| x == piece) else {
+            return;
+        };
+        p.suggested_out.swap_remove(pos);
+        self.spread.withdraw(&self.geo, piece);
+        self.suggest_to(slot);
+    }
+
+    fn withdraw_suggestions(&mut self, slot: PeerSlot) {
+        let Some(p) = self.peer_mut(slot) else { return };
+        let out = std::mem::take(&mut p.suggested_out);
+        for piece in out {
+            self.spread.withdraw(&self.geo, piece);
         }
     }
 
@@ -1190,6 +1368,7 @@ impl Engine {
         p.unchoke = Unchoke::Choked;
         let fast = p.info.fast;
         let pending: Vec<_> = p.their_requests.drain(..).collect();
+        self.withdraw_suggestions(slot);
         self.send(slot, PeerMessage::Choke);
         if fast {
             for b in pending {

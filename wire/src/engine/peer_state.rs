@@ -39,10 +39,17 @@ pub struct Peer {
     pub outstanding: VecDeque<Outstanding>,
     pub their_requests: VecDeque<BlockRef>,
     pub uploads_in_flight: u32,
+    /// The piece of the last block we handed out to it.
+    pub last_served_piece: Option<u32>,
+    /// When its uploads in flight last made progress (one handed out while none were,
+    /// or one reported sent).
+    pub upload_progress_at: Option<Instant>,
     pub in_upload_queue: bool,
     /// Pieces it lets us request while it chokes us (BEP 6).
     pub allowed_fast: Vec<u32>,
     pub suggested: Vec<u32>,
+    /// Pieces we suggested to it (as a seed) that it has not asked for yet.
+    pub suggested_out: Vec<u32>,
     pub down: RateMeter,
     pub up: RateMeter,
     /// Bytes in the current choke round.
@@ -73,9 +80,12 @@ impl Peer {
             outstanding: VecDeque::new(),
             their_requests: VecDeque::new(),
             uploads_in_flight: 0,
+            last_served_piece: None,
+            upload_progress_at: None,
             in_upload_queue: false,
             allowed_fast: Vec::new(),
             suggested: Vec::new(),
+            suggested_out: Vec::new(),
             down: RateMeter::new(now),
             up: RateMeter::new(now),
             round_down: 0,

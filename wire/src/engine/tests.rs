@@ -832,3 +832,177 @@ fn completion_announces_haves_and_drops_seeds() {
     assert_eq!(disconnected(&acts, s), Some(DisconnectReason::BothSeeds));
     assert_eq!(h.e.stats().bytes_left, 0);
 }
+
+fn suggestions(actions: &[Action], to: PeerSlot) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                slot,
+                message: PeerMessage::Suggest(p),
+            } if *slot == to => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reads(actions: &[Action]) -> Vec<(PeerSlot, BlockRef)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ReadBlock { slot, block } => Some((*slot, *block)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_seed_suggests_pieces_it_has_not_handed_out_yet() {
+    let pieces = 8;
+    let mut h = Harness::seeder(pieces, 2 * B, Config::default());
+    let peers: Vec<_> = (1..=3).map(|k| h.connect(k, true)).collect();
+    let mut all = Vec::new();
+    for &p in &peers {
+        h.msg(p, PeerMessage::HaveNone);
+        let acts = h.msg(p, PeerMessage::Interested);
+        // Two suggestions, sent before the unchoke so the first pick can use them.
+        let s = suggestions(&acts, p);
+        assert_eq!(s.len(), 2, "{acts:?}");
+        let unchoke_at = acts
+            .iter()
+            .position(
+                |a| matches!(a, Action::Send { slot, message: PeerMessage::Unchoke } if *slot == p),
+            )
+            .expect("unchoked");
+        let first_suggest = acts
+            .iter()
+            .position(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        message: PeerMessage::Suggest(_),
+                        ..
+                    }
+                )
+            })
+            .unwrap();
+        assert!(first_suggest < unchoke_at);
+        all.extend(s);
+    }
+    // Six suggestions, six different pieces: no second copy while others have none.
+    let mut distinct = all.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "{all:?}");
+    // Asking for a suggested piece brings the next suggestion: one of the two pieces
+    // nobody was offered yet.
+    let p = peers[0];
+    let asked = all[0];
+    let acts = h.msg(
+        p,
+        PeerMessage::Request(BlockRef {
+            piece: asked,
+            begin: 0,
+            length: B,
+        }),
+    );
+    let next = suggestions(&acts, p);
+    assert_eq!(next.len(), 1, "{acts:?}");
+    assert!(
+        !all.contains(&next[0]),
+        "{next:?} already offered in {all:?}"
+    );
+    // A peer without the Fast extension gets no suggest messages (BEP 6).
+    let slow = h.connect(9, false);
+    let acts = h.msg(slow, PeerMessage::Interested);
+    assert!(suggestions(&acts, slow).is_empty());
+    // Off when configured so.
+    let mut h = Harness::seeder(
+        pieces,
+        2 * B,
+        Config {
+            seed_suggestions: 0,
+            ..Config::default()
+        },
+    );
+    let p = h.connect(1, true);
+    h.msg(p, PeerMessage::HaveNone);
+    assert!(suggestions(&h.msg(p, PeerMessage::Interested), p).is_empty());
+}
+
+/// A seed with a total of 4 blocks in flight (2 per peer) and three peers each asking
+/// for a whole 4-block piece.
+fn three_requesters(total: u32) -> (Harness, Vec<PeerSlot>, Vec<Action>) {
+    let mut h = Harness::seeder(
+        4,
+        4 * B,
+        Config {
+            max_uploads_in_flight_total: total,
+            seed_suggestions: 0,
+            ..Config::default()
+        },
+    );
+    let peers: Vec<_> = (1..=3).map(|k| h.connect(k, true)).collect();
+    let mut acts = Vec::new();
+    for (i, &p) in peers.iter().enumerate() {
+        h.msg(p, PeerMessage::HaveNone);
+        h.msg(p, PeerMessage::Interested);
+        for k in 0..4 {
+            acts.extend(h.msg(
+                p,
+                PeerMessage::Request(BlockRef {
+                    piece: i as u32,
+                    begin: k * B,
+                    length: B,
+                }),
+            ));
+        }
+    }
+    (h, peers, acts)
+}
+
+#[test]
+fn uploads_finish_a_peers_piece_before_starting_another() {
+    let (mut h, peers, acts) = three_requesters(4);
+    let (a, b, c) = (peers[0], peers[1], peers[2]);
+    let who = |r: &[(PeerSlot, BlockRef)]| r.iter().map(|x| x.0).collect::<Vec<_>>();
+    assert_eq!(who(&reads(&acts)), vec![a, a, b, b]);
+    // As blocks leave, the peers part-way through their pieces go on; the third waits
+    // although it has been queued longer than their later blocks.
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        for p in [a, b] {
+            h.e.block_sent(h.now, p);
+            order.extend(who(&reads(&h.drain())));
+        }
+    }
+    assert_eq!(&order[..4], &[a, b, a, b], "{order:?}");
+    assert!(order[4..].iter().all(|&p| p == c), "{order:?}");
+    assert_eq!(order.len(), 6);
+
+    // Without a total limit every peer is served at once, round-robin.
+    let (_, peers, acts) = three_requesters(0);
+    let first: Vec<_> = who(&reads(&acts));
+    assert_eq!(first.len(), 12);
+    assert!(peers.iter().all(|p| first.contains(p)));
+}
+
+#[test]
+fn stuck_or_departed_peers_do_not_hold_up_uploads() {
+    let (mut h, peers, acts) = three_requesters(4);
+    let c = peers[2];
+    assert_eq!(reads(&acts).len(), 4);
+    // Nothing reported sent: after a while a and b count as stuck, and c is served.
+    let later = h.advance(UPLOAD_STALL + Duration::from_secs(1));
+    assert!(reads(&later).iter().any(|r| r.0 == c), "{later:?}");
+    // A peer that leaves gives back its share at once (a driver may never report the
+    // blocks of a closed connection as sent).
+    let (mut h, peers, _) = three_requesters(4);
+    h.e.peer_disconnected(h.now, peers[0]);
+    let acts = h.drain();
+    assert!(reads(&acts).iter().any(|r| r.0 == peers[2]), "{acts:?}");
+    // Its late reports change nothing.
+    h.e.block_sent(h.now, peers[0]);
+    h.e.block_sent(h.now, peers[0]);
+    assert!(reads(&h.drain()).is_empty());
+}
