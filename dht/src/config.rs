@@ -24,8 +24,13 @@ pub struct Config {
     pub bootstrap: Vec<SocketAddr>,
     /// Bucket size and lookup width (BEP 5: 8).
     pub k: usize,
-    /// Queries in flight per lookup, not counting ones past the short timeout.
+    /// Queries in flight per search (get_peers, announce, find_node), not counting ones
+    /// past the short timeout: 5, as libtorrent's search branching, since each reply
+    /// that comes back first moves the search on.
     pub alpha: usize,
+    /// Parallelism of the node's own upkeep (bootstrap and bucket refreshes), where
+    /// latency matters less than traffic.
+    pub maintenance_alpha: usize,
     /// Hard cap on queries in flight per lookup, slow ones included.
     pub max_in_flight: usize,
     /// After this a query counts as slow and its lookup may send one more.
@@ -97,7 +102,8 @@ impl Default for Config {
             id: None,
             bootstrap: Vec::new(),
             k: 8,
-            alpha: 3,
+            alpha: 5,
+            maintenance_alpha: 3,
             max_in_flight: 8,
             short_timeout: Duration::from_secs(1),
             query_timeout: Duration::from_secs(5),

@@ -1068,7 +1068,10 @@ impl Dht {
             kind,
             target,
             self.config.k,
-            self.config.alpha,
+            match kind {
+                LookupKind::Bootstrap | LookupKind::Refresh => self.config.maintenance_alpha,
+                _ => self.config.alpha,
+            },
             self.config.max_in_flight,
         )
         .with_one_per_ip(self.config.restrict_ips)

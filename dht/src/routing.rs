@@ -365,11 +365,11 @@ impl RoutingTable {
     }
 
     fn insert_new(&mut self, entry: Entry, now: Instant) -> InsertOutcome {
-        let (addr, due) = (entry.addr, self.earliest_due(&entry));
+        let (addr, due) = (entry.addr, Self::may_be_due(&entry));
         let out = self.insert_entry(entry, now);
-        if out == InsertOutcome::Added {
-            // The newcomer may be due for a ping (unconfirmed, or seen long ago).
-            self.note_due(addr, due, now);
+        if out == InsertOutcome::Added && due {
+            // An unconfirmed newcomer: ping it to confirm it.
+            self.note_recheck(addr);
         }
         out
     }
@@ -507,7 +507,7 @@ impl RoutingTable {
             return false;
         };
         // Now questionable (or gone): due again once its last ping is old enough.
-        self.note_due(*addr, now, now);
+        self.note_recheck(*addr);
         let e = &mut self.buckets[bi].nodes[ni];
         e.fails = e.fails.saturating_add(1);
         if e.liveness(now, self.good_for) == Liveness::Bad {
@@ -716,23 +716,10 @@ impl RoutingTable {
         }
     }
 
-    /// The earliest a node can fall due for a liveness ping (its last ping is not known
-    /// to the table's callers here, so this may be early, never late).
-    fn earliest_due(&self, e: &Entry) -> Instant {
-        if e.confirmed && e.fails == 0 {
-            e.last_seen + self.good_for
-        } else {
-            e.last_seen
-        }
-    }
-
-    /// Records that the node at `addr` may fall due at `due`.
-    fn note_due(&mut self, addr: SocketAddr, due: Instant, now: Instant) {
-        if due > now {
-            self.ping_check_at = self.ping_check_at.map(|t| t.min(due));
-        } else {
-            self.note_recheck(addr);
-        }
+    /// Whether a node may be due for a liveness ping now (see `nodes_to_ping`): not if
+    /// it has answered and failed nothing since.
+    fn may_be_due(e: &Entry) -> bool {
+        !(e.confirmed && e.fails == 0)
     }
 
     /// Queues the node at `addr` for a one-by-one check at the next `nodes_to_ping`.
@@ -746,23 +733,25 @@ impl RoutingTable {
         }
     }
 
-    /// Up to `limit` nodes worth a liveness ping: unconfirmed ones, and questionable ones
-    /// not pinged in the last `repeat`. Marks them pinged.
+    /// Up to `limit` nodes worth a liveness ping: unconfirmed ones (to confirm them) and
+    /// ones that failed a query but are not bad yet (to find out), each at most once per
+    /// `repeat`. Marks them pinged.
     ///
-    /// Cheap when nothing is due: the scan remembers when the next node falls due (a good
-    /// node turns questionable `good_for` after it was last seen; a pinged one may be
-    /// pinged again after `repeat`), and only a change that can bring that time forward
-    /// (a node added or promoted, a failure) makes the next call scan again.
+    /// Good nodes that merely have not been heard from for a while are not pinged here:
+    /// as in BEP 5 they are checked when a newcomer wants their full bucket (see
+    /// [`InsertOutcome::Cached`]), by the refresh of a stale full bucket, and whenever a
+    /// lookup asks them. Pinging every such node every 15 minutes made most of an idle
+    /// node's traffic (a few hundred queries an hour per node) for little use.
+    ///
+    /// Cheap when nothing is due: the scan remembers when the next node falls due, and
+    /// nodes that may fall due sooner (added or promoted, failed) are checked one by one.
     pub fn nodes_to_ping(&mut self, now: Instant, limit: usize, repeat: Duration) -> Vec<NodeInfo> {
         let good_for = self.good_for;
         let due_at = |e: &Entry| {
-            let again = e.pinged_at.map(|p| p + repeat);
-            if e.liveness(now, good_for) == Liveness::Good {
-                let questionable = e.last_seen + good_for;
-                again.map_or(questionable, |a| a.max(questionable))
-            } else {
-                again.unwrap_or(now)
+            if e.confirmed && e.fails == 0 || e.liveness(now, good_for) == Liveness::Bad {
+                return None;
             }
+            Some(e.pinged_at.map_or(now, |p| p + repeat))
         };
         let mut out = Vec::new();
         // The nodes noted since the last scan, one by one.
@@ -771,7 +760,9 @@ impl RoutingTable {
                 continue;
             };
             let e = &mut self.buckets[bi].nodes[ni];
-            let due = due_at(e);
+            let Some(due) = due_at(e) else {
+                continue;
+            };
             if due > now {
                 self.ping_check_at = self.ping_check_at.map(|t| t.min(due));
             } else if out.len() < limit {
@@ -790,7 +781,9 @@ impl RoutingTable {
         let mut next: Option<Instant> = None;
         for b in &mut self.buckets {
             for e in &mut b.nodes {
-                let due_at = due_at(e);
+                let Some(due_at) = due_at(e) else {
+                    continue;
+                };
                 if due_at <= now {
                     if out.len() >= limit {
                         // More are due than we may ping now: look again next time.
@@ -799,7 +792,7 @@ impl RoutingTable {
                     }
                     e.pinged_at = Some(now);
                     out.push(e.info());
-                    // Pinged now; if it stays questionable it is due again after `repeat`.
+                    // Pinged now; if it fails it is due again after `repeat`.
                     next = Some(next.map_or(now + repeat, |n| n.min(now + repeat)));
                 } else {
                     next = Some(next.map_or(due_at, |n| n.min(due_at)));
