@@ -31,6 +31,11 @@ pub struct Config {
     /// Parallelism of the node's own upkeep (bootstrap and bucket refreshes), where
     /// latency matters less than traffic.
     pub maintenance_alpha: usize,
+    /// Larger far buckets (see `RoutingTable::with_extended_buckets`). Off by default: in
+    /// the 100,000-node simulation they cut the median time to the first peer by 9%
+    /// (412 to 374 ms) and the mean hops from 4.3 to 4.0, for 28% more traffic (mostly
+    /// pings that confirm the newcomers the bigger buckets take in) and 33% more memory.
+    pub extended_buckets: bool,
     /// Hard cap on queries in flight per lookup, slow ones included.
     pub max_in_flight: usize,
     /// After this a query counts as slow and its lookup may send one more.
@@ -104,6 +109,7 @@ impl Default for Config {
             k: 8,
             alpha: 5,
             maintenance_alpha: 3,
+            extended_buckets: false,
             max_in_flight: 8,
             short_timeout: Duration::from_secs(1),
             query_timeout: Duration::from_secs(5),

@@ -217,6 +217,7 @@ impl Dht {
                     config.node_good_for,
                     now,
                 )
+                .with_extended_buckets(config.extended_buckets)
             })
         };
         let table4 = table(config.ipv4);

@@ -121,6 +121,8 @@ pub struct RoutingTable {
     /// answers "is this address / IP in the table?" without reading every entry, which a
     /// node must ask for every newcomer that queries or answers it.
     addr_keys: Vec<u64>,
+    /// See [`RoutingTable::with_extended_buckets`].
+    extended: bool,
 }
 
 /// A sortable key for an address: IPv4 as `ip << 16 | port` (exact); IPv6 as a 47-bit hash
@@ -186,6 +188,25 @@ impl RoutingTable {
             ping_check_at: None,
             recheck: Vec::new(),
             addr_keys: Vec::new(),
+            extended: false,
+        }
+    }
+
+    /// Larger far buckets: the first four hold 16, 8, 4 and 2 times k nodes (128, 64,
+    /// 32, 16 for k = 8, as libtorrent's extended routing table). Half of all lookups
+    /// start in the first bucket, so more nodes there make the first hop land several
+    /// bits closer to the target: about one referral round less per search.
+    pub fn with_extended_buckets(mut self, on: bool) -> Self {
+        self.extended = on;
+        self
+    }
+
+    /// How many nodes bucket `index` holds.
+    fn capacity(&self, index: usize) -> usize {
+        if self.extended && index < 4 {
+            self.k << (4 - index)
+        } else {
+            self.k
         }
     }
 
@@ -377,11 +398,11 @@ impl RoutingTable {
     fn insert_entry(&mut self, entry: Entry, now: Instant) -> InsertOutcome {
         loop {
             let bi = self.bucket_index(&entry.id);
-            let k = self.k;
+            let (k, capacity) = (self.k, self.capacity(bi));
             let good_for = self.good_for;
             let splittable = bi == self.buckets.len() - 1 && self.buckets.len() < 160;
             let bucket = &mut self.buckets[bi];
-            if bucket.nodes.len() < k {
+            if bucket.nodes.len() < capacity {
                 bucket
                     .replacements
                     .retain(|r| r.id != entry.id && r.addr != entry.addr);
@@ -673,7 +694,7 @@ impl RoutingTable {
     /// bucket has room, which a full lookup should fill).
     pub fn refresh_probe(&self, index: usize) -> Option<NodeInfo> {
         let b = self.buckets.get(index)?;
-        if b.nodes.len() < self.k {
+        if b.nodes.len() < self.capacity(index) {
             return None;
         }
         b.nodes.iter().min_by_key(|e| e.last_seen).map(Entry::info)
@@ -843,6 +864,25 @@ mod tests {
             now,
             rng,
         )
+    }
+
+    #[test]
+    fn extended_buckets_hold_more_far_nodes() {
+        let (plain, now, mut rng) = table(false);
+        let mut extended = plain.clone().with_extended_buckets(true);
+        let mut plain = plain;
+        for i in 0..4096u32 {
+            let id = Id::random(&mut rng);
+            plain.on_response(id, addr(i, 1000), true, now);
+            extended.on_response(id, addr(i, 1000), true, now);
+        }
+        let sizes = extended.bucket_sizes();
+        assert_eq!(&sizes[..5], &[128, 64, 32, 16, 8], "{sizes:?}");
+        assert_eq!(&plain.bucket_sizes()[..5], &[8; 5]);
+        // The first hop of a search for a far target starts several bits closer.
+        let target = Id::random(&mut rng);
+        let best = |t: &RoutingTable| t.closest(&target, 1, true)[0].id.common_prefix_len(&target);
+        assert!(best(&extended) >= best(&plain));
     }
 
     #[test]
