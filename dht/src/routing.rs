@@ -601,20 +601,19 @@ impl RoutingTable {
         let full = |v: &Vec<(Id, &Entry)>, u: &Vec<(Id, &Entry)>| {
             v.len() + u.len().min(max_unverified) >= count
         };
-        // Nearest first: the target's own bucket; then every deeper one (their nodes all
-        // differ from the target in the bit where the target leaves our prefix, so they
-        // tie on that and must all be read); then the shallower ones, deepest first.
+        // Nearest first, in groups that cannot beat one another: the target's own bucket;
+        // then every deeper one (their nodes all differ from the target in the bit where
+        // the target leaves our prefix, so they tie on that and must all be read); then
+        // each shallower one, deepest first. Once full, farther groups change nothing.
         let p = self.bucket_index(target);
-        consider(
-            &self.buckets[p],
-            target,
-            count,
-            confirmed_only,
-            &mut verified,
-            &mut unverified,
-        );
-        if !full(&verified, &unverified) {
-            for b in &self.buckets[p + 1..] {
+        let groups = std::iter::once(p..p + 1)
+            .chain(std::iter::once(p + 1..self.buckets.len()))
+            .chain((0..p).rev().map(|j| j..j + 1));
+        for group in groups {
+            if full(&verified, &unverified) {
+                break;
+            }
+            for b in &self.buckets[group] {
                 consider(
                     b,
                     target,
@@ -624,19 +623,6 @@ impl RoutingTable {
                     &mut unverified,
                 );
             }
-        }
-        for b in self.buckets[..p].iter().rev() {
-            if full(&verified, &unverified) {
-                break;
-            }
-            consider(
-                b,
-                target,
-                count,
-                confirmed_only,
-                &mut verified,
-                &mut unverified,
-            );
         }
         // Nearest first, passing over unverified ones beyond their share; those fill only
         // the places left when the verified ones run out.
