@@ -143,20 +143,7 @@ fn swarm_get_fetches_from_an_aria2_seed_through_the_dht() {
 
     let out = dir.path().join("out");
     let get_log = dir.path().join("get.log");
-    let mut get = ns.swarm(
-        swarm_bin!(),
-        &[
-            OsStr::new("get"),
-            OsStr::new(&magnet),
-            OsStr::new("-o"),
-            out.as_os_str(),
-        ],
-        SWARM_PORT,
-        BOOTSTRAP,
-        &dir.path().join("get-state"),
-        &get_log,
-    );
-    get.stdout(Stdio::null());
+    let mut get = ns.swarm_get(swarm_bin!(), &magnet, SWARM_PORT, BOOTSTRAP, dir.path());
     let logs = || {
         format!(
             "our log:\n{}\naria2's log ends:\n{}",

@@ -230,28 +230,12 @@ pub const LT_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lt_peer.py");
 
 /// Starts `lt_peer.py ARGS` with `python`; returns the process and its stdout lines.
 pub fn spawn_lt_peer(python: &str, args: &[String]) -> (Reaper, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut child = Command::new(python)
-        .arg(LT_PEER)
+    let mut cmd = Command::new(python);
+    cmd.arg(LT_PEER)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn lt_peer.py");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Reaper(child), rx)
+        .stderr(Stdio::inherit());
+    spawn_with_lines(cmd)
 }
 
 /// Waits for a line containing `needle`; panics with the last lines seen after `limit`.
@@ -358,6 +342,30 @@ impl NetNs {
             .env("RUST_LOG", "info,wire::session=debug")
             .env("NO_COLOR", "1")
             .stderr(Stdio::from(std::fs::File::create(log).expect("log file")));
+        cmd
+    }
+
+    /// `swarm get MAGNET` (see [`NetNs::swarm`]) writing to `dir/out`, with its state in
+    /// `dir/get-state` and its log in `dir/get.log`; stdout discarded.
+    pub fn swarm_get(
+        &self,
+        bin: PathBuf,
+        magnet: &str,
+        port: u16,
+        bootstrap: &str,
+        dir: &Path,
+    ) -> Command {
+        let out = dir.join("out");
+        let args = [
+            std::ffi::OsStr::new("get"),
+            std::ffi::OsStr::new(magnet),
+            std::ffi::OsStr::new("-o"),
+            out.as_os_str(),
+        ];
+        let state = dir.join("get-state");
+        let log = dir.join("get.log");
+        let mut cmd = self.swarm(bin, &args, port, bootstrap, &state, &log);
+        cmd.stdout(Stdio::null());
         cmd
     }
 }

@@ -341,17 +341,7 @@ async fn request_outside_the_torrent_is_refused_by_the_seeder() {
     tokio::time::timeout(LIMIT, r.until_closed())
         .await
         .expect("seeder closed the connection");
-    // Stats are published periodically: wait for the snapshot that has the reason.
-    wait_for(
-        LIMIT,
-        || sw.seeder.stats(),
-        |s| {
-            s.dropped
-                .iter()
-                .any(|(_, why)| why.contains("invalid request"))
-        },
-    )
-    .await;
+    wait_dropped(LIMIT, || sw.seeder.stats(), "invalid request").await;
     // The seeder still serves honest peers.
     let dir = tempfile::tempdir().unwrap();
     let mut leecher = Torrent::start(
@@ -397,8 +387,9 @@ async fn peer_that_requests_but_never_reads_gets_a_bounded_amount() {
     // Wait until the seeder stops handing out blocks (nothing new for a second).
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut last = (seeder.stats().uploaded, tokio::time::Instant::now());
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        poll.tick().await;
         let now = seeder.stats().uploaded;
         if now != last.0 {
             last = (now, tokio::time::Instant::now());
@@ -454,14 +445,5 @@ async fn peer_that_asks_for_metadata_over_and_over_is_dropped() {
     .await
     .expect("seeder closed the connection");
     assert!(answers < 100, "{answers} metadata answers");
-    wait_for(
-        LIMIT,
-        || sw.seeder.stats(),
-        |s| {
-            s.dropped
-                .iter()
-                .any(|(_, why)| why.contains("too many metadata requests"))
-        },
-    )
-    .await;
+    wait_dropped(LIMIT, || sw.seeder.stats(), "too many metadata requests").await;
 }

@@ -72,6 +72,22 @@ fn random_pad() -> Vec<u8> {
 }
 
 /// Takes `n` bytes from the front of `buf`, decrypted with `rc4`.
+/// The peer's public key: the first `KEY_LEN` bytes, which `fill` has made sure are there.
+fn public_key(buf: &[u8]) -> [u8; KEY_LEN] {
+    let mut key = [0; KEY_LEN];
+    key.copy_from_slice(&buf[..KEY_LEN]);
+    key
+}
+
+/// Big-endian integers of the handshake's fixed fields (callers pass exact slices).
+fn be_u16(b: &[u8]) -> usize {
+    usize::from(u16::from_be_bytes([b[0], b[1]]))
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
 fn take_decrypted(buf: &mut BytesMut, n: usize, rc4: &mut Rc4) -> BytesMut {
     let mut part = buf.split_to(n);
     rc4.apply(&mut part);
@@ -89,7 +105,7 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     s.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(1024);
     fill(&mut s, &mut buf, KEY_LEN).await?;
-    let theirs: [u8; KEY_LEN] = buf[..KEY_LEN].try_into().expect("96 bytes");
+    let theirs = public_key(&buf);
     buf.advance(KEY_LEN);
     let secret = keys.secret(&theirs);
     let (mut enc, dec) = ciphers(&secret, skey, true);
@@ -112,8 +128,8 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     let mut dec = dec_after_vc;
     fill(&mut s, &mut buf, 6).await?;
     let head = take_decrypted(&mut buf, 6, &mut dec);
-    let select = u32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
-    let pad = u16::from_be_bytes(head[4..6].try_into().expect("2 bytes")) as usize;
+    let select = be_u32(&head[..4]);
+    let pad = be_u16(&head[4..6]);
     if pad > MAX_PAD || !(select == CRYPTO_RC4 || select == CRYPTO_PLAINTEXT) {
         return Err(io::Error::other(format!(
             "MSE: bad answer (select {select:#x}, pad {pad})"
@@ -132,7 +148,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     skey: &[u8; 20],
 ) -> io::Result<MseStream<S>> {
     fill(&mut s, &mut buf, KEY_LEN).await?;
-    let theirs: [u8; KEY_LEN] = buf[..KEY_LEN].try_into().expect("96 bytes");
+    let theirs = public_key(&buf);
     buf.advance(KEY_LEN);
     let keys = KeyPair::new(rand::random());
     let mut out = keys.public.to_vec();
@@ -149,8 +165,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut enc, mut dec) = ciphers(&secret, skey, false);
     fill(&mut s, &mut buf, 14).await?;
     let head = take_decrypted(&mut buf, 14, &mut dec);
-    let provide = u32::from_be_bytes(head[8..12].try_into().expect("4 bytes"));
-    let pad = u16::from_be_bytes(head[12..14].try_into().expect("2 bytes")) as usize;
+    let provide = be_u32(&head[8..12]);
+    let pad = be_u16(&head[12..14]);
     if head[..8] != VC || pad > MAX_PAD {
         return Err(io::Error::other(
             "MSE: bad verification constant or padding",
@@ -158,11 +174,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
     fill(&mut s, &mut buf, pad + 2).await?;
     take_decrypted(&mut buf, pad, &mut dec);
-    let ia_len = u16::from_be_bytes(
-        take_decrypted(&mut buf, 2, &mut dec)[..]
-            .try_into()
-            .expect("2 bytes"),
-    ) as usize;
+    let ia_len = be_u16(&take_decrypted(&mut buf, 2, &mut dec));
     fill(&mut s, &mut buf, ia_len).await?;
     let initial = take_decrypted(&mut buf, ia_len, &mut dec);
     // Plaintext after the handshake when they allow it: RC4 costs CPU and hides nothing

@@ -92,6 +92,19 @@ pub async fn wait_for(
     }
 }
 
+/// Waits until the stats list a peer dropped for a reason containing `reason` (stats are
+/// published periodically, so the snapshot with it may come a little later).
+pub async fn wait_dropped(
+    limit: Duration,
+    stats: impl FnMut() -> TorrentStats,
+    reason: &str,
+) -> TorrentStats {
+    wait_for(limit, stats, |s| {
+        s.dropped.iter().any(|(_, why)| why.contains(reason))
+    })
+    .await
+}
+
 /// Every file of `a` equals the same file under `b`.
 pub fn same_tree(a: &Path, b: &Path, files: &[(&str, Vec<u8>)]) {
     for (rel, data) in files {
