@@ -31,15 +31,20 @@ pub struct Config {
     /// Parallelism of the node's own upkeep (bootstrap and bucket refreshes), where
     /// latency matters less than traffic.
     pub maintenance_alpha: usize,
-    /// Larger far buckets (see `RoutingTable::with_extended_buckets`). Off by default: in
-    /// the 100,000-node simulation they cut the median time to the first peer by 9%
-    /// (412 to 374 ms) and the mean hops from 4.3 to 4.0, for 28% more traffic (mostly
-    /// pings that confirm the newcomers the bigger buckets take in) and 33% more memory.
+    /// Larger far buckets (see `RoutingTable::with_extended_buckets`): 128/64/32/16 nodes,
+    /// filled from the nodes that query us and from referrals, unconfirmed and unpinged
+    /// until our own lookups use them, never handed to others. On by default: in the
+    /// 100,000-node simulation (one hour, churn, 2% loss) they bring the median time to
+    /// the first peer to 3 round trips (from 3.8) for no more traffic.
     pub extended_buckets: bool,
     /// Hard cap on queries in flight per lookup, slow ones included.
     pub max_in_flight: usize,
-    /// After this a query counts as slow and its lookup may send one more.
+    /// After this a query counts as slow and its lookup may send one more: the most the
+    /// adaptive short timeout (smoothed RTT plus four deviations, see `dht::rtt`) waits,
+    /// and what it waits before any reply was measured.
     pub short_timeout: Duration,
+    /// The least the adaptive short timeout waits.
+    pub short_timeout_min: Duration,
     /// After this a query has failed.
     pub query_timeout: Duration,
     /// One routing entry per IP, and at most `max_per_subnet` per /24 (v4) or /64 (v6) in a
@@ -109,9 +114,10 @@ impl Default for Config {
             k: 8,
             alpha: 5,
             maintenance_alpha: 3,
-            extended_buckets: false,
+            extended_buckets: true,
             max_in_flight: 8,
             short_timeout: Duration::from_secs(1),
+            short_timeout_min: Duration::from_millis(250),
             query_timeout: Duration::from_secs(5),
             restrict_ips: true,
             max_per_subnet: 2,

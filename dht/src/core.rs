@@ -20,6 +20,7 @@ use crate::lookup::{Lookup, LookupId, LookupKind, Phase};
 use crate::pool::{decode_pool_file, encode_pool_file, Pool};
 use crate::ratelimit::{Admit, InboundLimiter, TokenBucket};
 use crate::routing::{InsertOutcome, RoutingTable};
+use crate::rtt::RttEstimator;
 use crate::state::{SavedState, StateError};
 use crate::storage::PeerStore;
 use crate::token::Tokens;
@@ -184,6 +185,8 @@ pub struct Dht {
     lookups: BTreeMap<LookupId, Lookup>,
     next_lookup: u64,
     transactions: HashMap<u16, Tx>,
+    /// Round trips of replies, for the short timeout.
+    rtt: RttEstimator,
     /// Send times in order, for the short and the long timeout.
     slow_checks: VecDeque<(Instant, u16)>,
     deadlines: VecDeque<(Instant, u16)>,
@@ -197,6 +200,8 @@ pub struct Dht {
     next_tick: Instant,
     last_tick: Instant,
     last_bootstrap: Option<Instant>,
+    /// Which bucket the next housekeeping pass sweeps of bad nodes.
+    sweep_cursor: usize,
     bootstrap_backoff: Duration,
     bootstrap_lookup: Option<LookupId>,
     stats: Stats,
@@ -273,6 +278,7 @@ impl Dht {
             lookups: BTreeMap::new(),
             next_lookup: 1,
             transactions: HashMap::new(),
+            rtt: RttEstimator::new(config.short_timeout_min, config.short_timeout),
             slow_checks: VecDeque::new(),
             deadlines: VecDeque::new(),
             next_tid,
@@ -283,6 +289,7 @@ impl Dht {
             next_tick: now,
             last_tick: now,
             last_bootstrap: None,
+            sweep_cursor: 0,
             bootstrap_backoff: REBOOTSTRAP_MIN,
             bootstrap_lookup: None,
             stats: Stats::default(),
@@ -349,7 +356,7 @@ impl Dht {
 
     /// Lets time pass: timeouts, rate-limited sends, housekeeping.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let short = self.config.short_timeout;
+        let short = self.rtt.short_timeout();
         while let Some(&(sent, tid)) = self.slow_checks.front() {
             if sent + short > now {
                 break;
@@ -419,7 +426,7 @@ impl Dht {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next = self.housekeeping_due();
         if let Some((sent, _)) = self.slow_checks.front() {
-            next = next.min(*sent + self.config.short_timeout);
+            next = next.min(*sent + self.rtt.short_timeout());
         }
         if let Some((sent, _)) = self.deadlines.front() {
             next = next.min(*sent + self.config.query_timeout);
@@ -590,6 +597,11 @@ impl Dht {
             .collect()
     }
 
+    /// Every routing-table entry with its liveness data (both families).
+    pub fn routing_table_entries(&self) -> Vec<crate::routing::Entry> {
+        self.tables().flat_map(|t| t.entries().cloned()).collect()
+    }
+
     /// Nodes in the tables (both families).
     pub fn node_count(&self) -> usize {
         self.tables().map(RoutingTable::len).sum()
@@ -734,13 +746,14 @@ impl Dht {
         if q.id == self.id {
             return;
         }
-        // A node that queries us may fill a free slot; confirm it with a ping.
+        // A node that queries us may fill a free slot; confirm it with a ping (except in
+        // a lazy far bucket, where our own lookups confirm it).
         if !ro {
             let verified = self.verified(&q.id, from.ip());
             let mut pinged = false;
             if let Some(t) = self.table_for(&from) {
                 let out = t.on_query(q.id, from, verified, now);
-                if out == InsertOutcome::Added {
+                if out == InsertOutcome::Added && t.wants_confirmation(&q.id) {
                     self.enqueue(from, QueryKind::Ping, TxKind::Ping, None);
                     pinged = true;
                 } else {
@@ -913,6 +926,7 @@ impl Dht {
             return;
         };
         self.stats.responses_received += 1;
+        self.rtt.sample(now.saturating_duration_since(tx.sent));
         if r.id == self.id {
             // We asked ourselves (our own address in some list): not a node to keep.
             self.on_query_failed(now, tx, false);
@@ -934,6 +948,9 @@ impl Dht {
                 p.insert_verified(now, NodeInfo { id, addr: from }, verified);
             }
         }
+        if self.config.extended_buckets {
+            self.note_referrals(now, &r);
+        }
         match tx.kind {
             TxKind::UserPing => self.events.push_back(Event::Pong {
                 addr: from,
@@ -949,6 +966,20 @@ impl Dht {
                 if let Some(lid) = tx.lookup {
                     self.announce_reply(lid, true);
                 }
+            }
+        }
+    }
+
+    /// Nodes named in a reply may fill the lazy far buckets (see
+    /// `RoutingTable::on_heard_of`): lookups and refresh probes fill them for free.
+    fn note_referrals(&mut self, now: Instant, r: &Response) {
+        for n in r.nodes.iter().chain(&r.nodes6) {
+            if n.id == self.id || !dialable(&n.addr) {
+                continue;
+            }
+            let verified = self.verified(&n.id, n.addr.ip());
+            if let Some(t) = self.table_for(&n.addr) {
+                t.on_heard_of(n.id, n.addr, verified, now);
             }
         }
     }
@@ -1076,7 +1107,8 @@ impl Dht {
             self.config.max_in_flight,
         )
         .with_one_per_ip(self.config.restrict_ips)
-        .with_prefer_verified(self.config.bep42);
+        .with_prefer_verified(self.config.bep42)
+        .with_steady_pace(matches!(kind, LookupKind::Bootstrap | LookupKind::Refresh));
         if let Some(bits) = fill_bits {
             l = l.with_fill(bits);
         }
@@ -1230,19 +1262,14 @@ impl Dht {
         }
     }
 
-    /// Fills the far buckets after joining: one find_node into each bucket that is not
-    /// full (our own-id lookup only fills the near ones).
+    /// Fills the far buckets after joining: one find_node into the range of each of the
+    /// first few prefixes where the table is short of nodes (our own-id lookup only fills
+    /// the near ones).
     fn refresh_after_bootstrap(&mut self, now: Instant) {
         let mut targets = Vec::new();
         for t in self.table4.iter().chain(self.table6.iter()) {
-            let sizes = t.bucket_sizes();
-            for prefix in 0..REFRESH_AFTER_BOOTSTRAP {
-                // Prefixes past the last bucket all live in it: refresh them while it is
-                // not full, so the ranges between far and near get explored too.
-                let bucket = prefix.min(sizes.len() - 1);
-                if sizes[bucket] < self.config.k || prefix >= sizes.len() - 1 {
-                    targets.push((t.own_id(), prefix as u32));
-                }
+            for prefix in t.sparse_prefixes(REFRESH_AFTER_BOOTSTRAP) {
+                targets.push((t.own_id(), prefix));
             }
         }
         for (own, prefix) in targets {
@@ -1481,15 +1508,22 @@ impl Dht {
         let refresh = self.config.bucket_refresh;
         let mut targets = Vec::new();
         let mut probes = Vec::new();
+        self.sweep_cursor = self.sweep_cursor.wrapping_add(1);
         for t in self.table4.iter_mut().chain(self.table6.iter_mut()) {
+            // One bucket per pass loses its bad nodes, round the table.
+            let sweep = self.sweep_cursor % t.bucket_count();
+            t.sweep_bad(sweep, now);
             if let Some(&b) = t.stale_buckets(now, refresh).first() {
                 t.touch_bucket(b, now);
-                match t.refresh_probe(b) {
-                    Some(n) => {
-                        let target = t.own_id().random_with_prefix(b as u32, &mut self.rng);
-                        probes.push((n.addr, target));
-                    }
-                    None => targets.push((t.own_id(), b as u32)),
+                // The node heard from longest ago is asked for nodes in the bucket's
+                // range: that checks it is alive and brings referrals. A bucket short
+                // of nodes gets a lookup to fill it as well.
+                let target = t.own_id().random_with_prefix(b as u32, &mut self.rng);
+                if let Some(n) = t.refresh_probe(b) {
+                    probes.push((n.addr, target));
+                }
+                if t.wants_fill(b) {
+                    targets.push((t.own_id(), b as u32));
                 }
             }
         }

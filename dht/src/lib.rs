@@ -32,6 +32,7 @@ pub mod node;
 pub mod pool;
 pub mod ratelimit;
 pub mod routing;
+pub mod rtt;
 pub mod state;
 pub mod storage;
 pub mod token;

@@ -108,6 +108,9 @@ pub struct Lookup {
     alpha: usize,
     max_in_flight: usize,
     candidates: Vec<Candidate>,
+    /// IP part (`addr_key >> 16`) of every address ever added, sorted: most nodes a reply
+    /// names are new, and this tells so without reading every candidate.
+    ips_seen: Vec<u64>,
     in_flight: usize,
     slow: usize,
     peers_seen: HashSet<SocketAddr>,
@@ -124,6 +127,8 @@ pub struct Lookup {
     /// Bucket refresh: done once k nodes sharing at least this many leading bits with the
     /// target have answered (see [`Lookup::with_fill`]).
     fill_bits: Option<u32>,
+    /// See [`Lookup::with_steady_pace`].
+    steady: bool,
 }
 
 impl Lookup {
@@ -144,6 +149,7 @@ impl Lookup {
             alpha: alpha.max(1),
             max_in_flight: max_in_flight.max(alpha.max(1)),
             candidates: Vec::new(),
+            ips_seen: Vec::new(),
             in_flight: 0,
             slow: 0,
             peers_seen: HashSet::new(),
@@ -153,20 +159,30 @@ impl Lookup {
             prefer_verified: false,
             next_hop: 1,
             fill_bits: None,
+            steady: false,
         }
     }
 
-    /// Makes this a bucket-filling lookup: it is done as soon as `k` nodes that share at
-    /// least `bits` leading bits with the target have answered. A refresh only needs k
+    /// Makes this a bucket-filling lookup: it is done as soon as k/2 nodes that share at
+    /// least `bits` leading bits with the target have answered. A refresh only needs
     /// live nodes in the bucket's range (each answer puts its node in our table); the
     /// exact k closest to a random id in it are worth nothing, and converging on them
-    /// costs about twice the queries.
+    /// costs several times the queries.
     pub fn with_fill(mut self, bits: u32) -> Lookup {
         self.fill_bits = Some(bits);
         self
     }
 
-    /// Whether a bucket-filling lookup has its k nodes.
+    /// At most `alpha` queries in flight in all (slow ones not counting), however near
+    /// the nodes a reply names: for upkeep (bootstrap, refreshes), where a few more
+    /// round trips cost nothing and fewer queries save traffic. Searches go at the pace
+    /// of their fastest useful replies instead (see [`Lookup::next_queries`]).
+    pub fn with_steady_pace(mut self, on: bool) -> Lookup {
+        self.steady = on;
+        self
+    }
+
+    /// Whether a bucket-filling lookup has its nodes (see `fill_count`).
     fn filled(&self) -> bool {
         let Some(bits) = self.fill_bits else {
             return false;
@@ -176,8 +192,16 @@ impl Lookup {
             .iter()
             .take_while(|c| c.id.is_some() && c.rank.1.leading_zeros() >= bits)
             .filter(|c| c.state == State::Responded)
-            .nth(self.k - 1)
+            .nth(self.fill_count() - 1)
             .is_some()
+    }
+
+    /// Answers in range that fill a bucket: half of k. The refresh has then found live
+    /// nodes there (and their referrals), and the rest of the bucket fills from the
+    /// traffic those nodes bring; going on to k answers costs about 30% more queries for
+    /// the same lookup success (100,000-node simulation).
+    fn fill_count(&self) -> usize {
+        (self.k / 2).max(1)
     }
 
     /// Checks candidates' ids against their IPs (BEP 42) and lets unverified ones take at
@@ -241,19 +265,29 @@ impl Lookup {
         for n in nodes {
             let one_per_ip = self.one_per_ip;
             let key = addr_key(&n.addr);
-            // Keys of one IP share all but the low 16 bits (the port); equal keys are
-            // confirmed on the address itself, since IPv6 keys are hashes.
-            if self.candidates.iter().any(|c| {
-                c.id == Some(n.id)
-                    || (c.addr_key == key && c.addr == n.addr)
-                    || (one_per_ip && c.addr_key >> 16 == key >> 16 && c.addr.ip() == n.addr.ip())
-            }) {
-                continue;
-            }
-            let verified = self.is_verified(&n.id, &n.addr);
             let rank = rank(Some(n.id), &self.target);
             // Keep the list sorted: insert after the last candidate that ranks no farther.
+            // Equal ranks mean equal ids (XOR distance to one target is one-to-one).
             let at = self.candidates.partition_point(|c| c.rank <= rank);
+            if at > 0 && self.candidates[at - 1].rank == rank {
+                continue;
+            }
+            // Keys of one IP share all but the low 16 bits (the port); equal keys are
+            // confirmed on the address itself, since IPv6 keys are hashes.
+            match self.ips_seen.binary_search(&(key >> 16)) {
+                Err(pos) => self.ips_seen.insert(pos, key >> 16),
+                Ok(_) => {
+                    if self.candidates.iter().any(|c| {
+                        (c.addr_key == key && c.addr == n.addr)
+                            || (one_per_ip
+                                && c.addr_key >> 16 == key >> 16
+                                && c.addr.ip() == n.addr.ip())
+                    }) {
+                        continue;
+                    }
+                }
+            }
+            let verified = self.is_verified(&n.id, &n.addr);
             self.candidates.insert(
                 at,
                 Candidate {
@@ -276,6 +310,10 @@ impl Lookup {
         for addr in addrs {
             if self.candidates.iter().any(|c| c.addr == addr) {
                 continue;
+            }
+            let ip = addr_key(&addr) >> 16;
+            if let Err(pos) = self.ips_seen.binary_search(&ip) {
+                self.ips_seen.insert(pos, ip);
             }
             self.candidates.push(Candidate {
                 id: None,
@@ -316,25 +354,40 @@ impl Lookup {
     }
 
     /// The next nodes to ask; they are marked in flight.
+    ///
+    /// Walking the window nearest first, a fresh node is asked while fewer than `alpha`
+    /// queries are in flight to nodes nearer than it (slow ones not counting; with
+    /// [`Lookup::with_steady_pace`], to any node). Queries to
+    /// nodes that a reply has since outranked do not hold the new, nearer nodes back: the
+    /// lookup moves on at the pace of its fastest useful replies, not its slowest.
     pub fn next_queries(&mut self) -> Vec<(SocketAddr, Option<Id>)> {
         let mut out = Vec::new();
         if self.phase != Phase::Traversal || self.filled() {
             return out;
         }
-        loop {
-            let active = self.in_flight - self.slow;
-            if active >= self.alpha || self.in_flight >= self.max_in_flight {
+        let window: Vec<usize> = self.window().collect();
+        // Steady pace: every active query counts, near or far.
+        let mut ahead = if self.steady {
+            self.in_flight - self.slow
+        } else {
+            0
+        };
+        for i in window {
+            if self.in_flight >= self.max_in_flight || ahead >= self.alpha {
                 break;
             }
-            let pick = self
-                .window()
-                .find(|&i| self.candidates[i].state == State::Fresh);
-            let Some(i) = pick else { break };
             let c = &mut self.candidates[i];
-            c.state = State::InFlight { slow: false };
-            self.in_flight += 1;
-            self.queries_sent += 1;
-            out.push((c.addr, c.id));
+            match c.state {
+                State::InFlight { slow: false } if !self.steady => ahead += 1,
+                State::Fresh => {
+                    c.state = State::InFlight { slow: false };
+                    self.in_flight += 1;
+                    self.queries_sent += 1;
+                    ahead += 1;
+                    out.push((c.addr, c.id));
+                }
+                _ => {}
+            }
         }
         out
     }
@@ -511,6 +564,47 @@ mod tests {
     }
 
     #[test]
+    fn nearer_nodes_from_a_reply_are_asked_while_farther_queries_are_pending() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let target = Id::random(&mut rng);
+        // Three seeds far from the target, and five nodes nearer than any of them.
+        let mut nodes: Vec<NodeInfo> = (1..=8).map(|i| node(&mut rng, i)).collect();
+        for n in &mut nodes[..3] {
+            n.id.0[0] = !target.0[0];
+        }
+        for n in &mut nodes[3..] {
+            n.id.0[0] = target.0[0];
+        }
+        let mut l = Lookup::new(LookupId(1), LookupKind::GetPeers, target, 8, 3, 16);
+        l.add_nodes(&nodes[..3]);
+        let first = l.next_queries();
+        assert_eq!(first.len(), 3);
+        // The first reply names the nearer nodes; two far queries are still out.
+        l.on_response(&first[0].0, first[0].1.unwrap(), None);
+        l.add_nodes(&nodes[3..]);
+        let next = l.next_queries();
+        let mut nearest: Vec<&NodeInfo> = nodes[3..].iter().collect();
+        nearest.sort_by_key(|n| n.id.distance(&target));
+        assert_eq!(
+            next.iter().map(|q| q.0).collect::<Vec<_>>(),
+            nearest[..3].iter().map(|n| n.addr).collect::<Vec<_>>(),
+            "alpha queries go to the nearer nodes at once, not one per freed slot"
+        );
+        assert!(l.next_queries().is_empty());
+        // Upkeep lookups keep alpha in flight in all: one query per freed slot.
+        let mut l =
+            Lookup::new(LookupId(2), LookupKind::Refresh, target, 8, 3, 16).with_steady_pace(true);
+        l.add_nodes(&nodes[..3]);
+        let first = l.next_queries();
+        l.on_response(&first[0].0, first[0].1.unwrap(), None);
+        l.add_nodes(&nodes[3..]);
+        assert_eq!(
+            l.next_queries(),
+            vec![(nearest[0].addr, Some(nearest[0].id))]
+        );
+    }
+
+    #[test]
     fn slow_query_opens_a_slot_and_failure_widens_the_window() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
         let target = Id::random(&mut rng);
@@ -559,7 +653,7 @@ mod tests {
     /// that must converge keeps chasing them; a bucket refresh stops once k nodes in its
     /// range have answered.
     #[test]
-    fn a_filling_lookup_stops_once_k_nodes_in_range_answered() {
+    fn a_filling_lookup_stops_once_half_k_nodes_in_range_answered() {
         fn run(fill: Option<u32>) -> (u32, u32) {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
             let target = Id::random(&mut rng);
@@ -596,10 +690,10 @@ mod tests {
         }
         let (converge, _) = run(None);
         let (fill, answered) = run(Some(5));
-        assert!(answered >= 8, "{answered}");
+        assert!(answered >= 4, "{answered}");
         assert!(
-            fill <= 8 + 2,
-            "stops at k answers plus the queries in flight: {fill}"
+            fill <= 4 + 2,
+            "stops at k/2 answers plus the queries in flight: {fill}"
         );
         assert!(converge > 3 * fill, "{converge} vs {fill}");
     }

@@ -49,12 +49,11 @@ pub enum Liveness {
 
 impl Entry {
     pub fn liveness(&self, now: Instant, good_for: Duration) -> Liveness {
-        if self.fails >= MAX_FAILS || (!self.confirmed && self.fails >= 1) {
+        let silent = now.saturating_duration_since(self.last_seen) >= good_for;
+        if self.fails >= MAX_FAILS || (!self.confirmed && (self.fails >= 1 || silent)) {
+            // An unconfirmed node is only worth its slot while it keeps showing up.
             Liveness::Bad
-        } else if self.confirmed
-            && self.fails == 0
-            && now.saturating_duration_since(self.last_seen) < good_for
-        {
+        } else if self.confirmed && self.fails == 0 && !silent {
             Liveness::Good
         } else {
             Liveness::Questionable
@@ -71,18 +70,94 @@ impl Entry {
 
 #[derive(Clone, Debug)]
 struct Bucket {
+    /// Change only through `put` and `take`, which keep `keys` and the table's address
+    /// index in step (entries may be edited in place, but not their id or address).
     nodes: Vec<Entry>,
+    /// [`node_key`] of each of `nodes`, same order: a scan of a (possibly 128-node) bucket
+    /// reads these 8 bytes per node instead of whole entries.
+    keys: Vec<u64>,
+    /// [`addr_key`] of each of `nodes`, same order (address and IP tests).
+    addr_keys: Vec<u64>,
     replacements: Vec<Entry>,
     last_changed: Instant,
 }
 
+/// The leading 64 bits of an id: XOR distances of these order nodes as the full ids do,
+/// except between ids that agree on all 64 bits (then the full ids decide).
+fn id_key(id: &Id) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// A node's leading 63 id bits, with its BEP 42 `verified` flag (fixed for an entry) as
+/// the lowest bit.
+fn node_key(e: &Entry) -> u64 {
+    (id_key(&e.id) & !1) | u64::from(e.verified)
+}
+
 impl Bucket {
     fn new(now: Instant) -> Bucket {
+        Bucket::with(Vec::new(), Vec::new(), now)
+    }
+
+    fn with(nodes: Vec<Entry>, replacements: Vec<Entry>, now: Instant) -> Bucket {
         Bucket {
-            nodes: Vec::new(),
-            replacements: Vec::new(),
+            keys: nodes.iter().map(node_key).collect(),
+            addr_keys: nodes.iter().map(|e| addr_key(&e.addr)).collect(),
+            nodes,
+            replacements,
             last_changed: now,
         }
+    }
+
+    /// Position of the node at this address.
+    fn find_addr(&self, addr: &SocketAddr) -> Option<usize> {
+        let key = addr_key(addr);
+        self.addr_keys
+            .iter()
+            .enumerate()
+            .find(|&(i, k)| *k == key && self.nodes[i].addr == *addr)
+            .map(|(i, _)| i)
+    }
+
+    /// Position of the node with this id.
+    fn find_id(&self, id: &Id) -> Option<usize> {
+        let key = id_key(id) >> 1;
+        self.keys
+            .iter()
+            .enumerate()
+            .find(|&(i, k)| k >> 1 == key && self.nodes[i].id == *id)
+            .map(|(i, _)| i)
+    }
+
+    /// Puts `entry` in place of the node at `slot`, or at the end.
+    fn put(&mut self, slot: Option<usize>, entry: Entry, addr_keys: &mut Vec<u64>, now: Instant) {
+        index_add(addr_keys, &entry.addr);
+        let (key, akey) = (node_key(&entry), addr_key(&entry.addr));
+        match slot {
+            Some(pos) => {
+                index_remove(addr_keys, &self.nodes[pos].addr);
+                self.keys[pos] = key;
+                self.addr_keys[pos] = akey;
+                self.nodes[pos] = entry;
+            }
+            None => {
+                self.keys.push(key);
+                self.addr_keys.push(akey);
+                self.nodes.push(entry);
+            }
+        }
+        self.last_changed = now;
+    }
+
+    /// Removes the node at `pos`.
+    fn take(&mut self, pos: usize, addr_keys: &mut Vec<u64>) -> Entry {
+        self.keys.remove(pos);
+        self.addr_keys.remove(pos);
+        let gone = self.nodes.remove(pos);
+        index_remove(addr_keys, &gone.addr);
+        gone
     }
 }
 
@@ -193,17 +268,59 @@ impl RoutingTable {
     }
 
     /// Larger far buckets: the first four hold 16, 8, 4 and 2 times k nodes (128, 64,
-    /// 32, 16 for k = 8, as libtorrent's extended routing table). Half of all lookups
-    /// start in the first bucket, so more nodes there make the first hop land several
-    /// bits closer to the target: about one referral round less per search.
+    /// 32, 16 for k = 8, as libtorrent's extended routing table), once they no longer
+    /// hold our own id. Half of all lookups start in the first bucket, so more nodes
+    /// there make the first hop land several bits closer to the target: about one
+    /// referral round less per search.
+    ///
+    /// Newcomers that queried us are not pinged in these buckets ("lazy" buckets), and
+    /// nodes named in replies fill them too ([`RoutingTable::on_heard_of`]): they stay
+    /// unconfirmed, are never handed to other nodes, and serve only as starting points
+    /// for our own lookups, which confirm them by asking them (or drop them at their
+    /// first failure). Pinging every one of the extra 240 nodes would cost more traffic
+    /// than the buckets save; an unconfirmed node that stops showing up leaves after
+    /// `good_for`.
     pub fn with_extended_buckets(mut self, on: bool) -> Self {
         self.extended = on;
         self
     }
 
+    /// Whether unconfirmed nodes in bucket `index` wait for a lookup to confirm them
+    /// instead of a ping (see [`RoutingTable::with_extended_buckets`]).
+    fn lazy(&self, index: usize) -> bool {
+        index < self.lazy_below()
+    }
+
+    /// Buckets before this index are lazy: the first four, but never the bucket holding
+    /// our own id, which works as in BEP 5 (k nodes, newcomers pinged), so that a small
+    /// network, all in that one bucket, confirms and hands out its nodes as usual.
+    fn lazy_below(&self) -> usize {
+        if self.extended {
+            4.min(self.buckets.len() - 1)
+        } else {
+            0
+        }
+    }
+
+    /// Whether a node with this id that has not answered us yet should be pinged to
+    /// confirm it (not in a lazy bucket).
+    pub fn wants_confirmation(&self, id: &Id) -> bool {
+        !self.lazy(self.bucket_index(id))
+    }
+
+    /// How many nodes in bucket (or prefix) `index` make a lookup to fill it not worth
+    /// its cost: k, or half of a lazy bucket (one lookup's referrals fill about that).
+    fn fill_wanted(&self, index: usize) -> usize {
+        if self.lazy(index) {
+            self.capacity(index) / 2
+        } else {
+            self.k
+        }
+    }
+
     /// How many nodes bucket `index` holds.
     fn capacity(&self, index: usize) -> usize {
-        if self.extended && index < 4 {
+        if self.lazy(index) {
             self.k << (4 - index)
         } else {
             self.k
@@ -267,12 +384,10 @@ impl RoutingTable {
         if self.addr_keys.binary_search(&addr_key(addr)).is_err() {
             return None;
         }
-        for (bi, b) in self.buckets.iter().enumerate() {
-            if let Some(ni) = b.nodes.iter().position(|e| e.addr == *addr) {
-                return Some((bi, ni));
-            }
-        }
-        None
+        self.buckets
+            .iter()
+            .enumerate()
+            .find_map(|(bi, b)| Some((bi, b.find_addr(addr)?)))
     }
 
     /// A node answered one of our queries.
@@ -297,6 +412,54 @@ impl RoutingTable {
         self.offer(id, addr, verified, false, now)
     }
 
+    /// A node named in a reply (not heard from itself): it may take a free slot of a lazy
+    /// far bucket, unconfirmed, as a starting point for our own lookups. It never displaces
+    /// a node, never splits a bucket and is never handed to others; its first failure or
+    /// `good_for` of silence ends it. This fills the big far buckets from the referrals
+    /// our lookups and refreshes receive anyway, without a single extra query.
+    pub fn on_heard_of(&mut self, id: Id, addr: SocketAddr, verified: bool, now: Instant) -> bool {
+        let bi = self.bucket_index(&id);
+        if !self.lazy(bi) || id == self.own || addr.port() == 0 {
+            return false;
+        }
+        let b = &self.buckets[bi];
+        if self.addr_keys.binary_search(&addr_key(&addr)).is_ok() || b.find_id(&id).is_some() {
+            return false;
+        }
+        let (capacity, good_for) = (self.capacity(bi), self.good_for);
+        let slot = if b.nodes.len() < capacity {
+            None
+        } else {
+            // Full: it may take the slot of a node gone bad (most often hearsay that fell
+            // silent). Only one slot, picked by the newcomer's id, is looked at: reading a
+            // whole 128-node bucket for every referral would cost more than the slot is
+            // worth, and the steady stream of referrals sweeps all slots soon enough.
+            let pos = (id_key(&id) % b.nodes.len() as u64) as usize;
+            if b.nodes[pos].liveness(now, good_for) != Liveness::Bad {
+                return false;
+            }
+            Some(pos)
+        };
+        if self.restrict_ips && !self.ip_allowed(bi, addr.ip()) {
+            return false;
+        }
+        let entry = Entry {
+            id,
+            addr,
+            last_seen: now,
+            pinged_at: None,
+            fails: 0,
+            confirmed: false,
+            verified,
+        };
+        let b = &mut self.buckets[bi];
+        let changed = b.last_changed;
+        b.put(slot, entry, &mut self.addr_keys, now);
+        // Hearsay is no refresh: the bucket is as stale as before.
+        b.last_changed = changed;
+        true
+    }
+
     fn offer(
         &mut self,
         id: Id,
@@ -311,20 +474,20 @@ impl RoutingTable {
         // Fast path for a node we know: addresses are unique in the table, so an entry with
         // this id and address means no other entry can hold the address.
         let home = self.bucket_index(&id);
-        if let Some(e) = self.buckets[home]
-            .nodes
-            .iter_mut()
-            .find(|e| e.id == id && e.addr == addr)
-        {
+        let known = self.buckets[home]
+            .find_id(&id)
+            .filter(|&i| self.buckets[home].nodes[i].addr == addr);
+        if let Some(i) = known {
+            let e = &mut self.buckets[home].nodes[i];
             if answered {
                 e.confirmed = true;
                 e.fails = 0;
                 e.last_seen = now;
                 e.pinged_at = None;
                 self.buckets[home].last_changed = now;
-            } else if e.confirmed && e.fails == 0 {
+            } else if e.fails == 0 {
                 // BEP 5: a node that once answered us and queries us now is good; no need
-                // to ping it later to find that out.
+                // to ping it later to find that out. An unconfirmed one is at least alive.
                 e.last_seen = now;
             }
             return InsertOutcome::Updated;
@@ -347,7 +510,7 @@ impl RoutingTable {
             return InsertOutcome::Updated;
         }
         let bi = self.bucket_index(&id);
-        if self.buckets[bi].nodes.iter().any(|e| e.id == id) {
+        if self.buckets[bi].find_id(&id).is_some() {
             // Known id at a new address: keep the address we know.
             return InsertOutcome::Ignored;
         }
@@ -376,19 +539,25 @@ impl RoutingTable {
         if maybe_there && self.entries().any(|e| e.addr.ip() == ip) {
             return false;
         }
-        let net = subnet(ip);
-        let same = self.buckets[bi]
-            .nodes
-            .iter()
-            .filter(|e| subnet(e.addr.ip()) == net)
-            .count();
+        let b = &self.buckets[bi];
+        let same = if ip.is_ipv4() {
+            // An IPv4 key is `ip << 16 | port`: the /24 is the key's top bits.
+            let net = first >> 24;
+            b.addr_keys.iter().filter(|k| *k >> 24 == net).count()
+        } else {
+            let net = subnet(ip);
+            b.nodes
+                .iter()
+                .filter(|e| subnet(e.addr.ip()) == net)
+                .count()
+        };
         same < self.max_per_subnet
     }
 
     fn insert_new(&mut self, entry: Entry, now: Instant) -> InsertOutcome {
-        let (addr, due) = (entry.addr, Self::may_be_due(&entry));
+        let (addr, id, due) = (entry.addr, entry.id, Self::may_be_due(&entry));
         let out = self.insert_entry(entry, now);
-        if out == InsertOutcome::Added && due {
+        if out == InsertOutcome::Added && due && self.wants_confirmation(&id) {
             // An unconfirmed newcomer: ping it to confirm it.
             self.note_recheck(addr);
         }
@@ -406,9 +575,7 @@ impl RoutingTable {
                 bucket
                     .replacements
                     .retain(|r| r.id != entry.id && r.addr != entry.addr);
-                index_add(&mut self.addr_keys, &entry.addr);
-                bucket.nodes.push(entry);
-                bucket.last_changed = now;
+                bucket.put(None, entry, &mut self.addr_keys, now);
                 return InsertOutcome::Added;
             }
             // A bad node's slot is free for the taking.
@@ -417,10 +584,7 @@ impl RoutingTable {
                 .iter()
                 .position(|e| e.liveness(now, good_for) == Liveness::Bad)
             {
-                index_remove(&mut self.addr_keys, &bucket.nodes[pos].addr);
-                index_add(&mut self.addr_keys, &entry.addr);
-                bucket.nodes[pos] = entry;
-                bucket.last_changed = now;
+                bucket.put(Some(pos), entry, &mut self.addr_keys, now);
                 return InsertOutcome::Added;
             }
             // The bucket covering our own id splits.
@@ -443,10 +607,7 @@ impl RoutingTable {
                 }
             });
             if let Some(pos) = displace {
-                index_remove(&mut self.addr_keys, &bucket.nodes[pos].addr);
-                index_add(&mut self.addr_keys, &entry.addr);
-                bucket.nodes[pos] = entry;
-                bucket.last_changed = now;
+                bucket.put(Some(pos), entry, &mut self.addr_keys, now);
                 return InsertOutcome::Added;
             }
             // Wait in the replacement cache (most recent last, bounded by k).
@@ -482,26 +643,18 @@ impl RoutingTable {
             .buckets
             .last_mut()
             .expect("table has at least one bucket");
-        let mut next = Bucket::new(now);
-        let (far, near): (Vec<Entry>, Vec<Entry>) = last
-            .nodes
-            .drain(..)
-            .partition(|e| (own.common_prefix_len(&e.id) as usize) < depth);
-        last.nodes = far;
-        next.nodes = near;
-        let (far, near): (Vec<Entry>, Vec<Entry>) = last
-            .replacements
-            .drain(..)
-            .partition(|e| (own.common_prefix_len(&e.id) as usize) < depth);
-        last.replacements = far;
-        next.replacements = near;
-        self.buckets.push(next);
+        let stays = |e: &Entry| (own.common_prefix_len(&e.id) as usize) < depth;
+        let (far, near): (Vec<Entry>, Vec<Entry>) = last.nodes.drain(..).partition(stays);
+        let (far_r, near_r): (Vec<Entry>, Vec<Entry>) =
+            last.replacements.drain(..).partition(stays);
+        let changed = last.last_changed;
+        *last = Bucket::with(far, far_r, changed);
+        self.buckets.push(Bucket::with(near, near_r, now));
     }
 
     fn remove_at(&mut self, bi: usize, ni: usize) {
         let bucket = &mut self.buckets[bi];
-        let gone = bucket.nodes.remove(ni);
-        index_remove(&mut self.addr_keys, &gone.addr);
+        bucket.take(ni, &mut self.addr_keys);
         // Promote the best replacement: verified first, then most recently seen.
         if let Some(pos) = bucket
             .replacements
@@ -511,9 +664,8 @@ impl RoutingTable {
             .map(|(i, _)| i)
         {
             let r = bucket.replacements.remove(pos);
-            index_add(&mut self.addr_keys, &r.addr);
-            let addr = r.addr;
-            bucket.nodes.push(r);
+            let (addr, changed) = (r.addr, bucket.last_changed);
+            bucket.put(None, r, &mut self.addr_keys, changed);
             self.note_recheck(addr);
         }
     }
@@ -579,15 +731,21 @@ impl RoutingTable {
             verified: &mut Vec<(Id, &'t Entry)>,
             unverified: &mut Vec<(Id, &'t Entry)>,
         ) {
-            for e in &b.nodes {
-                if confirmed_only && !(e.confirmed && e.fails == 0) {
-                    continue;
-                }
-                let best = if e.verified {
+            let target_key = id_key(target) >> 1;
+            for (&key, e) in b.keys.iter().zip(&b.nodes) {
+                let best = if key & 1 == 1 {
                     &mut *verified
                 } else {
                     &mut *unverified
                 };
+                // Most nodes are ruled out on the key alone, without reading the entry.
+                if best.len() == count && (key >> 1) ^ target_key > id_key(&best[count - 1].0) >> 1
+                {
+                    continue;
+                }
+                if confirmed_only && !(e.confirmed && e.fails == 0) {
+                    continue;
+                }
                 let d = e.id.distance(target);
                 if best.len() == count && d >= best[count - 1].0 {
                     continue;
@@ -676,14 +834,55 @@ impl RoutingTable {
             .collect()
     }
 
-    /// For a refresh of a full bucket: its node heard from longest ago (`None` if the
-    /// bucket has room, which a full lookup should fill).
+    /// Of the prefix lengths `0..n`, those whose range (ids sharing exactly that many
+    /// leading bits with ours) holds fewer than k nodes: what a node that just joined
+    /// looks up to fill its table.
+    pub fn sparse_prefixes(&self, n: usize) -> Vec<u32> {
+        let mut counts = vec![0usize; n];
+        for e in self.entries() {
+            let p = self.own.common_prefix_len(&e.id) as usize;
+            if let Some(c) = counts.get_mut(p) {
+                *c += 1;
+            }
+        }
+        (0..n)
+            .filter(|&p| counts[p] < self.fill_wanted(p))
+            .map(|p| p as u32)
+            .collect()
+    }
+
+    /// For the refresh of bucket `index`: its node heard from longest ago.
     pub fn refresh_probe(&self, index: usize) -> Option<NodeInfo> {
         let b = self.buckets.get(index)?;
-        if b.nodes.len() < self.capacity(index) {
-            return None;
-        }
         b.nodes.iter().min_by_key(|e| e.last_seen).map(Entry::info)
+    }
+
+    /// Whether bucket `index` is short enough of nodes for a lookup to fill it.
+    pub fn wants_fill(&self, index: usize) -> bool {
+        self.buckets
+            .get(index)
+            .is_some_and(|b| b.nodes.len() < self.fill_wanted(index))
+    }
+
+    /// Removes the bad nodes of bucket `index` (see [`Liveness`]): failing ones and
+    /// unconfirmed ones that fell silent, which otherwise stay until a newcomer wants
+    /// their slot, and would keep being tried as lookup starting points.
+    pub fn sweep_bad(&mut self, index: usize, now: Instant) {
+        let good_for = self.good_for;
+        let Some(b) = self.buckets.get(index) else {
+            return;
+        };
+        let bad: Vec<SocketAddr> = b
+            .nodes
+            .iter()
+            .filter(|e| e.liveness(now, good_for) == Liveness::Bad)
+            .map(|e| e.addr)
+            .collect();
+        for addr in bad {
+            if let Some(ni) = self.buckets[index].find_addr(&addr) {
+                self.remove_at(index, ni);
+            }
+        }
     }
 
     /// Whether the table holds at least `n` nodes (cheaper than `len` for small `n`).
@@ -754,8 +953,13 @@ impl RoutingTable {
     /// nodes that may fall due sooner (added or promoted, failed) are checked one by one.
     pub fn nodes_to_ping(&mut self, now: Instant, limit: usize, repeat: Duration) -> Vec<NodeInfo> {
         let good_for = self.good_for;
-        let due_at = |e: &Entry| {
+        let lazy_below = self.lazy_below();
+        let due_at = |e: &Entry, bucket: usize| {
             if e.confirmed && e.fails == 0 || e.liveness(now, good_for) == Liveness::Bad {
+                return None;
+            }
+            if !e.confirmed && bucket < lazy_below {
+                // Lazy bucket: a lookup confirms it, or its first failure drops it.
                 return None;
             }
             Some(e.pinged_at.map_or(now, |p| p + repeat))
@@ -767,7 +971,7 @@ impl RoutingTable {
                 continue;
             };
             let e = &mut self.buckets[bi].nodes[ni];
-            let Some(due) = due_at(e) else {
+            let Some(due) = due_at(e, bi) else {
                 continue;
             };
             if due > now {
@@ -786,9 +990,9 @@ impl RoutingTable {
             return out;
         }
         let mut next: Option<Instant> = None;
-        for b in &mut self.buckets {
+        for (bi, b) in self.buckets.iter_mut().enumerate() {
             for e in &mut b.nodes {
-                let Some(due_at) = due_at(e) else {
+                let Some(due_at) = due_at(e, bi) else {
                     continue;
                 };
                 if due_at <= now {
@@ -871,6 +1075,138 @@ mod tests {
         assert!(best(&extended) >= best(&plain));
     }
 
+    /// An extended table whose near buckets are split and full, with its far (lazy)
+    /// buckets empty.
+    fn deep_extended_table() -> (RoutingTable, Instant, rand_chacha::ChaCha8Rng) {
+        let (t, now, mut rng) = table(false);
+        let mut t = t.with_extended_buckets(true);
+        let own = t.own_id();
+        for i in 0..400u32 {
+            let id = own.random_with_prefix(6 + i % 10, &mut rng);
+            t.on_response(id, addr(i, 1), true, now);
+        }
+        assert!(t.bucket_count() > 6, "{:?}", t.bucket_sizes());
+        assert_eq!(t.bucket_sizes()[0], 0);
+        (t, now, rng)
+    }
+
+    #[test]
+    fn lazy_far_buckets_keep_hearsay_to_themselves() {
+        let (mut t, now, mut rng) = deep_extended_table();
+        let own = t.own_id();
+        let far = own.random_with_prefix(0, &mut rng);
+        let near = own.random_with_prefix(7, &mut rng);
+        assert!(t.on_heard_of(far, addr(9000, 1), true, now));
+        assert!(
+            !t.on_heard_of(far, addr(9000, 1), true, now),
+            "known already"
+        );
+        assert!(
+            !t.on_heard_of(near, addr(9001, 1), true, now),
+            "not a lazy bucket"
+        );
+        let e = t.get(&far).expect("in the table");
+        assert!(!e.confirmed);
+        // Our own lookups start from it; other nodes are never told about it.
+        assert!(t.closest(&far, 4, false).iter().any(|n| n.id == far));
+        assert!(t.closest(&far, 4, true).iter().all(|n| n.id != far));
+        // Not pinged, not even much later; silent for `good_for`, its slot is free.
+        let later = now + Duration::from_secs(3600);
+        assert!(t
+            .nodes_to_ping(later, 1000, Duration::from_secs(60))
+            .iter()
+            .all(|n| n.id != far));
+        assert_eq!(
+            t.get(&far).unwrap().liveness(later, t.good_for),
+            Liveness::Bad
+        );
+        // Its first failure ends it.
+        assert!(t.on_timeout(&addr(9000, 1), now));
+        assert!(t.get(&far).is_none());
+        // A plain table takes no hearsay at all.
+        let (mut plain, now, mut rng) = table(false);
+        let id = plain.own_id().random_with_prefix(0, &mut rng);
+        assert!(!plain.on_heard_of(id, addr(1, 1), true, now));
+        assert!(plain.is_empty());
+    }
+
+    #[test]
+    fn lazy_buckets_confirm_by_use_not_by_ping() {
+        let (mut t, now, mut rng) = deep_extended_table();
+        let own = t.own_id();
+        let far = own.random_with_prefix(1, &mut rng);
+        // Bucket 5: not lazy, and empty (the table's nodes share 6 or more bits with us).
+        let near = own.random_with_prefix(5, &mut rng);
+        assert!(!t.wants_confirmation(&far));
+        assert!(t.wants_confirmation(&near));
+        assert_eq!(
+            t.on_query(far, addr(9000, 1), true, now),
+            InsertOutcome::Added
+        );
+        assert_eq!(
+            t.on_query(near, addr(9001, 1), true, now),
+            InsertOutcome::Added
+        );
+        let pinged: Vec<Id> = t
+            .nodes_to_ping(now, 1000, Duration::from_secs(60))
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        assert!(
+            pinged.contains(&near) && !pinged.contains(&far),
+            "{pinged:?}"
+        );
+        // A lookup that asks it confirms it.
+        t.on_response(far, addr(9000, 1), true, now);
+        assert!(t.is_confirmed(&far, &addr(9000, 1)));
+    }
+
+    #[test]
+    fn a_full_lazy_bucket_gives_hearsay_the_slots_of_bad_nodes_only() {
+        let (mut t, now, mut rng) = deep_extended_table();
+        let own = t.own_id();
+        let mut heard = Vec::new();
+        let mut i = 10_000;
+        while t.bucket_sizes()[0] < 128 {
+            let id = own.random_with_prefix(0, &mut rng);
+            assert!(t.on_heard_of(id, addr(i, 1), true, now));
+            heard.push(id);
+            i += 1;
+        }
+        let fresh = own.random_with_prefix(0, &mut rng);
+        assert!(
+            !t.on_heard_of(fresh, addr(i, 1), true, now),
+            "full of live nodes"
+        );
+        // Once they have all been silent too long, newcomers take their slots (each
+        // newcomer looks at one slot, so it takes a stream of them to sweep the bucket).
+        let later = now + t.good_for;
+        for j in 0..2000 {
+            let id = own.random_with_prefix(0, &mut rng);
+            t.on_heard_of(id, addr(20_000 + j, 1), true, later);
+        }
+        assert_eq!(t.bucket_sizes()[0], 128);
+        assert!(
+            heard.iter().all(|id| t.get(id).is_none()),
+            "silent hearsay swept out"
+        );
+        t.check_index();
+    }
+
+    #[test]
+    fn sparse_prefixes_name_the_ranges_a_new_node_should_fill() {
+        let (mut t, now, mut rng) = table(false);
+        let own = t.own_id();
+        for i in 0..8u32 {
+            t.on_response(own.random_with_prefix(2, &mut rng), addr(i, 1), true, now);
+        }
+        t.on_response(own.random_with_prefix(0, &mut rng), addr(100, 1), true, now);
+        assert_eq!(t.sparse_prefixes(4), vec![0, 1, 3]);
+        // A lazy bucket wants half its size: 64 nodes in the first.
+        let (ext, _, _) = deep_extended_table();
+        assert_eq!(&ext.sparse_prefixes(8)[..4], &[0, 1, 2, 3]);
+    }
+
     #[test]
     fn uniform_insertion_gives_expected_bucket_count() {
         let (mut t, now, mut rng) = table(false);
@@ -948,19 +1284,29 @@ mod tests {
     #[test]
     fn closest_matches_a_full_sort_for_any_target() {
         for share_verified in [1.0, 0.7, 0.2] {
-            closest_matches_a_full_sort(share_verified);
+            for extended in [false, true] {
+                closest_matches_a_full_sort(share_verified, extended);
+            }
         }
     }
 
-    fn closest_matches_a_full_sort(share_verified: f64) {
-        let (mut t, now, mut rng) = table(false);
+    fn closest_matches_a_full_sort(share_verified: f64, extended: bool) {
+        let (t, now, mut rng) = table(false);
+        let mut t = t.with_extended_buckets(extended);
+        let mut earlier: Vec<Id> = Vec::new();
         for i in 0..3000 {
-            let id = Id::random(&mut rng);
+            let mut id = Id::random(&mut rng);
+            if i % 10 == 9 {
+                // Shares its leading 64 bits with an earlier node: the bucket keys tie
+                // and the full ids must decide.
+                id.0[..8].copy_from_slice(&earlier[i as usize / 2].0[..8]);
+            }
+            earlier.push(id);
             let verified = rng.gen_bool(share_verified);
-            if i % 3 == 0 {
-                t.on_query(id, addr(i, 1), verified, now);
-            } else {
-                t.on_response(id, addr(i, 1), verified, now);
+            match i % 4 {
+                0 => drop(t.on_query(id, addr(i, 1), verified, now)),
+                1 if extended => drop(t.on_heard_of(id, addr(i, 1), verified, now)),
+                _ => drop(t.on_response(id, addr(i, 1), verified, now)),
             }
         }
         assert!(t.bucket_count() > 5);
@@ -970,7 +1316,13 @@ mod tests {
             let target = match i % 4 {
                 0 => Id::random(&mut rng),
                 1 => own.random_with_prefix(i % 24, &mut rng),
-                2 => own,
+                2 if i % 8 == 2 => own,
+                // Right next to a node: its key ties with the target's.
+                2 => {
+                    let mut near = earlier[i as usize * 7 % earlier.len()];
+                    near.0[19] ^= 1;
+                    near
+                }
                 _ => own.random_with_prefix(t.bucket_count() as u32 - 1, &mut rng),
             };
             for (count, confirmed_only) in [(8, true), (8, false), (3, true), (40, false)] {
@@ -1127,12 +1479,25 @@ mod tests {
             let mut want: Vec<u64> = self.entries().map(|e| addr_key(&e.addr)).collect();
             want.sort_unstable();
             assert_eq!(self.addr_keys, want);
+            for b in &self.buckets {
+                let keys: Vec<u64> = b.nodes.iter().map(node_key).collect();
+                let addrs: Vec<u64> = b.nodes.iter().map(|e| addr_key(&e.addr)).collect();
+                assert_eq!(b.keys, keys);
+                assert_eq!(b.addr_keys, addrs);
+            }
         }
     }
 
     #[test]
     fn address_index_follows_every_change() {
-        let (mut t, now, mut rng) = table(true);
+        for extended in [false, true] {
+            address_index_follows_every_change_in(extended);
+        }
+    }
+
+    fn address_index_follows_every_change_in(extended: bool) {
+        let (t, now, mut rng) = table(true);
+        let mut t = t.with_extended_buckets(extended);
         let mut later = now;
         for step in 0..20_000u32 {
             later += Duration::from_secs(1);
@@ -1146,13 +1511,15 @@ mod tests {
                     1 + (i % 3) as u16,
                 )
             } else {
-                addr(i / 2, 1 + (i % 2) as u16)
+                // A few IPs per /24, so that the subnet limit bites now and then.
+                addr(i / 2 * 97, 1 + (i % 2) as u16)
             };
             let id = Id::random(&mut rng);
-            match step % 7 {
+            match step % 8 {
                 0..=2 => drop(t.on_response(id, a, rng.gen_bool(0.5), later)),
                 3 | 4 => drop(t.on_query(id, a, true, later)),
                 5 => drop(t.on_timeout(&a, later)),
+                6 => drop(t.on_heard_of(id, a, rng.gen_bool(0.5), later)),
                 _ => drop(t.remove(&a)),
             }
             if step % 97 == 0 {
@@ -1164,7 +1531,7 @@ mod tests {
             }
         }
         t.check_index();
-        assert!(t.len() > 50);
+        assert!(t.len() > 50, "extended {extended}: {} nodes", t.len());
     }
 
     #[test]

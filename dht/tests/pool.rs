@@ -135,7 +135,8 @@ fn brute(nodes: &[NodeInfo], target: &Id, k: usize) -> Vec<NodeInfo> {
 #[test]
 fn answering_nodes_join_the_pool_and_replies_come_from_it() {
     let (mut d, now) = core();
-    let nodes: Vec<NodeInfo> = (0..300).map(node).collect();
+    // More than even an extended routing table holds.
+    let nodes: Vec<NodeInfo> = (0..1000).map(node).collect();
     // Only the even ones answer our pings.
     join(&mut d, now, &nodes, even);
     let answered: Vec<NodeInfo> = nodes.iter().copied().filter(even).collect();

@@ -534,7 +534,8 @@ fn an_answered_query_leaves_no_timer_behind() {
 
 #[test]
 fn an_idle_node_sleeps_until_housekeeping_is_due_and_wakes_for_newcomers() {
-    let (mut d, now) = core(|_| {});
+    // Plain buckets: the newcomer below lands in bucket 0, which would be lazy otherwise.
+    let (mut d, now) = core(|c| c.extended_buckets = false);
     let tick = Config::default().tick;
     for i in 0..12 {
         confirm(&mut d, now, peer(i + 1), id(i * 20));
@@ -565,4 +566,90 @@ fn an_idle_node_sleeps_until_housekeeping_is_due_and_wakes_for_newcomers() {
         *a == newcomer && matches!(&m.body, Body::Query(q) if q.kind == QueryKind::Ping)
     });
     assert!(pinged, "the unconfirmed newcomer is pinged");
+}
+
+/// Queries the core sent, by address.
+fn queries_sent(d: &mut Dht) -> Vec<SocketAddr> {
+    drain(d)
+        .into_iter()
+        .filter(|(_, m)| matches!(m.body, Body::Query(_)))
+        .map(|(a, _)| a)
+        .collect()
+}
+
+#[test]
+fn the_short_timeout_follows_measured_round_trips() {
+    let (mut d, now) = core(|_| {});
+    // Twelve nodes that answered at once: round trips of zero.
+    for i in 0..12 {
+        confirm(&mut d, now, peer(i + 1), id(i * 20));
+    }
+    d.find_node(now, Id([0x42; 20]));
+    let first = queries_sent(&mut d);
+    assert_eq!(first.len(), Config::default().alpha);
+    // Nothing answers. Long before the configured 1 s ceiling, but well past anything
+    // measured, the queries count as slow and the lookup asks more nodes.
+    let at = now + Config::default().short_timeout_min + Duration::from_millis(50);
+    assert!(d.poll_timeout().unwrap() <= at, "woken for the slow check");
+    d.handle_timeout(at);
+    let more = queries_sent(&mut d);
+    assert!(!more.is_empty(), "slow queries freed their slots");
+    assert!(more.iter().all(|a| !first.contains(a)));
+}
+
+fn query_from(d: &mut Dht, now: Instant, from: SocketAddr, id: Id) -> Vec<SocketAddr> {
+    let q = query(b"q1", id, QueryKind::Ping);
+    d.handle_datagram(now, from, &q);
+    queries_sent(d)
+}
+
+#[test]
+fn extended_far_buckets_take_newcomers_without_pinging_them() {
+    // Plain table: a node that queries us is pinged to confirm it.
+    let (mut d, now) = core(|c| c.extended_buckets = false);
+    assert_eq!(query_from(&mut d, now, peer(1), id(0x90)), vec![peer(1)]);
+    // Extended: once the table has split (the bucket holding our own id works as in
+    // BEP 5), a far newcomer waits, unconfirmed, for a lookup to use it.
+    let (mut d, now) = core(|c| c.extended_buckets = true);
+    for i in 0..12 {
+        confirm(&mut d, now, peer(20 + i), id(i * 20));
+    }
+    assert!(query_from(&mut d, now, peer(1), id(0x90)).is_empty());
+    assert!(d.routing_table_snapshot().iter().any(|n| n.id == id(0x90)));
+    // Our lookup asks it first; its answer confirms it and its referrals fill the far
+    // buckets without a ping of their own.
+    d.find_node(now, id(0x91));
+    let asked = drain(&mut d);
+    let (_, q) = asked
+        .iter()
+        .find(|(a, m)| *a == peer(1) && matches!(m.body, Body::Query(_)))
+        .expect("the nearest node is asked");
+    let referrals: Vec<dht::krpc::NodeInfo> = (0..8)
+        .map(|i| dht::krpc::NodeInfo {
+            id: id(0xe0 + i),
+            addr: peer(100 + i),
+        })
+        .collect();
+    let resp = Message {
+        t: q.t.clone(),
+        v: None,
+        ip: None,
+        ro: false,
+        body: Body::Response(Response {
+            id: id(0x90),
+            nodes: referrals.clone(),
+            ..Response::default()
+        }),
+    };
+    d.handle_datagram(now, peer(1), &resp.to_bytes());
+    let table = d.routing_table_snapshot();
+    for r in &referrals {
+        assert!(table.contains(r), "referral {r:?} kept");
+    }
+    let pings: Vec<SocketAddr> = drain(&mut d)
+        .into_iter()
+        .filter(|(_, m)| matches!(&m.body, Body::Query(q) if q.kind == QueryKind::Ping))
+        .map(|(a, _)| a)
+        .collect();
+    assert!(pings.is_empty(), "pinged {pings:?}");
 }

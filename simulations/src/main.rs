@@ -50,6 +50,10 @@ struct Common {
     /// Churn: Weibull sessions (median 30 min) and absences (median 15 min).
     #[arg(long)]
     churn: bool,
+    /// Plain routing tables: k nodes in every bucket (the default has the larger far
+    /// buckets of `dht::Config::extended_buckets`).
+    #[arg(long)]
+    plain_buckets: bool,
 }
 
 #[derive(Args, Clone)]
@@ -137,6 +141,7 @@ fn world(c: &Common) -> WorldConfig {
         ..NetConfig::default()
     };
     w.churn = c.churn.then(ChurnConfig::mainline_like);
+    w.dht.extended_buckets &= !c.plain_buckets;
     w
 }
 
