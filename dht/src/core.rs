@@ -1515,15 +1515,15 @@ impl Dht {
             t.sweep_bad(sweep, now);
             if let Some(&b) = t.stale_buckets(now, refresh).first() {
                 t.touch_bucket(b, now);
-                // The node heard from longest ago is asked for nodes in the bucket's
-                // range: that checks it is alive and brings referrals. A bucket short
-                // of nodes gets a lookup to fill it as well.
-                let target = t.own_id().random_with_prefix(b as u32, &mut self.rng);
-                if let Some(n) = t.refresh_probe(b) {
-                    probes.push((n.addr, target));
-                }
-                if t.wants_fill(b) {
-                    targets.push((t.own_id(), b as u32));
+                // A bucket short of k nodes gets a lookup to fill it; otherwise the node
+                // heard from longest ago is asked for nodes in the bucket's range, which
+                // checks it is alive and brings referrals.
+                match t.refresh_probe(b).filter(|_| !t.wants_fill(b)) {
+                    Some(n) => {
+                        let target = t.own_id().random_with_prefix(b as u32, &mut self.rng);
+                        probes.push((n.addr, target));
+                    }
+                    None => targets.push((t.own_id(), b as u32)),
                 }
             }
         }

@@ -857,11 +857,14 @@ impl RoutingTable {
         b.nodes.iter().min_by_key(|e| e.last_seen).map(Entry::info)
     }
 
-    /// Whether bucket `index` is short enough of nodes for a lookup to fill it.
+    /// Whether stale bucket `index` is short enough of nodes (fewer than k) for a lookup
+    /// to fill it. A lazy bucket with more is topped up by the referrals of our lookups
+    /// and probes; a lookup every quarter hour to keep it half full would cost more
+    /// traffic than the rest of the upkeep.
     pub fn wants_fill(&self, index: usize) -> bool {
         self.buckets
             .get(index)
-            .is_some_and(|b| b.nodes.len() < self.fill_wanted(index))
+            .is_some_and(|b| b.nodes.len() < self.k)
     }
 
     /// Removes the bad nodes of bucket `index` (see [`Liveness`]): failing ones and
