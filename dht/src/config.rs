@@ -34,8 +34,9 @@ pub struct Config {
     /// Larger far buckets (see `RoutingTable::with_extended_buckets`): 128/64/32/16 nodes,
     /// filled from the nodes that query us and from referrals, unconfirmed and unpinged
     /// until our own lookups use them, never handed to others. On by default: in the
-    /// 100,000-node simulation (one hour, churn, 2% loss) they bring the median time to
-    /// the first peer to 3 round trips (from 3.8) for no more traffic.
+    /// 100,000-node simulation (one hour, churn, 2% loss), with the adaptive short
+    /// timeout and faster-paced searches, the median time to the first peer went from
+    /// 3.8 to 3.2 round trips.
     pub extended_buckets: bool,
     /// Hard cap on queries in flight per lookup, slow ones included.
     pub max_in_flight: usize,

@@ -48,6 +48,19 @@ pub enum Liveness {
 }
 
 impl Entry {
+    /// A node just heard from (`confirmed` if it answered us).
+    fn new(id: Id, addr: SocketAddr, verified: bool, confirmed: bool, now: Instant) -> Entry {
+        Entry {
+            id,
+            addr,
+            last_seen: now,
+            pinged_at: None,
+            fails: 0,
+            confirmed,
+            verified,
+        }
+    }
+
     pub fn liveness(&self, now: Instant, good_for: Duration) -> Liveness {
         let silent = now.saturating_duration_since(self.last_seen) >= good_for;
         if self.fails >= MAX_FAILS || (!self.confirmed && (self.fails >= 1 || silent)) {
@@ -443,15 +456,7 @@ impl RoutingTable {
         if self.restrict_ips && !self.ip_allowed(bi, addr.ip()) {
             return false;
         }
-        let entry = Entry {
-            id,
-            addr,
-            last_seen: now,
-            pinged_at: None,
-            fails: 0,
-            confirmed: false,
-            verified,
-        };
+        let entry = Entry::new(id, addr, verified, false, now);
         let b = &mut self.buckets[bi];
         let changed = b.last_changed;
         b.put(slot, entry, &mut self.addr_keys, now);
@@ -517,15 +522,7 @@ impl RoutingTable {
         if self.restrict_ips && !self.ip_allowed(bi, addr.ip()) {
             return InsertOutcome::Ignored;
         }
-        let entry = Entry {
-            id,
-            addr,
-            last_seen: now,
-            pinged_at: None,
-            fails: 0,
-            confirmed: answered,
-            verified,
-        };
+        let entry = Entry::new(id, addr, verified, answered, now);
         self.insert_new(entry, now)
     }
 

@@ -297,17 +297,23 @@ fn confirm(d: &mut Dht, now: Instant, peer: SocketAddr, id: Id) {
     d.ping(now, peer);
     let sent = drain(d);
     let (_, ping) = sent.iter().find(|(a, _)| *a == peer).expect("ping sent");
-    let resp = Message {
-        t: ping.t.clone(),
+    d.handle_datagram(now, peer, &response(&ping.t, id, Vec::new()));
+}
+
+/// A reply to transaction `t` from node `id`, naming `nodes`.
+fn response(t: &[u8], id: Id, nodes: Vec<dht::krpc::NodeInfo>) -> Vec<u8> {
+    Message {
+        t: t.to_vec(),
         v: None,
         ip: None,
         ro: false,
         body: Body::Response(Response {
             id,
+            nodes,
             ..Response::default()
         }),
-    };
-    d.handle_datagram(now, peer, &resp.to_bytes());
+    }
+    .to_bytes()
 }
 
 #[test]
@@ -630,18 +636,7 @@ fn extended_far_buckets_take_newcomers_without_pinging_them() {
             addr: peer(100 + i),
         })
         .collect();
-    let resp = Message {
-        t: q.t.clone(),
-        v: None,
-        ip: None,
-        ro: false,
-        body: Body::Response(Response {
-            id: id(0x90),
-            nodes: referrals.clone(),
-            ..Response::default()
-        }),
-    };
-    d.handle_datagram(now, peer(1), &resp.to_bytes());
+    d.handle_datagram(now, peer(1), &response(&q.t, id(0x90), referrals.clone()));
     let table = d.routing_table_snapshot();
     for r in &referrals {
         assert!(table.contains(r), "referral {r:?} kept");
