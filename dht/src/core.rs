@@ -1095,20 +1095,25 @@ impl Dht {
     ) -> LookupId {
         let lid = LookupId(self.next_lookup);
         self.next_lookup += 1;
+        // Upkeep (bootstrap, refresh) trades latency for traffic: fewer queries in
+        // flight, at a steady pace.
+        let upkeep = matches!(kind, LookupKind::Bootstrap | LookupKind::Refresh);
+        let alpha = if upkeep {
+            self.config.maintenance_alpha
+        } else {
+            self.config.alpha
+        };
         let mut l = Lookup::new(
             lid,
             kind,
             target,
             self.config.k,
-            match kind {
-                LookupKind::Bootstrap | LookupKind::Refresh => self.config.maintenance_alpha,
-                _ => self.config.alpha,
-            },
+            alpha,
             self.config.max_in_flight,
         )
         .with_one_per_ip(self.config.restrict_ips)
         .with_prefer_verified(self.config.bep42)
-        .with_steady_pace(matches!(kind, LookupKind::Bootstrap | LookupKind::Refresh));
+        .with_steady_pace(upkeep);
         if let Some(bits) = fill_bits {
             l = l.with_fill(bits);
         }

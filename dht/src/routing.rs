@@ -5,6 +5,8 @@
 //! Rules enforced here:
 //! - Only nodes that answered us count as confirmed; nodes that merely queried us may fill
 //!   free slots unconfirmed, and leave at their first failure.
+//! - Extended tables: the far "lazy" buckets also take nodes named in replies, unconfirmed
+//!   and unpinged, for our own lookups only (see `with_extended_buckets`).
 //! - Poisoning: a known ip:port that shows up with a new id evicts the old entry (the
 //!   caller re-pings the address); a known id from a new address is ignored.
 //! - Optional IP restrictions: one entry per IP, and at most `max_per_subnet` entries per
