@@ -38,7 +38,8 @@ pub struct Config {
     /// timeout and faster-paced searches, the median time to the first peer went from
     /// 3.8 to 3.2 round trips.
     pub extended_buckets: bool,
-    /// Hard cap on queries in flight per lookup, slow ones included.
+    /// Cap on a lookup's queries in flight that are not yet slow (past the short
+    /// timeout); twice this caps them with the slow ones included.
     pub max_in_flight: usize,
     /// After this a query counts as slow and its lookup may send one more: the most the
     /// adaptive short timeout (smoothed RTT plus four deviations, see `dht::rtt`) waits,

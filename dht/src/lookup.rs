@@ -226,6 +226,10 @@ impl Lookup {
 
     /// Indices of the candidates the lookup works on, nearest first: the k closest that
     /// have not failed, where unverified ones beyond `max_unverified` are passed over.
+    /// A query past its short timeout takes no place either: the node is most likely
+    /// gone (churn), and holding the place would stall the lookup until the hard
+    /// timeout once the k closest seeds are all dead. If it answers after all, it
+    /// takes its place again.
     fn window(&self) -> impl Iterator<Item = usize> + '_ {
         let max_unverified = self.max_unverified();
         let mut unverified = 0;
@@ -233,7 +237,7 @@ impl Lookup {
             .iter()
             .enumerate()
             .filter(move |(_, c)| {
-                if c.state == State::Failed {
+                if matches!(c.state, State::Failed | State::InFlight { slow: true }) {
                     return false;
                 }
                 if !c.verified {
@@ -373,7 +377,10 @@ impl Lookup {
             0
         };
         for i in window {
-            if self.in_flight >= self.max_in_flight || ahead >= self.alpha {
+            if self.in_flight - self.slow >= self.max_in_flight
+                || self.in_flight >= 2 * self.max_in_flight
+                || ahead >= self.alpha
+            {
                 break;
             }
             let c = &mut self.candidates[i];
@@ -605,41 +612,51 @@ mod tests {
     }
 
     #[test]
-    fn slow_query_opens_a_slot_and_failure_widens_the_window() {
+    fn slow_queries_free_their_slot_and_their_place_and_failure_widens_the_window() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
         let target = Id::random(&mut rng);
         let nodes: Vec<NodeInfo> = (1..=10).map(|i| node(&mut rng, i)).collect();
+        let mut nearest = nodes.clone();
+        nearest.sort_by_key(|n| n.id.distance(&target));
+        // k = 3, alpha = 1, max_in_flight = 3.
         let mut l = Lookup::new(LookupId(1), LookupKind::GetPeers, target, 3, 1, 3);
         l.add_nodes(&nodes);
-        let a = l.next_queries();
-        assert_eq!(a.len(), 1);
-        assert!(l.next_queries().is_empty(), "alpha = 1");
-        l.on_slow(&a[0].0);
-        let b = l.next_queries();
-        assert_eq!(b.len(), 1, "a slow query frees its slot");
-        l.on_slow(&b[0].0);
-        let c = l.next_queries();
-        assert_eq!(c.len(), 1);
-        l.on_slow(&c[0].0);
+        let mut asked = Vec::new();
+        for _ in 0..6 {
+            let q = l.next_queries();
+            assert_eq!(q.len(), 1, "alpha = 1, and a slow query frees its slot");
+            assert!(l.next_queries().is_empty(), "alpha = 1");
+            l.on_slow(&q[0].0);
+            asked.push(q[0]);
+        }
+        // The three nearest went slow and the lookup went on past them, though k = 3:
+        // dead seeds do not stall it until the hard timeout.
+        let expected: Vec<_> = nearest[..6].iter().map(|n| (n.addr, Some(n.id))).collect();
+        assert_eq!(asked, expected);
         assert!(
             l.next_queries().is_empty(),
-            "max_in_flight caps slow queries"
+            "twice max_in_flight caps slow queries"
         );
-        l.on_failure(&a[0].0);
-        l.on_failure(&a[0].0); // duplicate failure is harmless
-        assert_eq!(l.in_flight(), 2);
-        l.on_response(&b[0].0, b[0].1.unwrap(), None);
-        l.on_response(&c[0].0, c[0].1.unwrap(), None);
+        l.on_failure(&asked[0].0);
+        l.on_failure(&asked[0].0); // duplicate failure is harmless
+        assert_eq!(l.in_flight(), 5);
+        // Late answers take their places again.
+        l.on_response(&asked[1].0, nearest[1].id, None);
+        l.on_response(&asked[2].0, nearest[2].id, None);
         assert!(
             !l.traversal_done(),
-            "the failed node's place in the k closest is open"
+            "the third place goes to the nearest node not failed nor slow"
         );
         let d = l.next_queries();
-        assert_eq!(d.len(), 1, "the window widened past the failed node");
-        l.on_response(&d[0].0, d[0].1.unwrap(), None);
+        assert_eq!(d, vec![(nearest[6].addr, Some(nearest[6].id))]);
+        l.on_response(&d[0].0, nearest[6].id, None);
         assert!(l.traversal_done());
+        assert_eq!(
+            l.closest_responded(),
+            vec![nearest[1], nearest[2], nearest[6]]
+        );
         // A late reply from the failed node changes nothing.
-        l.on_response(&a[0].0, a[0].1.unwrap(), None);
+        l.on_response(&asked[0].0, nearest[0].id, None);
         assert_eq!(l.responses, 3);
     }
 
