@@ -114,6 +114,12 @@ enum TxKind {
     UserPing,
     LookupQuery,
     Announce,
+    /// A find_node into a sparse bucket's range: up to `wanted` of the nodes it names
+    /// that would fit our table get pinged (and join it by answering).
+    Fill {
+        wanted: u8,
+        prefix: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -138,7 +144,7 @@ const MAX_TRANSACTIONS: usize = 4_096;
 /// here and doubles up to the maximum.
 const REBOOTSTRAP_MIN: Duration = Duration::from_secs(5);
 const REBOOTSTRAP_MAX: Duration = Duration::from_secs(300);
-/// Bucket refresh lookups started right after a bootstrap.
+/// Prefixes (far buckets) filled right after a bootstrap, where short of nodes.
 const REFRESH_AFTER_BOOTSTRAP: usize = 8;
 /// Liveness pings per housekeeping tick, and how soon the same node is pinged again.
 const PINGS_PER_TICK: usize = 2;
@@ -634,6 +640,12 @@ impl Dht {
     // -----------------------------------------------------------------------------------
     // internals: tables
 
+    /// The tables we run, each with whether it is the IPv6 one.
+    fn families(&self) -> impl Iterator<Item = (bool, &RoutingTable)> {
+        let v4 = self.table4.iter().map(|t| (false, t));
+        v4.chain(self.table6.iter().map(|t| (true, t)))
+    }
+
     fn tables(&self) -> impl Iterator<Item = &RoutingTable> {
         self.table4.iter().chain(self.table6.iter())
     }
@@ -957,6 +969,7 @@ impl Dht {
                 id: r.id,
             }),
             TxKind::Ping => {}
+            TxKind::Fill { wanted, .. } => self.fill_from_referrals(from, &r, wanted.into()),
             TxKind::LookupQuery => {
                 if let Some(lid) = tx.lookup {
                     self.lookup_response(now, lid, from, r);
@@ -967,6 +980,29 @@ impl Dht {
                     self.announce_reply(lid, true);
                 }
             }
+        }
+    }
+
+    /// Pings up to `wanted` of the nodes a fill probe's reply names that our table has
+    /// room for: each that answers joins it, confirmed.
+    fn fill_from_referrals(&mut self, from: SocketAddr, r: &Response, wanted: usize) {
+        let mut asks = Vec::new();
+        for n in r.nodes.iter().chain(&r.nodes6) {
+            if asks.len() >= wanted {
+                break;
+            }
+            if n.id == self.id || n.addr == from || !dialable(&n.addr) {
+                continue;
+            }
+            if self
+                .table_for(&n.addr)
+                .is_some_and(|t| t.has_room_for(&n.id, &n.addr))
+            {
+                asks.push(n.addr);
+            }
+        }
+        for addr in asks {
+            self.enqueue(addr, QueryKind::Ping, TxKind::Ping, None);
         }
     }
 
@@ -1041,6 +1077,12 @@ impl Dht {
                 self.events.push_back(Event::PingTimeout { addr: tx.addr })
             }
             TxKind::UserPing | TxKind::Ping => {}
+            TxKind::Fill { prefix, .. } => {
+                // Nobody answered for that range: a lookup goes round the dead node.
+                if let Some(own) = self.table_for(&tx.addr).map(|t| t.own_id()) {
+                    self.start_refresh(now, own, prefix.into());
+                }
+            }
             TxKind::LookupQuery => {
                 if let Some(lid) = tx.lookup {
                     if let Some(l) = self.lookups.get_mut(&lid) {
@@ -1084,6 +1126,37 @@ impl Dht {
     fn start_refresh(&mut self, now: Instant, own: Id, prefix: u32) -> LookupId {
         let target = own.random_with_prefix(prefix, &mut self.rng);
         self.start_lookup_with(now, LookupKind::Refresh, target, Some(prefix + 1))
+    }
+
+    /// Fills bucket `prefix` of the IPv4 or IPv6 table, short of `shortfall` nodes, at a
+    /// fraction of a lookup's cost: one find_node for a random id in its range, to the
+    /// nearest node we know that answered us. Its reply names nodes in the range (the
+    /// nearest it knows to that id), and up to `shortfall` (at most k/2) that fit our
+    /// table get pinged; those that answer join it. With nobody to ask, or if the probe
+    /// fails, a refresh lookup does it; a lazy bucket always gets the lookup, since it
+    /// takes every answer's referrals as hearsay (8 nodes per query, no pings), which
+    /// makes the lookup the cheaper way to fill its many slots.
+    ///
+    /// In the 30,000-node simulation (half an hour, churn, 2% loss) this took a fifth
+    /// of all events off (12.5 M against 15.2 M) for the same lookup success and
+    /// latency; fill probes for the lazy buckets too cost 10% on the median time to the
+    /// first peer and 2% of lookup success.
+    fn start_fill(&mut self, now: Instant, v6: bool, prefix: u32, shortfall: usize) {
+        let table = if v6 { &self.table6 } else { &self.table4 };
+        let Some(t) = table.as_ref() else { return };
+        let own = t.own_id();
+        let target = own.random_with_prefix(prefix, &mut self.rng);
+        let via = t.closest(&target, 1, true).pop();
+        let Some(via) = via.filter(|_| !t.is_lazy_prefix(prefix)) else {
+            self.start_refresh(now, own, prefix);
+            return;
+        };
+        let wanted = shortfall.clamp(1, (self.config.k / 2).max(1));
+        let tx = TxKind::Fill {
+            wanted: u8::try_from(wanted).unwrap_or(u8::MAX),
+            prefix: u8::try_from(prefix).unwrap_or(u8::MAX),
+        };
+        self.enqueue(via.addr, QueryKind::FindNode { target }, tx, None);
     }
 
     fn start_lookup_with(
@@ -1267,18 +1340,17 @@ impl Dht {
         }
     }
 
-    /// Fills the far buckets after joining: one find_node into the range of each of the
-    /// first few prefixes where the table is short of nodes (our own-id lookup only fills
-    /// the near ones).
+    /// Fills the far buckets after joining (`start_fill`) where the first few prefixes
+    /// are short of nodes: our own-id lookup only fills the near ones.
     fn refresh_after_bootstrap(&mut self, now: Instant) {
         let mut targets = Vec::new();
-        for t in self.table4.iter().chain(self.table6.iter()) {
-            for prefix in t.sparse_prefixes(REFRESH_AFTER_BOOTSTRAP) {
-                targets.push((t.own_id(), prefix));
+        for (v6, t) in self.families() {
+            for (prefix, shortfall) in t.sparse_prefixes(REFRESH_AFTER_BOOTSTRAP) {
+                targets.push((v6, prefix, shortfall));
             }
         }
-        for (own, prefix) in targets {
-            self.start_refresh(now, own, prefix);
+        for (v6, prefix, shortfall) in targets {
+            self.start_fill(now, v6, prefix, shortfall);
         }
     }
 
@@ -1505,35 +1577,43 @@ impl Dht {
         if count == 0 {
             return;
         }
-        // Refresh one stale bucket per tick (per family): a bucket with room gets a
-        // lookup that fills it; a full one gets a single find_node (for a random id in
-        // its range) to its longest-silent node, since there is no room for what a
-        // lookup would find, and the answer proves the bucket live (marks it changed)
-        // while a failure counts against that node, as a ping's would.
+        // Refresh one stale bucket per tick (per family): a bucket with room is filled;
+        // a full one gets a single find_node (for a random id in its range) to its
+        // longest-silent node, since there is no room for what a lookup would find, and
+        // the answer proves the bucket live (marks it changed) while a failure counts
+        // against that node, as a ping's would.
         let refresh = self.config.bucket_refresh;
         let mut targets = Vec::new();
         let mut probes = Vec::new();
         self.sweep_cursor = self.sweep_cursor.wrapping_add(1);
-        for t in self.table4.iter_mut().chain(self.table6.iter_mut()) {
+        let families = [(false, &mut self.table4), (true, &mut self.table6)];
+        for (v6, t) in families
+            .into_iter()
+            .filter_map(|(v6, t)| Some((v6, t.as_mut()?)))
+        {
             // One bucket per pass loses its bad nodes, round the table.
             let sweep = self.sweep_cursor % t.bucket_count();
             t.sweep_bad(sweep, now);
             if let Some(&b) = t.stale_buckets(now, refresh).first() {
                 t.touch_bucket(b, now);
-                // A bucket short of k nodes gets a lookup to fill it; otherwise the node
-                // heard from longest ago is asked for nodes in the bucket's range, which
-                // checks it is alive and brings referrals.
-                match t.refresh_probe(b).filter(|_| !t.wants_fill(b)) {
-                    Some(n) => {
+                // A bucket short of k nodes is filled (`start_fill`); otherwise the nodes
+                // heard from longest ago are asked for nodes in the bucket's range, which
+                // checks they are alive and brings referrals (hearsay, for a lazy bucket:
+                // up to four such probes while it is short of half its size).
+                let asked = t.refresh_probes(b);
+                let shortfall = t.fill_shortfall(b);
+                if asked.is_empty() || shortfall > 0 {
+                    targets.push((v6, b as u32, shortfall.max(1)));
+                } else {
+                    for n in asked {
                         let target = t.own_id().random_with_prefix(b as u32, &mut self.rng);
                         probes.push((n.addr, target));
                     }
-                    None => targets.push((t.own_id(), b as u32)),
                 }
             }
         }
-        for (own, prefix) in targets {
-            self.start_refresh(now, own, prefix);
+        for (v6, prefix, shortfall) in targets {
+            self.start_fill(now, v6, prefix, shortfall);
         }
         for (addr, target) in probes {
             self.enqueue(addr, QueryKind::FindNode { target }, TxKind::Ping, None);

@@ -21,6 +21,8 @@ use crate::krpc::NodeInfo;
 
 /// Nodes noted for a one-by-one ping check before a full scan is cheaper.
 const RECHECK_MAX: usize = 64;
+/// Most probes a stale lazy bucket gets per refresh (see `refresh_probes`).
+const MAX_LAZY_PROBES: usize = 4;
 /// Failures in a row after which an answering node is dropped.
 const MAX_FAILS: u8 = 2;
 
@@ -304,6 +306,11 @@ impl RoutingTable {
     /// instead of a ping (see [`RoutingTable::with_extended_buckets`]).
     fn lazy(&self, index: usize) -> bool {
         index < self.lazy_below()
+    }
+
+    /// Whether the nodes sharing exactly `prefix` leading bits with us go to a lazy bucket.
+    pub fn is_lazy_prefix(&self, prefix: u32) -> bool {
+        self.lazy((prefix as usize).min(self.buckets.len() - 1))
     }
 
     /// Buckets before this index are lazy: the first four, but never the bucket holding
@@ -834,9 +841,10 @@ impl RoutingTable {
     }
 
     /// Of the prefix lengths `0..n`, those whose range (ids sharing exactly that many
-    /// leading bits with ours) holds fewer than k nodes: what a node that just joined
-    /// looks up to fill its table.
-    pub fn sparse_prefixes(&self, n: usize) -> Vec<u32> {
+    /// leading bits with ours) holds fewer nodes than it wants (k; half its size for a
+    /// lazy bucket), each with how many it is short of: what a node that just joined
+    /// fills.
+    pub fn sparse_prefixes(&self, n: usize) -> Vec<(u32, usize)> {
         let mut counts = vec![0usize; n];
         for e in self.entries() {
             let p = self.own.common_prefix_len(&e.id) as usize;
@@ -846,24 +854,58 @@ impl RoutingTable {
         }
         (0..n)
             .filter(|&p| counts[p] < self.fill_wanted(p))
-            .map(|p| p as u32)
+            .map(|p| (p as u32, self.fill_wanted(p) - counts[p]))
             .collect()
     }
 
-    /// For the refresh of bucket `index`: its node heard from longest ago.
-    pub fn refresh_probe(&self, index: usize) -> Option<NodeInfo> {
-        let b = self.buckets.get(index)?;
-        b.nodes.iter().min_by_key(|e| e.last_seen).map(Entry::info)
+    /// For the refresh of bucket `index`: the nodes to ask for nodes in its range, those
+    /// heard from longest ago first (the answer proves them live). One for a plain
+    /// bucket; for a lazy bucket short of half its size, one per 8 nodes it is short of
+    /// (at most 4): every answer names 8 nodes in the range, which it takes as hearsay,
+    /// so a few single queries fill it at a fraction of a lookup's cost.
+    pub fn refresh_probes(&self, index: usize) -> Vec<NodeInfo> {
+        let Some(b) = self.buckets.get(index) else {
+            return Vec::new();
+        };
+        let short = self.fill_wanted(index).saturating_sub(b.nodes.len());
+        let count = if self.lazy(index) {
+            short.div_ceil(8).clamp(1, MAX_LAZY_PROBES)
+        } else {
+            1
+        };
+        let mut order: Vec<&Entry> = b.nodes.iter().collect();
+        if count == 1 {
+            return order
+                .iter()
+                .min_by_key(|e| e.last_seen)
+                .map(|e| e.info())
+                .into_iter()
+                .collect();
+        }
+        order.sort_unstable_by_key(|e| e.last_seen);
+        order.iter().take(count).map(|e| e.info()).collect()
     }
 
-    /// Whether stale bucket `index` is short enough of nodes (fewer than k) for a lookup
-    /// to fill it. A lazy bucket with more is topped up by the referrals of our lookups
-    /// and probes; a lookup every quarter hour to keep it half full would cost more
-    /// traffic than the rest of the upkeep.
-    pub fn wants_fill(&self, index: usize) -> bool {
+    /// Whether a node named in a reply would get a place in a plain bucket if it
+    /// answered a ping: not known, and its bucket has a free slot (or is ours, which
+    /// splits). A lazy bucket takes such nodes as hearsay instead (`on_heard_of`).
+    pub fn has_room_for(&self, id: &Id, addr: &SocketAddr) -> bool {
+        let bi = self.bucket_index(id);
+        let b = &self.buckets[bi];
+        *id != self.own
+            && !self.lazy(bi)
+            && (b.nodes.len() < self.capacity(bi) || bi == self.buckets.len() - 1)
+            && b.find_id(id).is_none()
+            && self.addr_keys.binary_search(&addr_key(addr)).is_err()
+    }
+
+    /// How many nodes stale bucket `index` is short of k: a bucket short of any gets
+    /// filled. A lazy bucket with more is topped up by its probes' referrals (see
+    /// [`RoutingTable::refresh_probes`]).
+    pub fn fill_shortfall(&self, index: usize) -> usize {
         self.buckets
             .get(index)
-            .is_some_and(|b| b.nodes.len() < self.k)
+            .map_or(0, |b| self.k.saturating_sub(b.nodes.len()))
     }
 
     /// Removes the bad nodes of bucket `index` (see [`Liveness`]): failing ones and
@@ -1196,6 +1238,58 @@ mod tests {
     }
 
     #[test]
+    fn room_for_a_named_node_is_a_free_slot_of_a_plain_bucket() {
+        let (t, now, mut rng) = deep_extended_table();
+        let own = t.own_id();
+        let sizes = t.bucket_sizes();
+        // Bucket 6 took 40 nodes offered at prefix 6: full at k.
+        assert_eq!(sizes[6], 8);
+        assert!(!t.has_room_for(&own.random_with_prefix(6, &mut rng), &addr(9000, 1)));
+        // A lazy bucket takes such nodes as hearsay, not by ping.
+        assert!(!t.has_room_for(&own.random_with_prefix(0, &mut rng), &addr(9001, 1)));
+        // The bucket holding our own id splits, so it always has room.
+        let near = own.random_with_prefix(159, &mut rng);
+        assert!(t.has_room_for(&near, &addr(9002, 1)));
+        // Known ids and addresses have no room for a second entry.
+        let known = t.entries().next().unwrap().clone();
+        assert!(!t.has_room_for(&near, &known.addr));
+        let mut plain = table(false).0;
+        let far = plain.own_id().random_with_prefix(0, &mut rng);
+        assert!(plain.has_room_for(&far, &addr(1, 1)));
+        plain.on_response(far, addr(1, 1), true, now);
+        assert!(!plain.has_room_for(&far, &addr(2, 1)), "known id");
+    }
+
+    #[test]
+    fn a_lazy_bucket_short_of_half_is_probed_once_per_eight_missing_nodes() {
+        let (mut t, now, mut rng) = deep_extended_table();
+        let own = t.own_id();
+        for i in 0..20u32 {
+            t.on_response(
+                own.random_with_prefix(0, &mut rng),
+                addr(5000 + i, 1),
+                true,
+                now,
+            );
+        }
+        // 20 of the 64 it wants: 44 short, so four probes (the most), the longest
+        // silent nodes first.
+        assert_eq!(t.refresh_probes(0).len(), 4);
+        for i in 0..40u32 {
+            t.on_response(
+                own.random_with_prefix(0, &mut rng),
+                addr(6000 + i, 1),
+                true,
+                now,
+            );
+        }
+        // 60: 4 short, one probe; plain buckets always get one.
+        assert_eq!(t.refresh_probes(0).len(), 1);
+        assert_eq!(t.refresh_probes(6).len(), 1);
+        assert!(t.refresh_probes(t.bucket_count()).is_empty());
+    }
+
+    #[test]
     fn sparse_prefixes_name_the_ranges_a_new_node_should_fill() {
         let (mut t, now, mut rng) = table(false);
         let own = t.own_id();
@@ -1203,10 +1297,12 @@ mod tests {
             t.on_response(own.random_with_prefix(2, &mut rng), addr(i, 1), true, now);
         }
         t.on_response(own.random_with_prefix(0, &mut rng), addr(100, 1), true, now);
-        assert_eq!(t.sparse_prefixes(4), vec![0, 1, 3]);
+        assert_eq!(t.sparse_prefixes(4), vec![(0, 7), (1, 8), (3, 8)]);
         // A lazy bucket wants half its size: 64 nodes in the first.
         let (ext, _, _) = deep_extended_table();
-        assert_eq!(&ext.sparse_prefixes(8)[..4], &[0, 1, 2, 3]);
+        let lazy: Vec<u32> = ext.sparse_prefixes(8)[..4].iter().map(|p| p.0).collect();
+        assert_eq!(lazy, [0, 1, 2, 3]);
+        assert!(ext.sparse_prefixes(8)[0].1 > 8, "short of up to 64");
     }
 
     #[test]

@@ -648,3 +648,102 @@ fn extended_far_buckets_take_newcomers_without_pinging_them() {
         .collect();
     assert!(pings.is_empty(), "pinged {pings:?}");
 }
+
+/// The find_node queries `d` sent, with their targets.
+fn find_nodes(sent: &[(SocketAddr, Message)]) -> Vec<(SocketAddr, Vec<u8>, Id)> {
+    sent.iter()
+        .filter_map(|(a, m)| match &m.body {
+            Body::Query(Query {
+                kind: QueryKind::FindNode { target },
+                ..
+            }) => Some((*a, m.t.clone(), *target)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pings(sent: &[(SocketAddr, Message)]) -> Vec<SocketAddr> {
+    sent.iter()
+        .filter(|(_, m)| matches!(&m.body, Body::Query(q) if q.kind == QueryKind::Ping))
+        .map(|(a, _)| *a)
+        .collect()
+}
+
+/// A stale bucket short of nodes is filled by one find_node and pings to what it names,
+/// not by a lookup; if that find_node goes unanswered, a lookup does it after all.
+#[test]
+fn a_sparse_bucket_fills_from_one_find_node_and_pings() {
+    let k = Config::default().k;
+    let setup = || {
+        let (mut d, now) = core(|c| c.extended_buckets = false);
+        // Ids 0x8c.. to 0xdc..: five of the twelve in bucket 0 (we are 0x11..), which
+        // is three short of k once the table has split.
+        for i in 0..12 {
+            confirm(&mut d, now, peer(i + 1), id(i * 20));
+        }
+        let later = now + Config::default().bucket_refresh + Duration::from_secs(1);
+        d.handle_timeout(later);
+        let sent = drain(&mut d);
+        let probes = find_nodes(&sent);
+        assert_eq!(probes.len(), 1, "one find_node, not a lookup: {probes:?}");
+        (d, later, probes[0].clone())
+    };
+
+    let (mut d, later, (via, t, target)) = setup();
+    let own = d.id();
+    assert_eq!(
+        own.common_prefix_len(&target),
+        0,
+        "bucket 0 is filled first"
+    );
+    // It names eight nodes in that range; three fit, and just those are pinged.
+    let named: Vec<dht::krpc::NodeInfo> = (0..8u8)
+        .map(|i| {
+            let mut nid = target;
+            nid.0[19] = i;
+            dht::krpc::NodeInfo {
+                id: nid,
+                addr: peer(100 + i),
+            }
+        })
+        .collect();
+    let via_id = d
+        .routing_table_snapshot()
+        .into_iter()
+        .find(|n| n.addr == via)
+        .expect("asked a node of ours")
+        .id;
+    d.handle_datagram(later, via, &response(&t, via_id, named.clone()));
+    let sent = drain(&mut d);
+    let pinged: Vec<SocketAddr> = pings(&sent)
+        .into_iter()
+        .filter(|a| named.iter().any(|n| n.addr == *a))
+        .collect();
+    assert_eq!(pinged.len(), 3, "pinged {pinged:?}");
+    assert!(find_nodes(&sent).is_empty(), "no lookup follows");
+    // The pinged nodes that answer join the table.
+    for (a, m) in sent.iter().filter(|(a, _)| pinged.contains(a)) {
+        let nid = named.iter().find(|n| n.addr == *a).unwrap().id;
+        d.handle_datagram(later, *a, &response(&m.t, nid, Vec::new()));
+    }
+    let table = d.routing_table_snapshot();
+    let joined = named.iter().filter(|n| table.contains(n)).count();
+    assert_eq!(joined, 3);
+    assert!(k >= 3);
+
+    // Unanswered, the find_node gives way to a lookup into the same range.
+    let (mut d, later, _) = setup();
+    let timeout = later + Config::default().query_timeout + Duration::from_millis(1);
+    d.handle_timeout(timeout);
+    // (The same pass may probe the next stale bucket, in another range.)
+    let own = d.id();
+    let lookup: Vec<_> = find_nodes(&drain(&mut d))
+        .into_iter()
+        .filter(|(_, _, t)| own.common_prefix_len(t) == 0)
+        .collect();
+    assert_eq!(
+        lookup.len(),
+        Config::default().maintenance_alpha,
+        "a lookup takes over: {lookup:?}"
+    );
+}

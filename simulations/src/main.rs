@@ -536,11 +536,13 @@ fn lookup_table(rows: &[(&str, &dht_lookup::LookupReport)], a: &LookupArgs) -> T
 
 fn lookup_footer(r: &dht_lookup::LookupReport, wall: Instant) -> String {
     format!(
-        "datagrams {}  lost {}  nat-dropped {}  events {}  joins {}  leaves {}  online at end {}  wall {:.1}s\nlookups/queries by kind: {}",
+        "datagrams {}  lost {}  nat-dropped {}  events {} (wake-ups {}, stale {})  joins {}  leaves {}  online at end {}  wall {:.1}s\nlookups/queries by kind: {}",
         r.datagrams,
         r.lost,
         r.nat_dropped,
         r.events,
+        r.wakeups,
+        r.stale_wakeups,
         r.joins,
         r.leaves,
         r.online_at_end,

@@ -60,6 +60,9 @@ pub struct LookupReport {
     pub lost: u64,
     pub nat_dropped: u64,
     pub events: u64,
+    /// Of the events, timer wake-ups that ran a core, and stale ones (superseded).
+    pub wakeups: u64,
+    pub stale_wakeups: u64,
     pub joins: u64,
     /// Lookups/queries by kind, all nodes (bootstrap and refresh traffic included).
     pub lookup_costs: crate::dht_sim::world::LookupCosts,
@@ -294,6 +297,8 @@ pub fn run(p: &LookupParams) -> LookupReport {
         lost: world.sim.net.stats.lost,
         nat_dropped: world.sim.net.stats.nat,
         events: world.sim.stats.events,
+        wakeups: world.sim.stats.wakeups,
+        stale_wakeups: world.sim.stats.stale_wakeups,
         joins: world.joins,
         lookup_costs: world.lookup_costs.clone(),
         leaves: world.leaves,
