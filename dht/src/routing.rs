@@ -23,6 +23,11 @@ use crate::krpc::NodeInfo;
 const RECHECK_MAX: usize = 64;
 /// Most probes a stale lazy bucket gets per refresh (see `refresh_probes`).
 const MAX_LAZY_PROBES: usize = 4;
+/// An unconfirmed node (hearsay in a lazy bucket, or a newcomer waiting for its ping)
+/// goes bad after this many `good_for` periods unheard: hearsay from a quarter hour ago
+/// is still mostly alive under Mainline-like churn, and a dead seed costs a lookup only
+/// a short timeout.
+pub const HEARSAY_KEPT: u32 = 3;
 /// Failures in a row after which an answering node is dropped.
 const MAX_FAILS: u8 = 2;
 
@@ -66,8 +71,10 @@ impl Entry {
     }
 
     pub fn liveness(&self, now: Instant, good_for: Duration) -> Liveness {
-        let silent = now.saturating_duration_since(self.last_seen) >= good_for;
-        if self.fails >= MAX_FAILS || (!self.confirmed && (self.fails >= 1 || silent)) {
+        let quiet = now.saturating_duration_since(self.last_seen);
+        let silent = quiet >= good_for;
+        let forgotten = quiet >= good_for * HEARSAY_KEPT;
+        if self.fails >= MAX_FAILS || (!self.confirmed && (self.fails >= 1 || forgotten)) {
             // An unconfirmed node is only worth its slot while it keeps showing up.
             Liveness::Bad
         } else if self.confirmed && self.fails == 0 && !silent {
@@ -444,10 +451,19 @@ impl RoutingTable {
         if !self.lazy(bi) || id == self.own || addr.port() == 0 {
             return false;
         }
-        let b = &self.buckets[bi];
-        if self.addr_keys.binary_search(&addr_key(&addr)).is_ok() || b.find_id(&id).is_some() {
+        let b = &mut self.buckets[bi];
+        if let Some(i) = b.find_id(&id) {
+            // Named again: still alive as far as some node knows.
+            let e = &mut b.nodes[i];
+            if !e.confirmed && e.fails == 0 && e.addr == addr {
+                e.last_seen = now;
+            }
             return false;
         }
+        if self.addr_keys.binary_search(&addr_key(&addr)).is_ok() {
+            return false;
+        }
+        let b = &self.buckets[bi];
         let (capacity, good_for) = (self.capacity(bi), self.good_for);
         let slot = if b.nodes.len() < capacity {
             None
@@ -1206,6 +1222,40 @@ mod tests {
     }
 
     #[test]
+    fn hearsay_named_again_is_kept_and_hearsay_nobody_names_goes_bad() {
+        let (mut t, now, mut rng) = deep_extended_table();
+        let own = t.own_id();
+        let (kept, dropped) = (
+            own.random_with_prefix(0, &mut rng),
+            own.random_with_prefix(0, &mut rng),
+        );
+        assert!(t.on_heard_of(kept, addr(7000, 1), true, now));
+        assert!(t.on_heard_of(dropped, addr(7001, 1), true, now));
+        let good_for = t.good_for;
+        // Unconfirmed but named within the hearsay lifetime: not bad yet.
+        let later = now + good_for;
+        assert_ne!(
+            t.get(&kept).unwrap().liveness(later, good_for),
+            Liveness::Bad
+        );
+        // Named again by another reply: its silence starts over.
+        assert!(!t.on_heard_of(kept, addr(7000, 1), true, later));
+        let end = now + good_for * HEARSAY_KEPT;
+        assert_eq!(
+            t.get(&dropped).unwrap().liveness(end, good_for),
+            Liveness::Bad
+        );
+        assert_ne!(t.get(&kept).unwrap().liveness(end, good_for), Liveness::Bad);
+        // Named at another address: the one we know stays as it was.
+        let before = t.get(&kept).unwrap().last_seen;
+        assert!(!t.on_heard_of(kept, addr(7002, 1), true, end));
+        assert_eq!(t.get(&kept).unwrap().last_seen, before);
+        t.sweep_bad(0, end);
+        assert!(t.get(&dropped).is_none() && t.get(&kept).is_some());
+        t.check_index();
+    }
+
+    #[test]
     fn a_full_lazy_bucket_gives_hearsay_the_slots_of_bad_nodes_only() {
         let (mut t, now, mut rng) = deep_extended_table();
         let own = t.own_id();
@@ -1222,9 +1272,9 @@ mod tests {
             !t.on_heard_of(fresh, addr(i, 1), true, now),
             "full of live nodes"
         );
-        // Once they have all been silent too long, newcomers take their slots (each
+        // Once nobody has named them for too long, newcomers take their slots (each
         // newcomer looks at one slot, so it takes a stream of them to sweep the bucket).
-        let later = now + t.good_for;
+        let later = now + t.good_for * HEARSAY_KEPT;
         for j in 0..2000 {
             let id = own.random_with_prefix(0, &mut rng);
             t.on_heard_of(id, addr(20_000 + j, 1), true, later);

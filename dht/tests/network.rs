@@ -159,12 +159,12 @@ fn dead_nodes_leave_tables_and_lookups_still_converge() {
     let l = net.node(3).find_node(now, Id([0x55; 20]));
     assert!(net.run_until(Duration::from_secs(60), |n| n.lookups_done(3, l) == 1));
     // Housekeeping pings and lookups drop dead nodes over time.
-    net.run_for(Duration::from_secs(30 * 60));
+    net.run_for(Duration::from_secs(60 * 60));
     let dead: Vec<SocketAddr> = (20..40).map(loopback_addr).collect();
     // Dead nodes are no longer confirmed members (what a node hands out). Live nodes
     // may still name a dead one in referrals, which a far bucket keeps unconfirmed
-    // until a lookup tries it or it falls silent too long; none is kept past that.
-    let good_for = Config::default().node_good_for;
+    // until a lookup tries it or nobody named it for too long; none is kept past that.
+    let good_for = Config::default().node_good_for * dht::routing::HEARSAY_KEPT;
     let entries = net.nodes[3].routing_table_entries();
     let confirmed = entries
         .iter()
