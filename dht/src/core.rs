@@ -1599,7 +1599,7 @@ impl Dht {
                 // A bucket short of k nodes is filled (`start_fill`); otherwise the nodes
                 // heard from longest ago are asked for nodes in the bucket's range, which
                 // checks they are alive and brings referrals (hearsay, for a lazy bucket:
-                // up to four such probes while it is short of half its size).
+                // up to eight such probes while it is short of half its size).
                 let asked = t.refresh_probes(b);
                 let shortfall = t.fill_shortfall(b);
                 if asked.is_empty() || shortfall > 0 {
