@@ -1316,24 +1316,16 @@ mod tests {
         let own = t.own_id();
         // Empty: 64 short, but at most eight probes (of nodes it does not have: none).
         assert!(t.refresh_probes(0).is_empty());
-        for i in 0..20u32 {
-            t.on_response(
-                own.random_with_prefix(0, &mut rng),
-                addr(5000 + i, 1),
-                true,
-                now,
-            );
-        }
+        let answer =
+            |t: &mut RoutingTable, rng: &mut rand_chacha::ChaCha8Rng, from: u32, n: u32| {
+                for i in from..from + n {
+                    t.on_response(own.random_with_prefix(0, rng), addr(i, 1), true, now);
+                }
+            };
+        answer(&mut t, &mut rng, 5000, 20);
         // 20 of the 64 it wants: 44 short, so six probes.
         assert_eq!(t.refresh_probes(0).len(), 6);
-        for i in 0..40u32 {
-            t.on_response(
-                own.random_with_prefix(0, &mut rng),
-                addr(6000 + i, 1),
-                true,
-                now,
-            );
-        }
+        answer(&mut t, &mut rng, 6000, 40);
         // 60: 4 short, one probe; plain buckets always get one.
         assert_eq!(t.refresh_probes(0).len(), 1);
         assert_eq!(t.refresh_probes(6).len(), 1);
