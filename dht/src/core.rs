@@ -647,7 +647,7 @@ impl Dht {
     }
 
     fn tables(&self) -> impl Iterator<Item = &RoutingTable> {
-        self.table4.iter().chain(self.table6.iter())
+        self.families().map(|(_, t)| t)
     }
 
     fn pools(&self) -> impl Iterator<Item = &Pool> {
@@ -1146,8 +1146,12 @@ impl Dht {
         let Some(t) = table.as_ref() else { return };
         let own = t.own_id();
         let target = own.random_with_prefix(prefix, &mut self.rng);
-        let via = t.closest(&target, 1, true).pop();
-        let Some(via) = via.filter(|_| !t.is_lazy_prefix(prefix)) else {
+        let via = if t.is_lazy_prefix(prefix) {
+            None
+        } else {
+            t.closest(&target, 1, true).pop()
+        };
+        let Some(via) = via else {
             self.start_refresh(now, own, prefix);
             return;
         };
@@ -1600,12 +1604,11 @@ impl Dht {
                 // heard from longest ago are asked for nodes in the bucket's range, which
                 // checks they are alive and brings referrals (hearsay, for a lazy bucket:
                 // up to eight such probes while it is short of half its size).
-                let asked = t.refresh_probes(b);
                 let shortfall = t.fill_shortfall(b);
-                if asked.is_empty() || shortfall > 0 {
-                    targets.push((v6, b as u32, shortfall.max(1)));
+                if shortfall > 0 {
+                    targets.push((v6, b as u32, shortfall));
                 } else {
-                    for n in asked {
+                    for n in t.refresh_probes(b) {
                         let target = t.own_id().random_with_prefix(b as u32, &mut self.rng);
                         probes.push((n.addr, target));
                     }

@@ -889,17 +889,18 @@ impl RoutingTable {
         } else {
             1
         };
-        let mut order: Vec<&Entry> = b.nodes.iter().collect();
         if count == 1 {
-            return order
+            return b
+                .nodes
                 .iter()
                 .min_by_key(|e| e.last_seen)
-                .map(|e| e.info())
+                .map(Entry::info)
                 .into_iter()
                 .collect();
         }
+        let mut order: Vec<&Entry> = b.nodes.iter().collect();
         order.sort_unstable_by_key(|e| e.last_seen);
-        order.iter().take(count).map(|e| e.info()).collect()
+        order.into_iter().take(count).map(Entry::info).collect()
     }
 
     /// Whether a node named in a reply would get a place in a plain bucket if it
