@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use dht::node::PeerPoll;
 use wire::infohash::InfoHash;
-use wire::session::{SessionConfig, Source, Torrent, TorrentStats};
+use wire::session::{Session, SessionConfig, Source, Torrent, TorrentStats};
 
 use crate::addr::is_private;
 use crate::progress::{Progress, Snapshot};
@@ -53,32 +53,55 @@ impl NetConfig {
     }
 }
 
-/// A running torrent with its DHT node.
-pub struct Client {
+/// One torrent of a [`Client`], with its DHT lookups.
+pub struct Tracked {
     pub torrent: Torrent,
-    pub dht: Option<dht::Node>,
     pub info_hash: InfoHash,
-    /// The TCP address peers reach us at.
-    pub listen: SocketAddr,
-    hints: Vec<SocketAddr>,
     lookup: Option<dht::node::PeerStream>,
     next_lookup: Instant,
-    peers_from_dht: usize,
+    /// Lookups done, and peers the last one found.
+    lookups_done: u32,
+    found_in_last: usize,
+    /// Wait before the next lookup when the last ones found nobody (doubles up to
+    /// [`LOOKUP_EVERY_WHEN_FEW_PEERS`]).
+    empty_backoff: Duration,
+}
+
+/// Torrents in one session (one port for all of them) with one DHT node.
+pub struct Client {
+    pub session: Session,
+    pub torrents: Vec<Tracked>,
+    pub dht: Option<dht::Node>,
+    /// The TCP address peers reach us at.
+    pub listen: SocketAddr,
 }
 
 /// How often to look up and announce again when the swarm is healthy / thin.
 const LOOKUP_EVERY: Duration = Duration::from_secs(15 * 60);
 const LOOKUP_EVERY_WHEN_FEW_PEERS: Duration = Duration::from_secs(10);
+/// After a lookup that found nobody (peers may not have announced yet), the first retry.
+const LOOKUP_RETRY_WHEN_EMPTY: Duration = Duration::from_millis(500);
 /// Below this many connected peers, look up again soon.
 const FEW_PEERS: usize = 5;
+/// How often [`Client::run`] feeds lookups to the torrents and redraws progress.
+const TICK: Duration = Duration::from_millis(50);
 
 impl Client {
-    /// Starts the torrent session and (unless disabled) the DHT node on the same port.
+    /// Starts one torrent (see [`Client::start_many`]).
     pub async fn start(
         source: Source,
         out_dir: PathBuf,
         net: &NetConfig,
         hints: Vec<SocketAddr>,
+    ) -> anyhow::Result<Client> {
+        Self::start_many(vec![(source, out_dir, hints)], net).await
+    }
+
+    /// Starts a session on `net`'s port with the torrents given (each with its output
+    /// directory and peer hints) and, unless disabled, the DHT node on the same port.
+    pub async fn start_many(
+        items: Vec<(Source, PathBuf, Vec<SocketAddr>)>,
+        net: &NetConfig,
     ) -> anyhow::Result<Client> {
         let mut cfg = SessionConfig {
             listen: Some(SocketAddr::new(net.bind_ip, net.port)),
@@ -89,12 +112,32 @@ impl Client {
         cfg.engine.max_peers = net.max_peers;
         cfg.engine.download_rate_limit = net.limit_down;
         cfg.engine.upload_rate_limit = net.limit_up;
-        let torrent = Torrent::start(source, out_dir, cfg)
+        let session = Session::bind(cfg)
             .await
-            .context("cannot start the torrent")?;
-        let listen = torrent
+            .context("cannot start the session")?;
+        let listen = session
             .listen_addr()
-            .context("torrent session has no listening address")?;
+            .context("the session has no listening address")?;
+        let mut torrents = Vec::new();
+        for (source, out_dir, hints) in items {
+            let torrent = session
+                .add(source, out_dir)
+                .await
+                .context("cannot start the torrent")?;
+            // Peers from the magnet link or `--peer`: re-dialed whenever they are lost.
+            for h in &hints {
+                torrent.add_peer(*h);
+            }
+            torrents.push(Tracked {
+                info_hash: torrent.info_hash(),
+                torrent,
+                lookup: None,
+                next_lookup: Instant::now(),
+                lookups_done: 0,
+                found_in_last: 0,
+                empty_backoff: LOOKUP_RETRY_WHEN_EMPTY,
+            });
+        }
         let dht = if net.no_dht {
             None
         } else {
@@ -108,62 +151,55 @@ impl Client {
                 .context("cannot start the DHT node")?;
             Some(node)
         };
-        let info_hash = torrent.info_hash();
-        for h in &hints {
-            torrent.add_peer(*h);
-        }
         Ok(Client {
-            torrent,
+            session,
+            torrents,
             dht,
-            info_hash,
             listen,
-            hints,
-            lookup: None,
-            next_lookup: Instant::now(),
-            peers_from_dht: 0,
         })
     }
 
-    /// Peers found through the DHT so far (before de-duplication by the session).
-    pub fn peers_from_dht(&self) -> usize {
-        self.peers_from_dht
+    /// The first torrent (the only one for `swarm demo`).
+    pub fn torrent(&self) -> &Torrent {
+        &self.torrents[0].torrent
     }
 
-    /// One step of housekeeping: starts a lookup+announce when due, and feeds the peers
-    /// it has found so far to the session. Call it a few times a second.
+    /// One step of housekeeping: starts each torrent's lookup+announce when due, and
+    /// feeds the peers found so far to it. Call it a few times a second.
     pub fn tick(&mut self) {
         let Some(dht) = &self.dht else { return };
         let now = Instant::now();
-        if self.lookup.is_none() && now >= self.next_lookup {
-            // announce = get_peers + announce_peer: we find others and they find us.
-            self.lookup = Some(dht.announce(self.info_hash.0, Some(self.listen.port())));
-        }
-        if let Some(l) = &mut self.lookup {
+        for t in &mut self.torrents {
+            if t.lookup.is_none() && now >= t.next_lookup {
+                // announce = get_peers + announce_peer: we find others and they find us.
+                t.lookup = Some(dht.announce(t.info_hash.0, Some(self.listen.port())));
+                t.found_in_last = 0;
+            }
+            let Some(l) = &mut t.lookup else { continue };
             loop {
                 match l.poll_now() {
                     PeerPoll::Peer(peer) => {
                         if peer != self.listen {
-                            self.peers_from_dht += 1;
-                            self.torrent.add_peer(peer);
+                            t.found_in_last += 1;
+                            t.torrent.add_found_peer(peer);
                         }
                     }
                     PeerPoll::Pending => break,
                     PeerPoll::Done => {
                         // The lookup is over: schedule the next one.
-                        self.lookup = None;
-                        let connected = self.torrent.stats().peers.len();
-                        let wait = if connected < FEW_PEERS {
+                        t.lookup = None;
+                        t.lookups_done += 1;
+                        let connected = t.torrent.stats().peers.len();
+                        let wait = if t.found_in_last == 0 && connected == 0 {
+                            let w = t.empty_backoff;
+                            t.empty_backoff = (w * 2).min(LOOKUP_EVERY_WHEN_FEW_PEERS);
+                            w
+                        } else if connected < FEW_PEERS {
                             LOOKUP_EVERY_WHEN_FEW_PEERS
                         } else {
                             LOOKUP_EVERY
                         };
-                        self.next_lookup = now + wait;
-                        // Hints may have been refused while the session was busy.
-                        if connected == 0 {
-                            for h in &self.hints {
-                                self.torrent.add_peer(*h);
-                            }
-                        }
+                        t.next_lookup = now + wait;
                         break;
                     }
                 }
@@ -171,18 +207,41 @@ impl Client {
         }
     }
 
-    /// A progress snapshot (DHT node count from the last call to [`Client::dht_nodes`]).
-    pub fn snapshot(&self, stats: &TorrentStats, dht_nodes: usize) -> Snapshot {
+    /// Runs lookups until every torrent's first announce is done (or `limit` passes, or
+    /// there is no DHT). True when they are.
+    pub async fn wait_announced(&mut self, limit: Duration) -> bool {
+        if self.dht.is_none() {
+            return false;
+        }
+        let deadline = Instant::now() + limit;
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        while Instant::now() < deadline {
+            ticker.tick().await;
+            self.tick();
+            if self.torrents.iter().all(|t| t.lookups_done > 0) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A progress snapshot over every torrent (DHT node count from the last call to
+    /// [`Client::dht_nodes`]).
+    pub fn snapshot(&self, all: &[TorrentStats], dht_nodes: usize) -> Snapshot {
+        let known = all.iter().all(|s| s.have_metadata);
         Snapshot {
-            done_bytes: stats.total_length.saturating_sub(stats.bytes_left),
-            total_bytes: stats.have_metadata.then_some(stats.total_length),
-            down_rate: stats.download_rate,
-            up_rate: stats.upload_rate,
-            peers: stats.peers.len(),
+            done_bytes: all
+                .iter()
+                .map(|s| s.total_length.saturating_sub(s.bytes_left))
+                .sum(),
+            total_bytes: known.then(|| all.iter().map(|s| s.total_length).sum()),
+            down_rate: all.iter().map(|s| s.download_rate).sum(),
+            up_rate: all.iter().map(|s| s.upload_rate).sum(),
+            peers: all.iter().map(|s| s.peers.len()).sum(),
             dht_nodes,
-            state: if !stats.have_metadata {
+            state: if !known {
                 "metadata"
-            } else if stats.complete {
+            } else if all.iter().all(|s| s.complete) {
                 "seeding"
             } else {
                 "downloading"
@@ -201,8 +260,13 @@ impl Client {
         }
     }
 
-    /// Runs until every piece is verified (or, with `until_stopped`, until Ctrl-C / the
-    /// `stop` future), drawing progress.
+    /// Every torrent's latest stats.
+    pub fn stats(&self) -> Vec<TorrentStats> {
+        self.torrents.iter().map(|t| t.torrent.stats()).collect()
+    }
+
+    /// Runs until every piece of every torrent is verified (or, with `until_stopped`,
+    /// until Ctrl-C / the `stop` future), drawing progress.
     pub async fn run(
         &mut self,
         progress: &mut Progress,
@@ -210,22 +274,28 @@ impl Client {
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<Outcome> {
         tokio::pin!(stop);
-        let mut ticker = tokio::time::interval(Duration::from_millis(200));
+        let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut announced_complete = false;
+        let mut nodes = 0;
+        let mut next_nodes = Instant::now();
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(Outcome::Stopped),
                 _ = ticker.tick() => {}
             }
             self.tick();
-            let stats = self.torrent.stats();
-            if let Some(e) = &stats.error {
-                anyhow::bail!("torrent stopped: {e}");
+            let all = self.stats();
+            if let Some((s, e)) = all.iter().find_map(|s| s.error.as_ref().map(|e| (s, e))) {
+                let name = s.name.clone().unwrap_or_else(|| s.info_hash.to_hex());
+                anyhow::bail!("{name}: {e}");
             }
-            let nodes = self.dht_nodes().await;
-            progress.update(&self.snapshot(&stats, nodes));
-            if stats.complete && !announced_complete {
+            if Instant::now() >= next_nodes {
+                nodes = self.dht_nodes().await;
+                next_nodes = Instant::now() + Duration::from_millis(500);
+            }
+            progress.update(&self.snapshot(&all, nodes));
+            if all.iter().all(|s| s.complete) && !announced_complete {
                 announced_complete = true;
                 if !until_stopped {
                     return Ok(Outcome::Complete);
@@ -240,8 +310,35 @@ impl Client {
         if let Some(d) = self.dht {
             d.shutdown().await;
         }
-        self.torrent.shutdown().await;
+        for t in self.torrents {
+            t.torrent.shutdown().await;
+        }
+        self.session.shutdown().await;
     }
+}
+
+/// The bandwidth aggregation of one torrent: every peer that sent payload, with its
+/// client and share, most first. Lines for a terminal.
+pub fn contributions_report(s: &TorrentStats) -> Vec<String> {
+    let total: u64 = s.contributions.iter().map(|c| c.downloaded).sum();
+    s.contributions
+        .iter()
+        .filter(|c| c.downloaded > 0)
+        .map(|c| {
+            let share = if total == 0 {
+                0.0
+            } else {
+                100.0 * c.downloaded as f64 / total as f64
+            };
+            format!(
+                "  {:<22} {:<24} {:>12} {:>5.1}%",
+                c.addr.to_string(),
+                c.client.as_deref().unwrap_or("?"),
+                crate::progress::human_bytes(c.downloaded),
+                share
+            )
+        })
+        .collect()
 }
 
 /// How [`Client::run`] ended.

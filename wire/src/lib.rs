@@ -13,3 +13,4 @@ pub mod metainfo;
 pub mod peer;
 pub mod session;
 pub mod storage;
+pub mod torrent;

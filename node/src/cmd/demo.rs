@@ -13,7 +13,7 @@ use wire::session::Source;
 use super::common::{interrupted, runtime};
 use super::get::{parse_target, Target};
 use super::seed::{magnet_of, prepare};
-use crate::client::{Client, NetConfig, Outcome};
+use crate::client::{contributions_report, Client, NetConfig, Outcome};
 use crate::progress::{human_bytes, Progress};
 
 /// Arguments of `swarm demo`.
@@ -129,6 +129,7 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut seeders = Vec::new();
+    let mut seeders_started = Vec::new();
     for i in 0..args.peers {
         let ip = loopback(i + 1);
         let client = Client::start(
@@ -139,6 +140,12 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("cannot start seeder {i} on {ip}"))?;
+        seeders_started.push(client);
+    }
+    // Each seeder announces itself first, as a seeder of a real swarm has long done; the
+    // leecher's first lookup then finds them all.
+    let announced = wait_all_announced(&mut seeders_started).await;
+    for client in seeders_started {
         let mut stop = stop_rx.clone();
         seeders.push(tokio::spawn(async move {
             let mut client = client;
@@ -152,7 +159,7 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         }));
     }
     eprintln!(
-        "demo: {} seeders started; magnet link:\n{magnet}",
+        "demo: {} seeders started, {announced} announced; magnet link:\n{magnet}",
         args.peers
     );
 
@@ -179,7 +186,7 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         })
         .await;
     let elapsed = fetch_started.elapsed();
-    let stats = leecher.torrent.stats();
+    let stats = leecher.torrent().stats();
     leecher.shutdown().await;
     let _ = stop_tx.send(true);
     for s in seeders {
@@ -207,21 +214,36 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         human_bytes(rate as u64)
     );
-    let used = stats.received_from.values().filter(|b| **b > 0).count();
+    let used = stats
+        .contributions
+        .iter()
+        .filter(|c| c.downloaded > 0)
+        .count();
     println!(
         "demo: {used} of {} seeders sent data ({} received in all, {} of it duplicate or unneeded):",
         args.peers,
-        human_bytes(stats.received_from.values().sum()),
+        human_bytes(stats.contributions.iter().map(|c| c.downloaded).sum()),
         human_bytes(stats.wasted)
     );
-    for (addr, bytes) in &stats.received_from {
-        println!("  {addr:<22} {:>12}", human_bytes(*bytes));
+    for line in contributions_report(&stats) {
+        println!("{line}");
     }
     println!(
         "demo: total time {:.2} s (including data generation and hashing)",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Waits (a few seconds at most) for every seeder's first announce; how many made it.
+async fn wait_all_announced(seeders: &mut [Client]) -> usize {
+    let mut n = 0;
+    for c in seeders.iter_mut() {
+        if c.wait_announced(Duration::from_secs(5)).await {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Compares two files chunk by chunk.

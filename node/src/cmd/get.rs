@@ -11,14 +11,16 @@ use wire::metainfo::Metainfo;
 use wire::session::Source;
 
 use super::common::{interrupted, runtime, NetArgs};
-use crate::client::{Client, Outcome};
+use crate::client::{contributions_report, Client, Outcome};
 use crate::progress::{human_bytes, Progress};
 
 /// Arguments of `swarm get`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A magnet link, a .torrent file, or an info-hash (40 hex digits or 32 base32).
-    pub target: String,
+    /// Magnet links, .torrent files or info-hashes (40 hex digits or 32 base32): every
+    /// one is fetched at once, all on one port.
+    #[arg(required = true, value_name = "TARGET")]
+    pub targets: Vec<String>,
     /// Directory to write into (the torrent's file or folder goes in it).
     #[arg(short, long, env = "SWARM_OUTPUT", default_value = ".")]
     pub output: PathBuf,
@@ -97,58 +99,83 @@ pub async fn resolve_hints(hints: &[PeerHint]) -> Vec<SocketAddr> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let target = parse_target(&args.target)?;
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| parse_target(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create output directory {}", args.output.display()))?;
-    runtime()?.block_on(fetch(args, target))
+    runtime()?.block_on(fetch(args, targets))
 }
 
-async fn fetch(args: Args, target: Target) -> anyhow::Result<()> {
-    let (net, mut hints) = args.net.to_config().await?;
-    let (source, label) = match target {
-        Target::Magnet(m) => {
-            hints.extend(resolve_hints(&m.peers).await);
-            let label = m
-                .display_name
-                .clone()
-                .unwrap_or_else(|| m.info_hash.to_hex());
-            (Source::InfoHash(m.info_hash), label)
+async fn fetch(args: Args, targets: Vec<Target>) -> anyhow::Result<()> {
+    let (net, peers) = args.net.to_config().await?;
+    let mut items = Vec::new();
+    let mut labels = Vec::new();
+    for target in targets {
+        let mut hints = peers.clone();
+        let (source, label) = match target {
+            Target::Magnet(m) => {
+                hints.extend(resolve_hints(&m.peers).await);
+                let label = m
+                    .display_name
+                    .clone()
+                    .unwrap_or_else(|| m.info_hash.to_hex());
+                (Source::InfoHash(m.info_hash), label)
+            }
+            Target::InfoHash(ih) => (Source::InfoHash(ih), ih.to_hex()),
+            Target::Torrent(mi) => {
+                let label = mi.info.name.clone();
+                (Source::Metainfo(mi), label)
+            }
+        };
+        if net.no_dht && hints.is_empty() {
+            bail!("--no-dht needs peers: give a magnet link with x.pe hints or --peer IP:PORT");
         }
-        Target::InfoHash(ih) => (Source::InfoHash(ih), ih.to_hex()),
-        Target::Torrent(mi) => {
-            let label = mi.info.name.clone();
-            (Source::Metainfo(mi), label)
-        }
+        items.push((source, args.output.clone(), hints));
+        labels.push(label);
+    }
+    let mut client = Client::start_many(items, &net).await?;
+    for (t, label) in client.torrents.iter().zip(&labels) {
+        eprintln!("fetching {label} ({}) on {}", t.info_hash, client.listen);
+    }
+    let title = match &labels[..] {
+        [one] => one.clone(),
+        many => format!("{} torrents", many.len()),
     };
-    if net.no_dht && hints.is_empty() {
-        bail!("--no-dht needs peers: give a magnet link with x.pe hints or --peer IP:PORT");
-    }
-    let mut client = Client::start(source, args.output.clone(), &net, hints).await?;
-    eprintln!(
-        "fetching {} ({}) on {}",
-        label, client.info_hash, client.listen
-    );
-    let mut progress = Progress::new(&label);
+    let mut progress = Progress::new(&title);
     let outcome = client.run(&mut progress, args.seed, interrupted()).await;
-    let stats = client.torrent.stats();
+    let all = client.stats();
     client.shutdown().await;
-    match outcome? {
-        Outcome::Complete => {
-            progress.finish(&format!(
-                "done: {} verified in {} pieces, {} peers contributed",
-                human_bytes(stats.total_length),
-                stats.piece_count,
-                stats.received_from.values().filter(|b| **b > 0).count()
-            ));
-            Ok(())
-        }
-        Outcome::Stopped if stats.complete => Ok(()),
-        Outcome::Stopped => bail!(
-            "interrupted with {} of {} left (verified pieces are kept)",
-            human_bytes(stats.bytes_left),
-            human_bytes(stats.total_length)
-        ),
+    let outcome = outcome?;
+    let complete = all.iter().all(|s| s.complete);
+    if outcome == Outcome::Complete || complete {
+        progress.finish("done");
     }
+    // Who sent what: the bandwidth aggregation, per torrent.
+    for (s, label) in all.iter().zip(&labels) {
+        let from = s.contributions.iter().filter(|c| c.downloaded > 0).count();
+        eprintln!(
+            "{label}: {} in {} pieces{}, {from} peers sent data:",
+            human_bytes(s.total_length),
+            s.piece_count,
+            if s.complete { " verified" } else { "" },
+        );
+        for line in contributions_report(s) {
+            eprintln!("{line}");
+        }
+    }
+    if complete {
+        return Ok(());
+    }
+    let left: u64 = all.iter().map(|s| s.bytes_left).sum();
+    let total: u64 = all.iter().map(|s| s.total_length).sum();
+    bail!(
+        "interrupted with {} of {} left (verified pieces are kept)",
+        human_bytes(left),
+        human_bytes(total)
+    )
 }
 
 #[cfg(test)]

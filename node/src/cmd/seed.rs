@@ -16,8 +16,10 @@ use crate::progress::Progress;
 /// Arguments of `swarm seed`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The file or directory to share, or a .torrent whose data is under --data.
-    pub path: PathBuf,
+    /// Files or directories to share, or .torrent files whose data is under --data: all
+    /// of them are served on one port.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
     /// With a .torrent: the directory holding its file or folder (default: the .torrent's
     /// own directory).
     #[arg(long, value_name = "DIR")]
@@ -88,10 +90,16 @@ pub fn magnet_of(mi: &Metainfo) -> Magnet {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let prepared = prepare(&args.path, args.data.as_deref(), args.piece_length)?;
+    if args.torrent_out.is_some() && args.paths.len() > 1 {
+        bail!("--torrent-out takes one PATH");
+    }
+    let mut prepared = Vec::new();
+    for path in &args.paths {
+        prepared.push(prepare(path, args.data.as_deref(), args.piece_length)?);
+    }
     if let Some(out) = &args.torrent_out {
-        let bytes = torrent_bytes(&prepared.metainfo);
-        dht::node::write_atomically(out, &bytes)
+        let bytes = torrent_bytes(&prepared[0].metainfo);
+        wire::storage::write_atomic(out, &bytes)
             .with_context(|| format!("cannot write {}", out.display()))?;
     }
     runtime()?.block_on(serve(args, prepared))
@@ -108,25 +116,33 @@ fn torrent_bytes(mi: &Metainfo) -> Vec<u8> {
     out
 }
 
-async fn serve(args: Args, p: Prepared) -> anyhow::Result<()> {
+async fn serve(args: Args, prepared: Vec<Prepared>) -> anyhow::Result<()> {
     let (net, hints) = args.net.to_config().await?;
-    let magnet = magnet_of(&p.metainfo);
-    let name = p.metainfo.info.name.clone();
-    let mut client = Client::start(
-        Source::Metainfo(Box::new(p.metainfo)),
-        p.data_dir.clone(),
-        &net,
-        hints,
-    )
-    .await?;
-    // The magnet link is the one line on stdout, so scripts can capture it.
-    println!("{magnet}");
-    eprintln!(
-        "seeding {name} from {} on {}",
-        p.data_dir.display(),
-        client.listen
-    );
-    let mut progress = Progress::new(&name);
+    let mut items = Vec::new();
+    let mut described = Vec::new();
+    let mut magnets = Vec::new();
+    for p in prepared {
+        magnets.push(magnet_of(&p.metainfo));
+        described.push((p.metainfo.info.name.clone(), p.data_dir.clone()));
+        items.push((
+            Source::Metainfo(Box::new(p.metainfo)),
+            p.data_dir,
+            hints.clone(),
+        ));
+    }
+    let mut client = Client::start_many(items, &net).await?;
+    // The magnet links are the lines on stdout, so scripts can capture them.
+    for m in &magnets {
+        println!("{m}");
+    }
+    for (name, dir) in &described {
+        eprintln!("seeding {name} from {} on {}", dir.display(), client.listen);
+    }
+    let title = match &described[..] {
+        [(name, _)] => name.clone(),
+        many => format!("{} torrents", many.len()),
+    };
+    let mut progress = Progress::new(&title);
     let outcome = client.run(&mut progress, true, interrupted()).await;
     client.shutdown().await;
     outcome.map(|_| ())

@@ -18,9 +18,9 @@ pub mod picker;
 pub mod rate;
 pub mod spread;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -169,7 +169,8 @@ pub enum DisconnectReason {
     FastNotNegotiated(&'static str),
     /// Too many blocks we never asked for.
     UnrequestedData,
-    /// Sent data that failed the hash check (too often, or as the only source).
+    /// Sent data that failed the hash check (too often, or as the only source). The
+    /// driver bans the peer; the engine only disconnects it.
     BadData,
     /// Nothing received for a long time while we wanted data.
     Unresponsive,
@@ -211,8 +212,13 @@ pub enum Action {
     /// Read the block from storage and send it to `slot` as a piece message, then call
     /// [`Engine::block_sent`].
     ReadBlock { slot: PeerSlot, block: BlockRef },
-    /// Write received data to storage.
-    WriteBlock { block: BlockRef, data: Bytes },
+    /// Write received data to storage. `from` sent it (a requested block: blocks we did
+    /// not ask that peer for never enter a piece).
+    WriteBlock {
+        block: BlockRef,
+        data: Bytes,
+        from: PeerSlot,
+    },
     /// Every block of `piece` has been handed out for writing: hash it (after those
     /// writes) and report with [`Engine::piece_verified`].
     VerifyPiece { piece: u32 },
@@ -230,8 +236,6 @@ pub enum Action {
 pub enum Refused {
     #[error("peer limit reached")]
     TooManyPeers,
-    #[error("peer is banned")]
-    Banned,
 }
 
 /// What the driver knows about a peer when it connects.
@@ -338,6 +342,7 @@ pub struct EngineStats {
     pub wasted: u64,
     pub peers: usize,
     pub hash_failures: u32,
+    /// Peers dropped for bad data.
     pub banned: usize,
 }
 
@@ -400,7 +405,6 @@ pub struct Engine {
     next_choke: Instant,
     next_optimistic: Instant,
     optimistic: Option<PeerSlot>,
-    banned: BTreeSet<IpAddr>,
     completed: bool,
     stats: EngineStats,
     scratch: Vec<BlockRef>,
@@ -454,7 +458,6 @@ impl Engine {
             upload_wake: None,
             download_wake: None,
             optimistic: None,
-            banned: BTreeSet::new(),
             completed,
             stats: EngineStats::default(),
             scratch: Vec::new(),
@@ -487,7 +490,6 @@ impl Engine {
             .map(|p| self.geo.piece_len(p) as u64)
             .sum();
         s.peers = self.peer_count;
-        s.banned = self.banned.len();
         s
     }
 
@@ -522,10 +524,6 @@ impl Engine {
                 })
             })
             .collect()
-    }
-
-    pub fn is_banned(&self, ip: IpAddr) -> bool {
-        self.banned.contains(&ip)
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -566,9 +564,6 @@ impl Engine {
 
     /// A handshake completed. Sends our bitfield (or have-all / have-none).
     pub fn peer_connected(&mut self, now: Instant, info: PeerInfo) -> Result<PeerSlot, Refused> {
-        if info.addr.is_some_and(|a| self.banned.contains(&a.ip())) {
-            return Err(Refused::Banned);
-        }
         if self.peer_count >= self.cfg.max_peers {
             return Err(Refused::TooManyPeers);
         }
@@ -664,10 +659,23 @@ impl Engine {
     }
 
     fn ban(&mut self, slot: PeerSlot) {
-        if let Some(ip) = self.peer(slot).and_then(|p| p.info.addr).map(|a| a.ip()) {
-            self.banned.insert(ip);
+        if self.peer(slot).is_some() {
+            self.stats.banned += 1;
         }
         self.disconnect(slot, DisconnectReason::BadData);
+    }
+
+    /// Smart-ban cleared the peer of a failed piece it contributed to: its strikes for it
+    /// are forgiven.
+    pub fn forgive(&mut self, slot: PeerSlot) {
+        if let Some(p) = self.peer_mut(slot) {
+            p.strikes = p.strikes.saturating_sub(1);
+        }
+    }
+
+    /// The driver found (by comparing blocks) that the peer sent bad data: drop it.
+    pub fn convict(&mut self, slot: PeerSlot) {
+        self.ban(slot);
     }
 
     // ---- incoming messages ----------------------------------------------------------
@@ -831,6 +839,9 @@ impl Engine {
         // reject each one, so they stay until answered.
         if !peer.info.fast {
             let dropped: Vec<_> = peer.outstanding.drain(..).collect();
+            for o in &dropped {
+                peer.note_cancelled(o.block);
+            }
             for o in dropped {
                 self.picker.release(o.block);
             }
@@ -901,27 +912,34 @@ impl Engine {
         peer.snubbed = false;
         peer.down.add(now, len);
         peer.round_down += len;
+        if requested.is_none() {
+            // Never asked of this peer: it never enters a piece. A block we cancelled (or
+            // that crossed a choke) is merely late; anything else counts against the peer.
+            self.stats.wasted += len;
+            let peer = self.peer_mut(slot).expect("checked");
+            if !peer.was_cancelled(b) {
+                peer.unwanted_blocks += 1;
+                if peer.unwanted_blocks > self.cfg.max_unwanted_blocks {
+                    return self.disconnect(slot, DisconnectReason::UnrequestedData);
+                }
+            }
+            return self.fill_requests(now, slot);
+        }
         match self.picker.receive(b, slot) {
             Received::Accepted { piece_complete } => {
                 self.stats.downloaded += len;
-                self.actions
-                    .push_back(Action::WriteBlock { block: b, data });
+                self.actions.push_back(Action::WriteBlock {
+                    block: b,
+                    data,
+                    from: slot,
+                });
                 self.cancel_elsewhere(slot, b);
                 if piece_complete {
                     self.actions.push_back(Action::VerifyPiece { piece });
                 }
             }
             Received::Duplicate => self.stats.wasted += len,
-            Received::Unwanted => {
-                self.stats.wasted += len;
-                if requested.is_none() {
-                    let peer = self.peer_mut(slot).expect("checked");
-                    peer.unwanted_blocks += 1;
-                    if peer.unwanted_blocks > self.cfg.max_unwanted_blocks {
-                        return self.disconnect(slot, DisconnectReason::UnrequestedData);
-                    }
-                }
-            }
+            Received::Unwanted => self.stats.wasted += len,
         }
         self.fill_requests(now, slot);
     }
@@ -940,6 +958,7 @@ impl Engine {
                 generation: p.generation,
             };
             if slot != from && p.take_outstanding(b).is_some() {
+                p.note_cancelled(b);
                 self.actions.push_back(Action::Send {
                     slot,
                     message: PeerMessage::Cancel(b),
@@ -1064,6 +1083,9 @@ impl Engine {
             if !p.snubbed && quiet >= snub_timeout {
                 p.snubbed = true;
                 let dropped: Vec<_> = p.outstanding.drain(..).collect();
+                for o in &dropped {
+                    p.note_cancelled(o.block);
+                }
                 for o in dropped {
                     self.picker.release(o.block);
                     self.send(slot, PeerMessage::Cancel(o.block));

@@ -7,6 +7,9 @@ use super::bitfield::Bitfield;
 use super::rate::RateMeter;
 use super::{BlockRef, Config, PeerInfo};
 
+/// Withdrawn requests remembered per peer.
+const MAX_CANCELLED: usize = 256;
+
 /// One of our requests to the peer, not yet answered.
 #[derive(Debug, Clone, Copy)]
 pub struct Outstanding {
@@ -58,6 +61,9 @@ pub struct Peer {
     pub last_block_at: Option<Instant>,
     pub snubbed: bool,
     pub unwanted_blocks: u32,
+    /// Requests we withdrew recently (cancel, snub, a choke without Fast): their blocks
+    /// may still arrive, late but in good faith. Bounded.
+    pub cancelled: VecDeque<BlockRef>,
     pub strikes: u32,
     /// Slow start: grows by one per block until a rate sample exists.
     pub slow_start_target: usize,
@@ -93,6 +99,7 @@ impl Peer {
             last_block_at: None,
             snubbed: false,
             unwanted_blocks: 0,
+            cancelled: VecDeque::new(),
             strikes: 0,
             slow_start_target: cfg.min_pipeline,
             rtt: None,
@@ -133,6 +140,24 @@ impl Peer {
 
     pub fn is_outstanding(&self, b: BlockRef) -> bool {
         self.outstanding.iter().any(|o| o.block == b)
+    }
+
+    pub fn note_cancelled(&mut self, b: BlockRef) {
+        if self.cancelled.len() >= MAX_CANCELLED {
+            self.cancelled.pop_front();
+        }
+        self.cancelled.push_back(b);
+    }
+
+    /// Whether `b` was a request we withdrew (each such block is excused once).
+    pub fn was_cancelled(&mut self, b: BlockRef) -> bool {
+        match self.cancelled.iter().position(|&c| c == b) {
+            Some(i) => {
+                self.cancelled.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn take_outstanding(&mut self, b: BlockRef) -> Option<Outstanding> {

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -91,6 +92,8 @@ struct PeerEntry {
     size: u64,
     in_flight: u32,
     strikes: u32,
+    /// Where it is (size votes count addresses, not connections).
+    voter: Option<IpAddr>,
     /// Blocks asked of this peer in the current attempt (late answers still count).
     asked: BTreeSet<u32>,
     rejected: BTreeSet<u32>,
@@ -154,6 +157,19 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
     /// A peer whose extended handshake advertised ut_metadata. Peers without a
     /// `metadata_size` cannot be asked and are ignored; an absurd size is a violation.
     pub fn add_peer(&mut self, now: Instant, peer: P, metadata_size: Option<u64>) -> Verdict {
+        self.add_peer_from(now, peer, metadata_size, None)
+    }
+
+    /// [`MetadataFetcher::add_peer`] for a peer at `voter` (its IP): when peers disagree
+    /// on the size, each address gets one vote however many connections it opens. A peer
+    /// that sends its extended handshake again keeps its strikes.
+    pub fn add_peer_from(
+        &mut self,
+        now: Instant,
+        peer: P,
+        metadata_size: Option<u64>,
+        voter: Option<IpAddr>,
+    ) -> Verdict {
         if self.done || self.banned.contains(&peer) {
             return Verdict::Ignored;
         }
@@ -163,12 +179,21 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
         if size == 0 || size > self.cfg.max_metadata_size {
             return Verdict::Violation("metadata_size out of range");
         }
+        let strikes = match self.peers.get(&peer) {
+            Some(old) if old.size == size => return Verdict::Ignored,
+            Some(old) => old.strikes,
+            None => 0,
+        };
+        if self.peers.contains_key(&peer) {
+            self.release_requests_of(peer);
+        }
         self.peers.insert(
             peer,
             PeerEntry {
                 size,
                 in_flight: 0,
-                strikes: 0,
+                strikes,
+                voter,
                 asked: BTreeSet::new(),
                 rejected: BTreeSet::new(),
             },
@@ -502,9 +527,13 @@ impl<P: Copy + Ord + Debug> MetadataFetcher<P> {
 
     /// The metadata size most peers that can serve agree on (ties: the smallest).
     fn most_claimed_size(&self) -> Option<u64> {
+        let mut voters: BTreeSet<(u64, Result<IpAddr, P>)> = BTreeSet::new();
+        for (p, e) in self.peers.iter().filter(|(_, e)| self.can_serve(e)) {
+            voters.insert((e.size, e.voter.ok_or(*p)));
+        }
         let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-        for e in self.peers.values().filter(|e| self.can_serve(e)) {
-            *votes.entry(e.size).or_default() += 1;
+        for (size, _) in voters {
+            *votes.entry(size).or_default() += 1;
         }
         votes
             .into_iter()

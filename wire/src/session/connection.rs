@@ -3,12 +3,15 @@
 //! into vectored writes). The torrent task decides everything; this only moves bytes.
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::infohash::InfoHash;
 use crate::peer::{encode_piece_header, Decoder, Handshake, Message, PeerId, Reserved};
@@ -20,7 +23,17 @@ const WRITE_BATCH: usize = 512 * 1024;
 /// Sent when nothing else was sent for this long (BEP 3 peers drop after ~2 min).
 const KEEPALIVE: Duration = Duration::from_secs(90);
 
-pub type ConnId = u64;
+pub use crate::torrent::ConnId;
+
+/// Bytes of decoded messages one connection may have queued for the torrent task: a
+/// reader that is ahead waits (and so stops reading its socket) until the torrent has
+/// caught up. Must fit the largest frame the decoder accepts.
+pub const MAX_QUEUED_IN_PER_CONN: usize = 2 << 20;
+/// The same over all connections of a torrent.
+pub const MAX_QUEUED_IN_TOTAL: usize = 32 << 20;
+/// Bytes queued to one connection's writer after which the peer counts as not reading
+/// and is dropped (block data we are sending it counts too).
+pub const MAX_QUEUED_OUT: usize = 16 << 20;
 
 /// Torrent task -> connection.
 #[derive(Debug)]
@@ -36,9 +49,20 @@ pub enum ToConn {
     Close,
 }
 
-/// Runs once the block it came with has been written to the socket (never, if the
-/// connection ends first). The torrent counts a block as in flight until then, so a peer
-/// that asks but does not read gets at most `max_uploads_in_flight` blocks buffered.
+impl ToConn {
+    /// Bytes this puts on the wire (for the queued-bytes bound).
+    pub fn wire_len(&self) -> usize {
+        match self {
+            ToConn::Msg(m) => m.encoded_len(),
+            ToConn::Piece { data, .. } => 13 + data.len(),
+            ToConn::Close => 0,
+        }
+    }
+}
+
+/// Runs once the block it came with has been written to the socket (or the connection
+/// ended first). The torrent counts a block as in flight until then, so a peer that asks
+/// but does not read gets at most `max_uploads_in_flight` blocks buffered.
 pub struct SentNotice(pub Box<dyn FnOnce() + Send>);
 
 impl std::fmt::Debug for SentNotice {
@@ -53,17 +77,65 @@ pub enum FromConn {
     /// The handshake checked out.
     Ready {
         id: ConnId,
+        peer_id: PeerId,
         reserved: Reserved,
     },
+    /// A decoded message; its permits (bytes of the queue bounds) are released when the
+    /// torrent drops it.
     Msg {
         id: ConnId,
         msg: Message,
+        permits: Permits,
     },
     /// The connection ended; `reason` is for logs and stats.
-    Closed {
-        id: ConnId,
-        reason: String,
-    },
+    Closed { id: ConnId, reason: String },
+}
+
+/// A message's share of the queue bounds.
+#[derive(Debug)]
+pub struct Permits {
+    _conn: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+/// The torrent task's handle on one connection's writer.
+#[derive(Debug, Clone)]
+pub struct ConnTx {
+    tx: mpsc::UnboundedSender<ToConn>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl ConnTx {
+    pub fn new() -> (ConnTx, ConnRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        (
+            ConnTx {
+                tx,
+                queued: queued.clone(),
+            },
+            ConnRx { rx, queued },
+        )
+    }
+
+    /// Queues `c`; false when the peer is not reading (over [`MAX_QUEUED_OUT`]) and
+    /// must be dropped.
+    pub fn send(&self, c: ToConn) -> bool {
+        let n = c.wire_len();
+        let before = self.queued.fetch_add(n, Ordering::Relaxed);
+        let _ = self.tx.send(c);
+        before + n <= MAX_QUEUED_OUT
+    }
+
+    pub fn close(&self) {
+        let _ = self.tx.send(ToConn::Close);
+    }
+}
+
+/// The writer's end of [`ConnTx`].
+pub struct ConnRx {
+    rx: mpsc::UnboundedReceiver<ToConn>,
+    queued: Arc<AtomicUsize>,
 }
 
 pub struct ConnParams {
@@ -74,6 +146,8 @@ pub struct ConnParams {
     pub idle_timeout: Duration,
     /// Exact bitfield length check once the piece count is known.
     pub piece_count: Option<u32>,
+    /// The torrent's bound on queued incoming bytes (shared by its connections).
+    pub queued_in: Arc<Semaphore>,
 }
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -83,24 +157,26 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 /// incoming connection is taken for an MSE key exchange.
 const PLAINTEXT_START: &[u8; 20] = b"\x13BitTorrent protocol";
 
-/// Sets up the transport: plaintext, or MSE when dialing with `encrypt` or when the other
-/// side opened with a key exchange. Returns read and write halves and bytes already read.
-async fn transport(
-    p: &ConnParams,
+/// An incoming connection whose transport is set up and whose handshake has been read
+/// (it names the torrent); ours is not sent yet.
+pub struct Accepted {
+    pub addr: SocketAddr,
+    rd: BoxRead,
+    wr: BoxWrite,
+    pub theirs: Handshake,
+    leftover: BytesMut,
+}
+
+/// Sets up an incoming connection: plaintext, or MSE when it opens with a key exchange
+/// (for any of `skeys`, the info-hashes we serve), then reads the peer's handshake.
+pub async fn accept(
     mut stream: TcpStream,
-    outgoing: bool,
-    encrypt: bool,
-) -> Result<(BoxRead, BoxWrite, BytesMut), String> {
-    let skey = &p.info_hash.0;
-    let mse = if outgoing {
-        if !encrypt {
-            let (r, w) = stream.into_split();
-            return Ok((Box::new(r), Box::new(w), BytesMut::new()));
-        }
-        super::mse::initiate(stream, skey)
-            .await
-            .map_err(|e| format!("encrypted handshake: {e}"))?
-    } else {
+    addr: SocketAddr,
+    skeys: &[[u8; 20]],
+    timeout: Duration,
+) -> Result<Accepted, String> {
+    let _ = stream.set_nodelay(true);
+    let setup = async {
         let mut first = BytesMut::with_capacity(READ_CHUNK);
         while first.len() < PLAINTEXT_START.len() && PLAINTEXT_START.starts_with(&first[..]) {
             let n = stream
@@ -108,102 +184,141 @@ async fn transport(
                 .await
                 .map_err(|e| format!("handshake read: {e}"))?;
             if n == 0 {
-                return Err("closed during handshake".into());
+                return Err("closed during handshake".to_string());
             }
         }
-        if first.starts_with(PLAINTEXT_START) {
+        let (mut rd, wr, buf): (BoxRead, BoxWrite, BytesMut) = if first.starts_with(PLAINTEXT_START)
+        {
             let (r, w) = stream.into_split();
-            return Ok((Box::new(r), Box::new(w), first));
-        }
-        super::mse::accept(stream, first, skey)
-            .await
-            .map_err(|e| format!("encrypted handshake: {e}"))?
+            (Box::new(r), Box::new(w), first)
+        } else {
+            let mse = super::mse::accept(stream, first, skeys)
+                .await
+                .map_err(|e| format!("encrypted handshake: {e}"))?;
+            let (r, w) = tokio::io::split(mse);
+            (Box::new(r), Box::new(w), BytesMut::new())
+        };
+        let (theirs, leftover) = read_handshake(&mut rd, buf).await?;
+        Ok((rd, wr, theirs, leftover))
     };
-    tracing::debug!(
-        "MSE handshake done, {}",
-        if mse.encrypted() { "RC4" } else { "plaintext" }
-    );
-    let (r, w) = tokio::io::split(mse);
-    Ok((Box::new(r), Box::new(w), BytesMut::new()))
+    let (rd, wr, theirs, leftover) = tokio::time::timeout(timeout, setup)
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+    Ok(Accepted {
+        addr,
+        rd,
+        wr,
+        theirs,
+        leftover,
+    })
 }
 
-/// Runs a connection to the end. `stream` is connected; `outgoing` says who speaks first;
-/// `encrypt` dials with an MSE handshake.
-pub async fn run(
+/// Connects to `addr` (from `local` when we listen on a specific IP of the same family:
+/// peers then see the address we accept on, what PEX and BEP 10 `yourip` report).
+async fn connect(local: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = local.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
+/// Dials `addr`, sets up the transport (MSE when `encrypt`), does the handshake, then
+/// runs the connection to its end.
+#[allow(clippy::too_many_arguments)]
+pub async fn dial(
     p: ConnParams,
-    stream: TcpStream,
-    outgoing: bool,
+    local: Option<IpAddr>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
     encrypt: bool,
-    events: mpsc::UnboundedSender<FromConn>,
-    commands: mpsc::UnboundedReceiver<ToConn>,
+    events: mpsc::Sender<FromConn>,
+    commands: ConnRx,
 ) {
-    let _ = stream.set_nodelay(true);
     let id = p.id;
+    let stream = match tokio::time::timeout(connect_timeout, connect(local, addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return closed(&events, id, format!("connect failed: {e}")).await,
+        Err(_) => return closed(&events, id, "connect timed out".into()).await,
+    };
+    let _ = stream.set_nodelay(true);
     let setup = async {
-        let (mut rd, mut wr, buf) = transport(&p, stream, outgoing, encrypt).await?;
-        let (theirs, leftover) = handshake(&p, &mut rd, &mut wr, buf, outgoing).await?;
+        let (mut rd, mut wr): (BoxRead, BoxWrite) = if encrypt {
+            let mse = super::mse::initiate(stream, &p.info_hash.0)
+                .await
+                .map_err(|e| format!("encrypted handshake: {e}"))?;
+            tracing::debug!(
+                "MSE handshake done, {}",
+                if mse.encrypted() { "RC4" } else { "plaintext" }
+            );
+            let (r, w) = tokio::io::split(mse);
+            (Box::new(r), Box::new(w))
+        } else {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        };
+        write_flush(&mut wr, &our_handshake(&p))
+            .await
+            .map_err(|e| format!("handshake write: {e}"))?;
+        let (theirs, leftover) = read_handshake(&mut rd, BytesMut::new()).await?;
+        if theirs.info_hash != p.info_hash {
+            return Err(format!(
+                "handshake for another torrent ({})",
+                theirs.info_hash
+            ));
+        }
         Ok::<_, String>((rd, wr, theirs, leftover))
     };
-    let result = tokio::time::timeout(p.handshake_timeout, setup).await;
-    let (rd, wr, theirs, leftover) = match result {
-        Ok(Ok(x)) => x,
-        Ok(Err(reason)) => {
-            let _ = events.send(FromConn::Closed { id, reason });
-            return;
+    match tokio::time::timeout(p.handshake_timeout, setup).await {
+        Ok(Ok((rd, wr, theirs, leftover))) => {
+            run(p, rd, wr, theirs, leftover, events, commands).await
         }
-        Err(_) => {
-            let _ = events.send(FromConn::Closed {
-                id,
-                reason: "handshake timed out".into(),
-            });
-            return;
-        }
-    };
-    let _ = events.send(FromConn::Ready {
-        id,
-        reserved: theirs.reserved,
-    });
-    let mut decoder = Decoder::default();
-    if let Some(n) = p.piece_count {
-        decoder.set_piece_count(n);
-    }
-    let reader_events = events.clone();
-    let idle = p.idle_timeout;
-    let reader = tokio::spawn(async move {
-        let reason = read_loop(id, rd, leftover, decoder, idle, &reader_events).await;
-        let _ = reader_events.send(FromConn::Closed { id, reason });
-    });
-    let write_result = write_loop(wr, commands).await;
-    // The torrent closed us (or the socket failed): stop reading too.
-    reader.abort();
-    if let Err(e) = write_result {
-        let _ = events.send(FromConn::Closed {
-            id,
-            reason: format!("write failed: {e}"),
-        });
+        Ok(Err(reason)) => closed(&events, id, reason).await,
+        Err(_) => closed(&events, id, "handshake timed out".into()).await,
     }
 }
 
-async fn handshake(
-    p: &ConnParams,
-    rd: &mut BoxRead,
-    wr: &mut BoxWrite,
-    mut buf: BytesMut,
-    outgoing: bool,
-) -> Result<(Handshake, BytesMut), String> {
+/// Answers an accepted connection with our handshake and runs it to its end.
+pub async fn serve(p: ConnParams, a: Accepted, events: mpsc::Sender<FromConn>, commands: ConnRx) {
+    let Accepted {
+        rd,
+        mut wr,
+        theirs,
+        leftover,
+        ..
+    } = a;
+    let hs = our_handshake(&p);
+    match tokio::time::timeout(p.handshake_timeout, write_flush(&mut wr, &hs)).await {
+        Ok(Ok(())) => run(p, rd, wr, theirs, leftover, events, commands).await,
+        Ok(Err(e)) => closed(&events, p.id, format!("handshake write: {e}")).await,
+        Err(_) => closed(&events, p.id, "handshake timed out".into()).await,
+    }
+}
+
+async fn closed(events: &mpsc::Sender<FromConn>, id: ConnId, reason: String) {
+    let _ = events.send(FromConn::Closed { id, reason }).await;
+}
+
+fn our_handshake(p: &ConnParams) -> BytesMut {
     let mut ours = Handshake::new(p.info_hash, p.our_id);
     ours.reserved = Reserved::OURS;
     let mut out = BytesMut::new();
     ours.encode(&mut out);
-    if outgoing {
-        write_flush(wr, &out)
-            .await
-            .map_err(|e| format!("handshake write: {e}"))?;
-    }
+    out
+}
+
+/// Reads a peer's handshake (after `buf`, what was read already).
+async fn read_handshake(
+    rd: &mut BoxRead,
+    mut buf: BytesMut,
+) -> Result<(Handshake, BytesMut), String> {
     buf.reserve(READ_CHUNK);
-    let theirs = loop {
+    loop {
         match Handshake::decode(&mut buf) {
-            Ok(Some(h)) => break h,
+            Ok(Some(h)) => return Ok((h, buf)),
             Ok(None) => {}
             Err(e) => return Err(format!("bad handshake: {e}")),
         }
@@ -214,22 +329,70 @@ async fn handshake(
         if n == 0 {
             return Err("closed during handshake".into());
         }
+    }
+}
+
+/// The connection after both handshakes: a reader task and the writer.
+async fn run(
+    p: ConnParams,
+    rd: BoxRead,
+    wr: BoxWrite,
+    theirs: Handshake,
+    leftover: BytesMut,
+    events: mpsc::Sender<FromConn>,
+    commands: ConnRx,
+) {
+    let id = p.id;
+    if events
+        .send(FromConn::Ready {
+            id,
+            peer_id: theirs.peer_id,
+            reserved: theirs.reserved,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut decoder = Decoder::default();
+    if let Some(n) = p.piece_count {
+        decoder.set_piece_count(n);
+    }
+    let reader_events = events.clone();
+    let idle = p.idle_timeout;
+    let queued = Queued {
+        conn: Arc::new(Semaphore::new(MAX_QUEUED_IN_PER_CONN)),
+        total: p.queued_in.clone(),
     };
-    if theirs.info_hash != p.info_hash {
-        return Err(format!(
-            "handshake for another torrent ({})",
-            theirs.info_hash
-        ));
+    let reader = tokio::spawn(async move {
+        let reason = read_loop(id, rd, leftover, decoder, idle, queued, &reader_events).await;
+        let _ = reader_events.send(FromConn::Closed { id, reason }).await;
+    });
+    let write_result = write_loop(wr, commands).await;
+    // The torrent closed us (or the socket failed): stop reading too.
+    reader.abort();
+    if let Err(e) = write_result {
+        closed(&events, id, format!("write failed: {e}")).await;
     }
-    if theirs.peer_id == p.our_id {
-        return Err("connected to ourselves".into());
+}
+
+/// The bounds a reader takes its permits from.
+struct Queued {
+    conn: Arc<Semaphore>,
+    total: Arc<Semaphore>,
+}
+
+impl Queued {
+    async fn permits(&self, len: usize) -> Option<Permits> {
+        let conn_n = len.clamp(1, MAX_QUEUED_IN_PER_CONN) as u32;
+        let total_n = len.clamp(1, MAX_QUEUED_IN_PER_CONN) as u32;
+        let conn = self.conn.clone().acquire_many_owned(conn_n).await.ok()?;
+        let total = self.total.clone().acquire_many_owned(total_n).await.ok()?;
+        Some(Permits {
+            _conn: conn,
+            _total: total,
+        })
     }
-    if !outgoing {
-        write_flush(wr, &out)
-            .await
-            .map_err(|e| format!("handshake write: {e}"))?;
-    }
-    Ok((theirs, buf))
 }
 
 async fn write_flush(wr: &mut BoxWrite, bytes: &[u8]) -> std::io::Result<()> {
@@ -243,14 +406,23 @@ async fn read_loop(
     mut buf: BytesMut,
     mut decoder: Decoder,
     idle: Duration,
-    events: &mpsc::UnboundedSender<FromConn>,
+    queued: Queued,
+    events: &mpsc::Sender<FromConn>,
 ) -> String {
     loop {
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(Message::KeepAlive)) => {}
                 Ok(Some(msg)) => {
-                    if events.send(FromConn::Msg { id, msg }).is_err() {
+                    // Waits while this connection (or the torrent) has too much queued.
+                    let Some(permits) = queued.permits(msg.encoded_len()).await else {
+                        return "torrent stopped".into();
+                    };
+                    if events
+                        .send(FromConn::Msg { id, msg, permits })
+                        .await
+                        .is_err()
+                    {
                         return "torrent stopped".into();
                     }
                 }
@@ -270,10 +442,11 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(
-    mut wr: BoxWrite,
-    mut commands: mpsc::UnboundedReceiver<ToConn>,
-) -> std::io::Result<()> {
+async fn write_loop(mut wr: BoxWrite, commands: ConnRx) -> std::io::Result<()> {
+    let ConnRx {
+        rx: mut commands,
+        queued,
+    } = commands;
     let mut out = Segments::default();
     // Small messages and piece headers are encoded here and split off as segments.
     let mut scratch = BytesMut::with_capacity(64 * 1024);
@@ -286,7 +459,9 @@ async fn write_loop(
         };
         let mut next = Some(first);
         let mut close = false;
+        let mut taken = 0;
         while let Some(cmd) = next.take() {
+            taken += cmd.wire_len();
             match cmd {
                 ToConn::Msg(m) => m.encode(&mut scratch),
                 ToConn::Piece {
@@ -323,6 +498,7 @@ async fn write_loop(
                 (n.0)();
             }
         }
+        queued.fetch_sub(taken.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
         if close {
             let _ = wr.shutdown().await;
             return Ok(());

@@ -1,31 +1,34 @@
-//! The tokio driver around [`crate::engine::Engine`]: one task per torrent owns the engine
-//! (and, for magnet links, the metadata fetcher first), one task per connection moves
-//! bytes, disk work runs off the reactor (block reads on a dedicated thread, piece
-//! hash-and-write on the blocking pool).
+//! The tokio drivers around [`crate::torrent::TorrentCore`]: a [`Session`] owns one TCP
+//! listener and routes each incoming connection, by the info-hash of its handshake (or
+//! of its MSE key exchange), to one of many torrents; each [`Torrent`] is a task that
+//! owns its core and storage; one task per connection moves bytes; disk work runs off the
+//! reactor (block reads on a dedicated thread, piece hash-and-write on the blocking
+//! pool).
 //!
 //! ```no_run
 //! # async fn demo(meta: wire::metainfo::Metainfo, peer: std::net::SocketAddr) {
-//! use wire::session::{SessionConfig, Source, Torrent};
-//! let mut t = Torrent::start(Source::Metainfo(Box::new(meta)), "out".into(), SessionConfig::default())
-//!     .await
-//!     .unwrap();
+//! use wire::session::{Session, SessionConfig, Source};
+//! let session = Session::bind(SessionConfig::default()).await.unwrap();
+//! let mut t = session.add(Source::Metainfo(Box::new(meta)), "out".into()).await.unwrap();
 //! t.add_peer(peer);
 //! t.wait_complete().await.unwrap();
 //! println!("{:?}", t.stats());
 //! t.shutdown().await;
+//! session.shutdown().await;
 //! # }
 //! ```
 
 mod connection;
-mod convert;
 mod mse;
 mod torrent;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -33,6 +36,8 @@ use crate::engine;
 use crate::infohash::InfoHash;
 use crate::metainfo::Metainfo;
 use crate::peer::PeerId;
+use crate::torrent::CoreConfig;
+use connection::Accepted;
 
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
@@ -58,6 +63,9 @@ pub struct SessionConfig {
     /// How often resume data is saved while pieces arrive (also on completion and at
     /// shutdown). Each save fsyncs the files written since the last one.
     pub resume_interval: Duration,
+    /// The rest of the torrent core's settings (dial policy, per-IP limit, metadata
+    /// timeouts); its peer id, port, engine, resume interval and seed come from above.
+    pub core: CoreConfig,
 }
 
 impl Default for SessionConfig {
@@ -79,6 +87,7 @@ impl Default for SessionConfig {
             resume_dir: None,
             full_recheck: false,
             resume_interval: Duration::from_secs(30),
+            core: CoreConfig::default(),
         }
     }
 }
@@ -100,8 +109,10 @@ pub enum SessionError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("storage: {0}")]
+    #[error("{0}")]
     Storage(String),
+    #[error("torrent {0} is already in this session")]
+    Duplicate(InfoHash),
     #[error("torrent stopped: {0}")]
     Stopped(String),
 }
@@ -110,6 +121,8 @@ pub enum SessionError {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerSnapshot {
     pub addr: Option<SocketAddr>,
+    /// Its client, from the extended handshake's `v`.
+    pub client: Option<String>,
     pub downloaded: u64,
     pub uploaded: u64,
     pub download_rate: f64,
@@ -140,10 +153,28 @@ pub struct TorrentStats {
     /// Payload bytes received per remote address over the torrent's life (including
     /// peers that are gone).
     pub received_from: BTreeMap<SocketAddr, u64>,
+    /// Every peer that sent or got payload, by the address it is reached at (the one it
+    /// listens on when known), with its client name; most downloaded first.
+    pub contributions: Vec<PeerContribution>,
     /// The most recent dropped connections and why (bounded).
     pub dropped: Vec<(SocketAddr, String)>,
+    /// Connections open (with or without a completed handshake).
+    pub connections: usize,
+    /// Endpoints banned for bad data.
+    pub banned: usize,
+    /// Since the torrent started.
+    pub elapsed: Duration,
     /// Set when the torrent stopped on an error.
     pub error: Option<String>,
+}
+
+/// What one peer gave and took over the torrent's life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerContribution {
+    pub addr: SocketAddr,
+    pub client: Option<String>,
+    pub downloaded: u64,
+    pub uploaded: u64,
 }
 
 impl TorrentStats {
@@ -157,8 +188,174 @@ impl TorrentStats {
 }
 
 enum Command {
+    /// A peer the user named: re-dialed whenever it is lost.
     AddPeer(SocketAddr),
+    /// A peer found (DHT, hints): dialed with the usual backoff.
+    AddFoundPeer(SocketAddr),
     Shutdown,
+}
+
+/// The torrents of a session by info-hash, where its listener hands their connections.
+type Routes = Arc<Mutex<HashMap<InfoHash, mpsc::Sender<Accepted>>>>;
+
+/// One listener and many torrents: every torrent is served on the one port.
+pub struct Session {
+    cfg: SessionConfig,
+    listen_addr: Option<SocketAddr>,
+    routes: Routes,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Session {
+    /// Binds `cfg.listen` (if set) and starts accepting.
+    pub async fn bind(cfg: SessionConfig) -> Result<Session, SessionError> {
+        let routes: Routes = Arc::default();
+        let (listen_addr, acceptor) = match cfg.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| SessionError::Listen { addr, source })?;
+                let local = l.local_addr().ok();
+                let task = tokio::spawn(accept_loop(l, routes.clone(), cfg.handshake_timeout));
+                (local, Some(task))
+            }
+            None => (None, None),
+        };
+        Ok(Session {
+            cfg,
+            listen_addr,
+            routes,
+            acceptor,
+        })
+    }
+
+    /// Where peers can reach us, if we listen.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr
+    }
+
+    /// Torrents in the session.
+    pub fn torrent_count(&self) -> usize {
+        self.routes.lock().map_or(0, |r| r.len())
+    }
+
+    /// Starts a torrent downloading into (or seeding from) `out_dir`.
+    pub async fn add(&self, source: Source, out_dir: PathBuf) -> Result<Torrent, SessionError> {
+        let cfg = self.cfg.clone();
+        // A magnet whose metadata an earlier run saved starts like a .torrent.
+        let info_hash = match &source {
+            Source::InfoHash(h) => *h,
+            Source::Metainfo(m) => m.info_hash,
+        };
+        if self.routes.lock().is_ok_and(|r| r.contains_key(&info_hash)) {
+            return Err(SessionError::Duplicate(info_hash));
+        }
+        let source = match source {
+            Source::InfoHash(h) => match torrent::saved_metadata(&cfg, h) {
+                Some(m) => Source::Metainfo(Box::new(m)),
+                None => Source::InfoHash(h),
+            },
+            other => other,
+        };
+        let start = match source {
+            Source::InfoHash(h) => torrent::Start::Magnet(h),
+            Source::Metainfo(meta) => {
+                let (c, out) = (cfg.clone(), out_dir.clone());
+                let m = meta.clone();
+                let (storage, have) = tokio::task::spawn_blocking(move || {
+                    torrent::open_storage(&c, &out, m.info_hash, &m.info)
+                })
+                .await
+                .map_err(|e| SessionError::Storage(e.to_string()))??;
+                torrent::Start::Ready {
+                    meta,
+                    storage,
+                    have,
+                }
+            }
+        };
+        let (commands, cmd_rx) = mpsc::unbounded_channel();
+        let spawned = torrent::spawn(start, out_dir, cfg, self.listen_addr, cmd_rx)?;
+        match self.routes.lock() {
+            Ok(mut r) => {
+                r.insert(info_hash, spawned.incoming);
+            }
+            Err(_) => return Err(SessionError::Stopped("session routes poisoned".into())),
+        }
+        Ok(Torrent {
+            info_hash,
+            listen_addr: self.listen_addr,
+            commands,
+            stats: spawned.stats,
+            task: Some(spawned.task),
+            routes: Some(self.routes.clone()),
+            own_session: None,
+        })
+    }
+
+    /// Stops accepting. Torrents still running stop when their handles are shut down or
+    /// dropped.
+    pub async fn shutdown(mut self) {
+        if let Some(a) = self.acceptor.take() {
+            a.abort();
+            let _ = a.await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(a) = self.acceptor.take() {
+            a.abort();
+        }
+    }
+}
+
+/// Accepts connections and hands each, once its handshake is read, to the torrent it
+/// names; connections for torrents we do not have are dropped.
+async fn accept_loop(l: TcpListener, routes: Routes, handshake_timeout: Duration) {
+    // Handshakes in progress at once: a flood of idle connections costs a bounded amount.
+    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    loop {
+        let (stream, addr) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("accept failed: {e}");
+                // EMFILE and the like: give the system a moment rather than spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue; // dropping the stream closes it
+        };
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let skeys: Vec<[u8; 20]> = routes
+                .lock()
+                .map(|r| r.keys().map(|h| h.0).collect())
+                .unwrap_or_default();
+            let accepted = match connection::accept(stream, addr, &skeys, handshake_timeout).await {
+                Ok(a) => a,
+                Err(e) => return tracing::debug!(peer = %addr, "incoming: {e}"),
+            };
+            let to = routes
+                .lock()
+                .ok()
+                .and_then(|r| r.get(&accepted.theirs.info_hash).cloned());
+            match to {
+                Some(tx) => {
+                    let _ = tx.send(accepted).await;
+                }
+                None => tracing::debug!(
+                    peer = %addr,
+                    "incoming for a torrent we do not have ({})",
+                    accepted.theirs.info_hash
+                ),
+            }
+        });
+    }
 }
 
 /// A running torrent. Dropping it stops the torrent (without waiting).
@@ -168,35 +365,22 @@ pub struct Torrent {
     commands: mpsc::UnboundedSender<Command>,
     stats: watch::Receiver<TorrentStats>,
     task: Option<JoinHandle<()>>,
+    routes: Option<Routes>,
+    /// A session of its own ([`Torrent::start`]), stopped with it.
+    own_session: Option<Session>,
 }
 
 impl Torrent {
-    /// Starts a torrent downloading into (or seeding from) `out_dir`.
+    /// Starts a torrent in a session of its own (listening on `cfg.listen`).
     pub async fn start(
         source: Source,
         out_dir: PathBuf,
         cfg: SessionConfig,
     ) -> Result<Torrent, SessionError> {
-        let listener = match cfg.listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| SessionError::Listen { addr, source })?,
-            ),
-            None => None,
-        };
-        let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let (commands, cmd_rx) = mpsc::unbounded_channel();
-        let (task, stats) =
-            torrent::spawn(source, out_dir, cfg, listener, listen_addr, cmd_rx).await?;
-        let info_hash = stats.borrow().info_hash;
-        Ok(Torrent {
-            info_hash,
-            listen_addr,
-            commands,
-            stats,
-            task: Some(task),
-        })
+        let session = Session::bind(cfg).await?;
+        let mut t = session.add(source, out_dir).await?;
+        t.own_session = Some(session);
+        Ok(t)
     }
 
     pub fn info_hash(&self) -> InfoHash {
@@ -208,9 +392,15 @@ impl Torrent {
         self.listen_addr
     }
 
-    /// Connects to a peer (ignored if already connected or over the peer limit).
+    /// Connects to a peer the user named, and again whenever it is lost (bounded).
     pub fn add_peer(&self, addr: SocketAddr) {
         let _ = self.commands.send(Command::AddPeer(addr));
+    }
+
+    /// Connects to a peer found through the DHT or a hint (retried with backoff a few
+    /// times, then forgotten).
+    pub fn add_found_peer(&self, addr: SocketAddr) {
+        let _ = self.commands.send(Command::AddFoundPeer(addr));
     }
 
     /// The latest snapshot (refreshed every `stats_interval` and on completion).
@@ -236,17 +426,30 @@ impl Torrent {
         }
     }
 
+    fn unroute(&mut self) {
+        if let Some(r) = self.routes.take() {
+            if let Ok(mut r) = r.lock() {
+                r.remove(&self.info_hash);
+            }
+        }
+    }
+
     /// Closes every connection, flushes storage and waits for the task to end.
     pub async fn shutdown(mut self) {
+        self.unroute();
         let _ = self.commands.send(Command::Shutdown);
         if let Some(t) = self.task.take() {
             let _ = t.await;
+        }
+        if let Some(s) = self.own_session.take() {
+            s.shutdown().await;
         }
     }
 }
 
 impl Drop for Torrent {
     fn drop(&mut self) {
+        self.unroute();
         let _ = self.commands.send(Command::Shutdown);
     }
 }

@@ -141,11 +141,12 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The receiving side. `first` holds what was read before knowing this is MSE (the
-/// start of their public key); `skey` is the one torrent we serve.
+/// start of their public key); `skeys` are the info-hashes of the torrents we serve (the
+/// initiator's hash of its one names which).
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     mut buf: BytesMut,
-    skey: &[u8; 20],
+    skeys: &[[u8; 20]],
 ) -> io::Result<MseStream<S>> {
     fill(&mut s, &mut buf, KEY_LEN).await?;
     let theirs = public_key(&buf);
@@ -158,9 +159,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let end = sync_on(&mut s, &mut buf, &req1(&secret), MAX_PAD).await?;
     buf.advance(end);
     fill(&mut s, &mut buf, 20).await?;
-    if buf[..20] != req2_xor_req3(skey, &secret) {
-        return Err(io::Error::other("MSE: for another torrent"));
-    }
+    let Some(skey) = skeys
+        .iter()
+        .find(|k| buf[..20] == req2_xor_req3(&k[..], &secret))
+    else {
+        return Err(io::Error::other("MSE: for a torrent we do not serve"));
+    };
     buf.advance(20);
     let (mut enc, mut dec) = ciphers(&secret, skey, false);
     fill(&mut s, &mut buf, 14).await?;
@@ -300,7 +304,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let skey = [7u8; 20];
         let server = tokio::spawn(async move {
-            let mut s = accept(b, BytesMut::new(), &skey).await.unwrap();
+            let mut s = accept(b, BytesMut::new(), &[skey]).await.unwrap();
             let mut got = vec![0u8; 11];
             s.read_exact(&mut got).await.unwrap();
             s.write_all(b"pong").await.unwrap();
@@ -322,10 +326,11 @@ mod tests {
     #[tokio::test]
     async fn wrong_torrent_is_refused() {
         let (a, b) = tokio::io::duplex(64 * 1024);
-        let server = tokio::spawn(async move { accept(b, BytesMut::new(), &[1; 20]).await.err() });
+        let server =
+            tokio::spawn(async move { accept(b, BytesMut::new(), &[[1; 20]]).await.err() });
         let _client = initiate(a, &[2; 20]).await;
         let err = server.await.unwrap().expect("refused");
-        assert!(err.to_string().contains("another torrent"), "{err}");
+        assert!(err.to_string().contains("do not serve"), "{err}");
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ use sha1::{Digest, Sha1};
 
 use files::{Access, FileCache};
 pub use layout::{FileSpec, LayoutError, Span, StorageLayout};
-pub(crate) use resume::write_atomic;
+pub use resume::write_atomic;
 use resume::{FileStamp, ResumeData};
 
 /// Why a storage operation failed.

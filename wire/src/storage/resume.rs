@@ -109,8 +109,11 @@ impl ResumeData {
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
-/// write a temporary file beside it, fsync it, rename it over, fsync the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// write a temporary file beside it, fsync it, rename it over, fsync the directory. The
+/// temporary name is unique (process and sequence number), so two writers of one path
+/// never share one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -118,9 +121,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut tmp_name = path
         .file_name()
-        .ok_or_else(|| io::Error::other("resume path has no file name"))?
+        .ok_or_else(|| io::Error::other("path has no file name"))?
         .to_os_string();
-    tmp_name.push(".tmp");
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tmp_name.push(format!(".tmp.{}.{seq}", std::process::id()));
     let tmp = dir.join(tmp_name);
     {
         let mut f = OpenOptions::new()
