@@ -62,10 +62,12 @@ pub struct Created {
 /// Why a torrent could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    #[error("{path}: {source}")]
+    // The cause is in the message, not also a `source`: chains printed with `{:#}` would
+    // name it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}: symbolic links are not followed; replace the link with the file or remove it")]
     Symlink(PathBuf),
@@ -123,7 +125,10 @@ pub fn create_torrent(
 ) -> Result<Created, CreateError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| CreateError::Io { path: p, source }
+        move |source| CreateError::Io {
+            path: p,
+            error: source,
+        }
     };
     let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
     let name = torrent_name(path)?;
@@ -230,7 +235,7 @@ fn torrent_name(path: &Path) -> Result<String, CreateError> {
     } else {
         abs = std::fs::canonicalize(path).map_err(|source| CreateError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         &abs
     };
@@ -258,7 +263,7 @@ fn walk(
 ) -> Result<(), CreateError> {
     let io = |source| CreateError::Io {
         path: dir.to_path_buf(),
-        source,
+        error: source,
     };
     let mut entries = std::fs::read_dir(dir)
         .map_err(io)?
@@ -277,7 +282,7 @@ fn walk(
         })?;
         let ft = entry.file_type().map_err(|source| CreateError::Io {
             path: path.clone(),
-            source,
+            error: source,
         })?;
         prefix.push(name);
         if prefix.len() + 1 > paths::MAX_PATH_DEPTH {
@@ -298,7 +303,7 @@ fn walk(
                 .metadata()
                 .map_err(|source| CreateError::Io {
                     path: path.clone(),
-                    source,
+                    error: source,
                 })?
                 .len();
             out.push(SourceFile {
@@ -400,7 +405,7 @@ fn read_stream(
             if open.index != Some(i) {
                 let file = File::open(&f.disk_path).map_err(|source| CreateError::Io {
                     path: f.disk_path.clone(),
-                    source,
+                    error: source,
                 })?;
                 *open = OpenFile {
                     index: Some(i),
@@ -414,7 +419,7 @@ fn read_stream(
                 } else {
                     CreateError::Io {
                         path: f.disk_path.clone(),
-                        source: e,
+                        error: e,
                     }
                 }
             })?;

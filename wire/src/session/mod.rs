@@ -104,10 +104,10 @@ pub enum Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Storage(String),
@@ -214,7 +214,10 @@ impl Session {
             Some(addr) => {
                 let l = TcpListener::bind(addr)
                     .await
-                    .map_err(|source| SessionError::Listen { addr, source })?;
+                    .map_err(|source| SessionError::Listen {
+                        addr,
+                        error: source,
+                    })?;
                 let local = l.local_addr().ok();
                 let task = tokio::spawn(accept_loop(l, routes.clone(), cfg.handshake_timeout));
                 (local, Some(task))

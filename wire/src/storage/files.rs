@@ -102,7 +102,7 @@ impl FileCache {
 fn io_err(path: &Path, source: io::Error) -> StorageError {
     StorageError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     }
 }
 

@@ -72,12 +72,9 @@ pub enum StorageError {
         offset: u64,
         wanted: u64,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The cause is in the message, not also a `source` (see `CreateError::Io`).
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{count} piece hashes for {pieces} pieces")]
     HashCount { count: usize, pieces: u32 },
     #[error(transparent)]
@@ -90,7 +87,7 @@ impl StorageError {
     pub fn is_missing_data(&self) -> bool {
         match self {
             StorageError::ShortRead { .. } => true,
-            StorageError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            StorageError::Io { error: source, .. } => source.kind() == io::ErrorKind::NotFound,
             _ => false,
         }
     }
@@ -344,7 +341,7 @@ impl Storage {
     fn io_err(&self, file: usize, source: io::Error) -> StorageError {
         StorageError::Io {
             path: self.layout.file_path(&self.root, file),
-            source,
+            error: source,
         }
     }
 
@@ -508,7 +505,7 @@ impl Storage {
         };
         resume::write_atomic(path, &data.encode()).map_err(|e| StorageError::Io {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })
     }
 
