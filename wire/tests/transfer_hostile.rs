@@ -9,88 +9,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use transfer_support::*;
 use wire::extension::{ExtendedHandshake, MetadataMessage, OUR_UT_METADATA_ID};
 use wire::infohash::InfoHash;
 use wire::metainfo::Metainfo;
-use wire::peer::{BlockRequest, Decoder, Handshake, Message, PeerId};
+use wire::peer::{BlockRequest, Message};
 use wire::session::{SessionConfig, Source, Torrent, TorrentStats};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A raw peer connection speaking through the codec.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    dec: Decoder,
-}
-
-impl Raw {
-    async fn handshake(mut stream: TcpStream, info_hash: InfoHash) -> Raw {
-        let mut out = BytesMut::new();
-        Handshake::new(info_hash, PeerId(*b"-XX0001-hostilepeer!")).encode(&mut out);
-        stream.write_all(&out).await.unwrap();
-        let mut buf = BytesMut::new();
-        loop {
-            if Handshake::decode(&mut buf).unwrap().is_some() {
-                break;
-            }
-            assert!(
-                stream.read_buf(&mut buf).await.unwrap() > 0,
-                "closed during handshake"
-            );
-        }
-        Raw {
-            stream,
-            buf,
-            dec: Decoder::default(),
-        }
-    }
-
-    async fn send(&mut self, m: Message) {
-        let mut out = BytesMut::new();
-        m.encode(&mut out);
-        let _ = self.stream.write_all(&out).await;
-    }
-
-    /// The next message, or None when the other side closed.
-    async fn recv(&mut self) -> Option<Message> {
-        loop {
-            match self.dec.decode(&mut self.buf) {
-                Ok(Some(Message::KeepAlive)) => continue,
-                Ok(Some(m)) => return Some(m),
-                Ok(None) => {}
-                Err(e) => panic!("our node sent garbage: {e}"),
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Reads until the other side unchokes us; panics if it closes or takes too long.
-    async fn until_unchoked(&mut self) {
-        let unchoked = tokio::time::timeout(LIMIT, async {
-            while let Some(m) = self.recv().await {
-                if m == Message::Unchoke {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .expect("unchoked in time");
-        assert!(unchoked, "closed before unchoking us");
-    }
-
-    /// Reads until the other side closes (bounded by the test's timeouts).
-    async fn until_closed(&mut self) {
-        while self.recv().await.is_some() {}
-    }
-}
 
 /// Listens on a fresh loopback address; each accepted connection runs `script`.
 async fn hostile<F, Fut>(info_hash: InfoHash, script: F) -> SocketAddr

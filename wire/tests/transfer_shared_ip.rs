@@ -74,61 +74,6 @@ impl Drop for Timer {
     }
 }
 
-/// A raw peer connection speaking through the codec.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    dec: Decoder,
-}
-
-impl Raw {
-    /// Sends our handshake (with `reserved`) and reads theirs.
-    async fn handshake(mut stream: TcpStream, info_hash: InfoHash, reserved: Reserved) -> Raw {
-        let mut hs = Handshake::new(info_hash, PeerId(*b"-XX0001-sharedip-bad"));
-        hs.reserved = reserved;
-        let mut out = BytesMut::new();
-        hs.encode(&mut out);
-        stream.write_all(&out).await.unwrap();
-        let mut buf = BytesMut::new();
-        loop {
-            if Handshake::decode(&mut buf).unwrap().is_some() {
-                break;
-            }
-            assert!(
-                stream.read_buf(&mut buf).await.unwrap() > 0,
-                "closed during handshake"
-            );
-        }
-        Raw {
-            stream,
-            buf,
-            dec: Decoder::default(),
-        }
-    }
-
-    async fn send(&mut self, m: Message) {
-        let mut out = BytesMut::new();
-        m.encode(&mut out);
-        let _ = self.stream.write_all(&out).await;
-    }
-
-    /// The next message, or None when the other side closed.
-    async fn recv(&mut self) -> Option<Message> {
-        loop {
-            match self.dec.decode(&mut self.buf) {
-                Ok(Some(Message::KeepAlive)) => continue,
-                Ok(Some(m)) => return Some(m),
-                Ok(None) => {}
-                Err(e) => panic!("our node sent garbage: {e}"),
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-}
-
 /// An extended handshake advertising ut_metadata (as id 3) and `metadata_size`.
 fn extended_handshake(metadata_size: Option<u64>, reqq: Option<u32>) -> Message {
     let mut m = BTreeMap::new();
@@ -160,7 +105,9 @@ where
         while let Ok((s, _)) = listener.accept().await {
             let script = script.clone();
             tokio::spawn(async move {
-                let raw = Raw::handshake(s, info_hash, reserved).await;
+                let raw =
+                    Raw::handshake_with(s, info_hash, PeerId(*b"-XX0001-sharedip-bad"), reserved)
+                        .await;
                 script(raw).await;
             });
         }

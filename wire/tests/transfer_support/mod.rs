@@ -2,6 +2,10 @@
 //! fresh 127.x.y.z addresses, waiting with deadlines.
 #![allow(dead_code)]
 
+mod raw;
+#[allow(unused_imports)]
+pub use raw::Raw;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
