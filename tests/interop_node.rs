@@ -144,3 +144,158 @@ fn libtorrent_fetches_from_swarm_seed_through_the_dht() {
     tests::wait_line(&lines, "\"done\"", Duration::from_secs(110));
     assert_eq!(std::fs::read(out_dir.join("from_swarm.bin")).unwrap(), data);
 }
+
+/// The strings of the JSON list `"key": [...]` in an lt_peer.py event line.
+fn json_list(line: &str, key: &str) -> Vec<String> {
+    let start = format!("\"{key}\": [");
+    let at = line
+        .find(&start)
+        .unwrap_or_else(|| panic!("no {key:?}: {line}"))
+        + start.len();
+    let end = at + line[at..].find(']').expect("closing ]");
+    line[at..end]
+        .split(',')
+        .map(|x| x.trim().trim_matches('"').to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// The info-hash (lowercase hex) of a `magnet:?xt=urn:btih:HASH&...` link.
+fn btih(magnet: &str) -> String {
+    let rest = magnet
+        .strip_prefix("magnet:?xt=urn:btih:")
+        .unwrap_or_else(|| panic!("not a btih magnet: {magnet:?}"));
+    rest.split('&').next().unwrap().to_ascii_lowercase()
+}
+
+#[test]
+fn one_swarm_seed_process_serves_two_torrents_to_libtorrent_on_one_port() {
+    let python = require_libtorrent!();
+    let boot = tests::InProcessBootstrap::start();
+    let dir = tempfile::tempdir().unwrap();
+    let seed_dir = dir.path().join("seed");
+    let data_a = test_payload(3 * 512 * 1024, 31);
+    let data_b = test_payload(2 * 1024 * 1024, 32);
+    let file_a = write_file(&seed_dir, "two_a.bin", &data_a);
+    let file_b = write_file(&seed_dir, "two_b.bin", &data_b);
+    let ip = next_loopback_ip();
+    let port = free_port(ip);
+    // ONE process seeds both torrents: with its single --port, every connection libtorrent
+    // makes to it, for either torrent, goes to ip:port.
+    let mut seeder = swarm_command(swarm_bin!())
+        .arg("seed")
+        .arg(&file_a)
+        .arg(&file_b)
+        .args(["--bind", &ip.to_string(), "--port", &port.to_string()])
+        .args(["--bootstrap", &boot.addr.to_string(), "--state-dir"])
+        .arg(dir.path().join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = seeder.stdout.take().unwrap();
+    let seeder = tests::Reaper(seeder);
+    // One magnet line per PATH, in order, printed once the port is bound. Read on a thread
+    // so that the wait is bounded even if the seeder hangs before printing.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let magnets: Vec<String> = (0..2)
+        .map(|_| tests::wait_line(&rx, "magnet:?xt=urn:btih:", Duration::from_secs(60)))
+        .map(|l| l.trim().to_string())
+        .collect();
+    let hashes: Vec<String> = magnets.iter().map(|m| btih(m)).collect();
+    assert_ne!(
+        hashes[0], hashes[1],
+        "two payloads, one info-hash: {magnets:?}"
+    );
+    // The lines are in PATH order: each magnet names its own file.
+    assert!(magnets[0].contains("two_a.bin"), "{magnets:?}");
+    assert!(magnets[1].contains("two_b.bin"), "{magnets:?}");
+
+    // lt_peer.py fetches one torrent per process: one libtorrent peer per magnet, both at
+    // once, each knowing only the bootstrap node (the DHT gives them the seeder).
+    let mut fetchers = Vec::new();
+    for (i, magnet) in magnets.iter().enumerate() {
+        let out_dir = dir.path().join(format!("lt_out_{i}"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let lt_ip = next_loopback_ip();
+        let (lt, lines) = tests::spawn_lt_peer(
+            python,
+            &[
+                s("--listen"),
+                format!("{lt_ip}:{}", free_port(lt_ip)),
+                s("--bootstrap"),
+                s(boot.addr),
+                s("--timeout"),
+                s(100),
+                s("get"),
+                s("--magnet"),
+                magnet.clone(),
+                s("--save"),
+                out_dir.display().to_string(),
+            ],
+        );
+        fetchers.push((lt, lines, out_dir));
+    }
+    let seeder_addr = format!("{ip}:{port}");
+    for ((_lt, lines, out_dir), (name, data)) in fetchers
+        .iter()
+        .zip([("two_a.bin", &data_a), ("two_b.bin", &data_b)])
+    {
+        let done = tests::wait_line(lines, "\"done\"", Duration::from_secs(110));
+        assert!(done.contains(&format!("\"name\": \"{name}\"")), "{done}");
+        assert_eq!(&std::fs::read(out_dir.join(name)).unwrap(), data, "{name}");
+        // Every block came from the seeder: libtorrent's connection to ip:port ("sources"),
+        // or the seeder's own connection to libtorrent ("sources_in", from ip and a port of
+        // the kernel's), when the seeder's DHT lookup found libtorrent first.
+        let (out, inc) = (json_list(&done, "sources"), json_list(&done, "sources_in"));
+        assert!(
+            !out.is_empty() || !inc.is_empty(),
+            "{name}: no blocks: {done}"
+        );
+        assert!(out.iter().all(|a| *a == seeder_addr), "{name}: {done}");
+        assert!(
+            inc.iter().all(|a| a.starts_with(&format!("{ip}:"))),
+            "{name}: {done}"
+        );
+    }
+    // And libtorrent's own DHT lookups find the seeder, for both info-hashes, at the one
+    // ip:port it listens on.
+    let lookups: Vec<_> = hashes
+        .iter()
+        .map(|h| {
+            let lt_ip = next_loopback_ip();
+            tests::spawn_lt_peer(
+                python,
+                &[
+                    s("--listen"),
+                    format!("{lt_ip}:{}", free_port(lt_ip)),
+                    s("--bootstrap"),
+                    s(boot.addr),
+                    s("--timeout"),
+                    s(60),
+                    s("dht-get-peers"),
+                    s("--info-hash"),
+                    h.clone(),
+                    s("--want"),
+                    s(100),
+                ],
+            )
+        })
+        .collect();
+    for ((_lt, lines), h) in lookups.iter().zip(&hashes) {
+        let reply = tests::wait_line(
+            lines,
+            &format!("\"{seeder_addr}\""),
+            Duration::from_secs(60),
+        );
+        assert!(reply.contains(h.as_str()), "{h}: {reply}");
+    }
+    drop(seeder);
+}

@@ -8,7 +8,10 @@ look up / announce an info-hash on the DHT. It prints one JSON object per line o
   {"event": "listening", "port": P, "dht_port": P}
   {"event": "status", ...}                  progress, every --status-interval seconds
   {"event": "dht_peers", "info_hash": H, "peers": ["ip:port", ...]}
-  {"event": "done", ...}                    the job finished; exit code 0
+  {"event": "done", ...}                    the job finished; exit code 0 (for get, with
+                                            "sources": the "ip:port" of every peer it got
+                                            payload from, as it connected to them, and
+                                            "sources_in": those that connected to it)
   {"event": "error", "message": M}          failure; exit code 1
 
 Exits with 1 when --timeout passes first. Every loop is bounded by that deadline.
@@ -148,6 +151,8 @@ def main():
     last_announce = 0.0
     ready_since = None
     found = set()
+    incoming = set()  # "ip:port" of the peers that connected to us
+    sources = set()  # "ip:port" of the peers that sent us a block
     state = {}
     target = None
     if args.job in ("dht-get-peers", "dht-announce"):
@@ -160,6 +165,10 @@ def main():
                 for ep in alert.peers():
                     found.add("%s:%d" % (ep[0], ep[1]))
                 emit(event="dht_peers", info_hash=str(alert.info_hash), peers=sorted(found))
+            elif isinstance(alert, lt.incoming_connection_alert):
+                incoming.add("%s:%d" % (alert.endpoint[0], alert.endpoint[1]))
+            elif isinstance(alert, lt.block_finished_alert):
+                sources.add("%s:%d" % (alert.endpoint[0], alert.endpoint[1]))
             elif isinstance(alert, (lt.torrent_error_alert, lt.file_error_alert, lt.hash_failed_alert)):
                 emit(event="alert", type=type(alert).__name__, message=alert.message())
             elif isinstance(alert, lt.peer_error_alert) or isinstance(alert, lt.peer_disconnected_alert):
@@ -175,7 +184,8 @@ def main():
                 last_announce = now
                 handle.force_dht_announce()
             if args.job == "get" and st.is_seeding:
-                emit(event="done", total_done=st.total_done, name=handle.torrent_file().name())
+                emit(event="done", total_done=st.total_done, name=handle.torrent_file().name(),
+                     sources=sorted(sources - incoming), sources_in=sorted(sources & incoming))
                 return 0
             if args.job == "seed" and st.is_seeding:
                 if ready_since is None:
