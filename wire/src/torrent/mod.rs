@@ -807,25 +807,23 @@ impl TorrentCore {
         Some(c)
     }
 
-    /// We close `conn` (the driver is told).
+    /// We close `conn` (the driver is told). Its address is not dialed again for it
+    /// (unless the user named it), and no longer counts as connected unless another
+    /// connection to the same peer holds it.
     fn close(&mut self, now: Instant, conn: ConnId, reason: String) {
-        if self.forget(now, conn, reason.clone()).is_some() {
-            self.outputs.push_back(Output::Close { conn, reason });
+        let Some(c) = self.forget(now, conn, reason.clone()) else {
+            return;
+        };
+        if let Some(a) = c.dial_addr().filter(|a| !self.by_dial_addr.contains_key(a)) {
+            self.dial.ended(now, a, Duration::ZERO, false);
         }
+        self.outputs.push_back(Output::Close { conn, reason });
     }
 
     /// The driver drops `conn` for a reason of its own (the peer does not read what we
     /// send): closed as if we decided it, never re-dialed for it.
     pub fn drop_peer(&mut self, now: Instant, conn: ConnId, reason: &str) {
-        if let Some(c) = self.forget(now, conn, reason.to_string()) {
-            if let Some(addr) = c.dial_addr() {
-                self.dial.ended(now, addr, Duration::ZERO, false);
-            }
-            self.outputs.push_back(Output::Close {
-                conn,
-                reason: reason.to_string(),
-            });
-        }
+        self.close(now, conn, reason.to_string());
         self.after(now);
     }
 

@@ -468,3 +468,28 @@ fn our_own_address_is_never_dialed() {
     s.add_peer(t0, addr("10.9.9.9:7000"), PeerSource::Explicit);
     assert!(dials(&drain(&mut s)).is_empty());
 }
+
+#[test]
+fn peers_we_close_do_not_fill_the_dial_table() {
+    let t0 = Instant::now();
+    let cfg = CoreConfig {
+        dial: DialConfig {
+            max_known: 8,
+            ..DialConfig::default()
+        },
+        ..cfg(1)
+    };
+    let (i, raw) = info(4);
+    let mut s =
+        TorrentCore::with_metadata(InfoHash([9; 20]), &i, raw, Bitfield::full(4), cfg, t0).unwrap();
+    // Twenty seeds in a row: each is dropped by us (both seeds), none stays "connected".
+    for n in 0..20u8 {
+        let a = SocketAddr::new(std::net::IpAddr::from([10, 1, 0, n]), 6881);
+        let c = connect_out(&mut s, t0, a, id(100 + n));
+        s.message(t0, c, Message::HaveAll);
+        assert_eq!(closes(&drain(&mut s)).len(), 1);
+    }
+    // A new peer still gets dialed.
+    s.add_peer(t0, addr("10.2.0.1:6881"), PeerSource::Pex);
+    assert_eq!(dials(&drain(&mut s)).len(), 1);
+}
