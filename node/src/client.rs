@@ -112,12 +112,16 @@ impl Client {
         cfg.engine.max_peers = net.max_peers;
         cfg.engine.download_rate_limit = net.limit_down;
         cfg.engine.upload_rate_limit = net.limit_up;
-        let session = Session::bind(cfg)
+        let mut session = Session::bind(cfg)
             .await
             .context("cannot start the session")?;
         let listen = session
             .listen_addr()
             .context("the session has no listening address")?;
+        // The DHT node shares the peer port number (UDP), and peers are told so.
+        if !net.no_dht {
+            session.set_dht_port(Some(listen.port()));
+        }
         let mut torrents = Vec::new();
         for (source, out_dir, hints) in items {
             let torrent = session
@@ -170,6 +174,10 @@ impl Client {
         let Some(dht) = &self.dht else { return };
         let now = Instant::now();
         for t in &mut self.torrents {
+            // Every connected peer with a DHT node is a way into the DHT (BEP 5 PORT).
+            for node in t.torrent.take_dht_nodes() {
+                dht.add_node(node);
+            }
             if t.lookup.is_none() && now >= t.next_lookup {
                 // announce = get_peers + announce_peer: we find others and they find us.
                 t.lookup = Some(dht.announce(t.info_hash.0, Some(self.listen.port())));

@@ -121,6 +121,10 @@ enum Scenario {
         /// Connections per peer (full mesh below this).
         #[arg(long, default_value_t = 40)]
         degree: usize,
+        /// Of the leechers, this many answer every request with corrupt data (they are
+        /// not counted as leechers that must finish).
+        #[arg(long, default_value_t = 0)]
+        corrupt: usize,
     },
     /// Raw engine throughput with the protocol-free probe app.
     EngineBench {
@@ -346,6 +350,7 @@ fn main() {
             up,
             down,
             degree,
+            corrupt,
         } => {
             let mut p = swarm::SwarmParams::new(leechers, seed);
             p.file_bytes = file_mib << 20;
@@ -354,6 +359,7 @@ fn main() {
             p.leecher_upload = up * 1e6;
             p.leecher_download = down * 1e6;
             p.degree = degree;
+            p.corrupt = corrupt.min(leechers.saturating_sub(1));
             let r = swarm::run(&p);
             let mut done: Samples = r.completion.iter().flatten().copied().collect();
             let finished = done.len();
@@ -388,9 +394,11 @@ fn main() {
             ]);
             print!("{t}");
             println!(
-                "events {}  wall {:.1}s",
+                "events {}  wall {:.1}s  hash failures {}  endpoints banned {}",
                 r.events,
-                wall.elapsed().as_secs_f64()
+                wall.elapsed().as_secs_f64(),
+                r.hash_failures,
+                r.bans
             );
             save(&out, "swarm", &t);
             let mut av = Table::new(&["t_s", "mean_share_held", "min_copies"]);

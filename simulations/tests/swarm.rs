@@ -50,3 +50,27 @@ fn a_hundred_leechers_finish_within_one_and_a_half_times_the_fluid_bound() {
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
     assert!(mean <= 1.5, "last completion / T_min by seed: {ratios:?}");
 }
+
+#[test]
+fn corrupt_leechers_are_banned_and_the_honest_ones_still_finish() {
+    let mut p = SwarmParams::new(30, 3);
+    p.corrupt = 5;
+    let r = run(&p);
+    let honest = p.leechers - p.corrupt;
+    assert_eq!(r.completion.len(), honest);
+    let last = r
+        .last_completion()
+        .unwrap_or_else(|| panic!("every honest leecher completes: {:?}", r.completion));
+    assert!(
+        r.hash_failures > 0,
+        "the corrupt peers were asked for pieces"
+    );
+    assert!(r.bans > 0, "and banned");
+    // Bans by endpoint, smart-ban per block: the honest peers keep trading, so the
+    // swarm still finishes near the bound set by the honest peers alone.
+    assert!(
+        last / r.t_min <= 2.0,
+        "last completion {last:.1} s vs T_min {:.1} s",
+        r.t_min
+    );
+}

@@ -1,5 +1,9 @@
-//! `swarm`: one seeder and N leechers running the real `wire` piece-exchange engine, with
+//! `swarm`: one seeder and N leechers, each a real [`wire::torrent::TorrentCore`] (dial
+//! policy, handshakes, metadata over ut_metadata, PEX, bans, the piece engine), with
 //! per-host upload and download capacity; completion times against the fluid lower bound.
+//! Leechers start from a bare magnet link and know `degree / 2` random peers, as a DHT
+//! reply would give; PEX finds them more. No glue decides anything: what it measures is
+//! what ships.
 //!
 //! The transport is a stream model: piece messages queue on the sender's uplink and the
 //! receiver's downlink ([`crate::net::capacity`]) and take the pair's latency in between;
@@ -19,7 +23,11 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use std::collections::HashMap;
 use std::time::Duration;
-use wire::engine::{Action, Bitfield, Config, Engine, Geometry, PeerInfo, PeerMessage, PeerSlot};
+use wire::engine::{Bitfield, Config, Geometry};
+use wire::infohash::InfoHash;
+use wire::metainfo::Info;
+use wire::peer::{Message, PeerId, Reserved};
+use wire::torrent::{ConnId, CoreConfig, Output, PeerSource, TorrentCore};
 
 static ZEROS: [u8; wire::engine::BLOCK_LEN as usize] = [0; wire::engine::BLOCK_LEN as usize];
 
@@ -45,6 +53,8 @@ pub struct SwarmParams {
     pub uploads_in_flight: u32,
     /// Give up after this much virtual time.
     pub limit: Duration,
+    /// Leechers (the last ones) that answer every request with corrupt data.
+    pub corrupt: usize,
 }
 
 impl SwarmParams {
@@ -61,6 +71,7 @@ impl SwarmParams {
             sample_every: Duration::from_secs(1),
             uploads_in_flight: 4,
             limit: Duration::from_secs(3600),
+            corrupt: 0,
         }
     }
 
@@ -73,7 +84,7 @@ impl SwarmParams {
                     upload: self.leecher_upload,
                     download: self.leecher_download
                 };
-                self.leechers
+                self.leechers - self.corrupt
             ],
         }
     }
@@ -94,6 +105,10 @@ pub struct SwarmReport {
     /// One row per sample interval: where the upload capacity went.
     pub timeline: Vec<TimelineRow>,
     pub events: u64,
+    /// Endpoints the honest leechers banned, summed.
+    pub bans: usize,
+    /// Hash failures at honest leechers, summed.
+    pub hash_failures: u32,
 }
 
 /// What happened in one sample interval ending at `t`.
@@ -134,30 +149,43 @@ impl SwarmReport {
 }
 
 enum Ev {
-    /// A message reaches `to` on its connection slot `slot`.
+    /// A message reaches `to` on its connection `conn`.
     Deliver {
         to: u32,
-        slot: PeerSlot,
-        msg: PeerMessage,
+        conn: ConnId,
+        msg: Message,
     },
     /// A piece message's last byte reached `to`'s access link: queue it on the downlink.
     PieceArrive {
         to: u32,
-        slot: PeerSlot,
-        msg: PeerMessage,
+        conn: ConnId,
+        msg: Message,
         bytes: usize,
     },
     BlockSent {
         host: u32,
-        slot: PeerSlot,
+        conn: ConnId,
     },
     Verified {
         host: u32,
         piece: u32,
+        ok: bool,
     },
-    Disconnected {
+    /// A dial from `from` (its connection `conn`) reaches `to` with its handshake.
+    Accept {
+        from: u32,
+        conn: ConnId,
+        to: u32,
+    },
+    /// The answer to a dial: the handshake of `peer` (or a refusal).
+    Answer {
         host: u32,
-        slot: PeerSlot,
+        conn: ConnId,
+        accepted: Option<(u32, ConnId)>,
+    },
+    Closed {
+        host: u32,
+        conn: ConnId,
     },
     Wake {
         host: u32,
@@ -166,11 +194,23 @@ enum Ev {
 }
 
 struct Peer {
-    engine: Engine,
-    /// My slot -> (remote host, remote's slot for me).
-    links: HashMap<PeerSlot, (u32, PeerSlot)>,
+    core: TorrentCore,
+    /// My connection -> (remote host, remote's connection), once both ends exist.
+    links: HashMap<ConnId, (u32, ConnId)>,
     wake_at: SimTime,
     completed: Option<SimTime>,
+    /// Sends corrupt blocks.
+    corrupt: bool,
+}
+
+impl Peer {
+    fn have_count(&self) -> u32 {
+        self.core.engine().map_or(0, |e| e.have().count_ones())
+    }
+
+    fn has_piece(&self, i: u32) -> bool {
+        self.core.engine().is_some_and(|e| e.have().get(i))
+    }
 }
 
 struct Swarm {
@@ -181,30 +221,44 @@ struct Swarm {
     queue: EventQueue<Ev>,
     net: Network,
     peers: Vec<Peer>,
+    by_addr: HashMap<std::net::SocketAddr, u32>,
+}
+
+static ONES: [u8; wire::engine::BLOCK_LEN as usize] = [1; wire::engine::BLOCK_LEN as usize];
+
+fn peer_id(h: u32) -> PeerId {
+    let mut id = *b"-SM0001-000000000000";
+    id[8..12].copy_from_slice(&h.to_be_bytes());
+    PeerId(id)
 }
 
 impl Swarm {
+    fn addr(&self, h: u32) -> std::net::SocketAddr {
+        std::net::SocketAddr::V4(self.net.addr(HostId(h)))
+    }
+
     fn after_input(&mut self, h: u32) {
         let now = self.now;
         let now_i = self.clock.instant(now);
-        while let Some(action) = self.peers[h as usize].engine.poll_action() {
-            match action {
-                Action::Send { slot, message } => {
-                    if let Some(&(to, their)) = self.peers[h as usize].links.get(&slot) {
+        let mut storage_ready = false;
+        while let Some(out) = self.peers[h as usize].core.poll_output() {
+            match out {
+                Output::Send { conn, msg } => {
+                    if let Some(&(to, their)) = self.peers[h as usize].links.get(&conn) {
                         let at = now + self.net.one_way(HostId(h), HostId(to));
                         self.queue.push(
                             at,
                             Ev::Deliver {
                                 to,
-                                slot: their,
-                                msg: message,
+                                conn: their,
+                                msg,
                             },
                         );
                     }
                 }
-                Action::ReadBlock { slot, block } => {
-                    let Some(&(to, their)) = self.peers[h as usize].links.get(&slot) else {
-                        self.peers[h as usize].engine.block_sent(now_i, slot);
+                Output::Upload { conn, block } => {
+                    let Some(&(to, their)) = self.peers[h as usize].links.get(&conn) else {
+                        self.queue.push(now, Ev::BlockSent { host: h, conn });
                         continue;
                     };
                     if h == 0 {
@@ -212,50 +266,72 @@ impl Swarm {
                     }
                     let bytes = PIECE_HEADER + block.length as usize;
                     let left = self.net.link_mut(HostId(h)).send(now, bytes);
-                    self.queue.push(left, Ev::BlockSent { host: h, slot });
-                    let data = Bytes::from_static(&ZEROS[..block.length as usize]);
-                    let msg = PeerMessage::Piece {
+                    self.queue.push(left, Ev::BlockSent { host: h, conn });
+                    let fill: &'static [u8] = if self.peers[h as usize].corrupt {
+                        &ONES
+                    } else {
+                        &ZEROS
+                    };
+                    let msg = Message::Piece {
                         piece: block.piece,
-                        begin: block.begin,
-                        data,
+                        offset: block.begin,
+                        data: Bytes::from_static(&fill[..block.length as usize]),
                     };
                     let at = left + self.net.one_way(HostId(h), HostId(to));
                     self.queue.push(
                         at,
                         Ev::PieceArrive {
                             to,
-                            slot: their,
+                            conn: their,
                             msg,
                             bytes,
                         },
                     );
                 }
-                Action::WriteBlock { .. } => {}
-                Action::VerifyPiece { piece } => {
-                    self.queue.push(now, Ev::Verified { host: h, piece })
+                // Hashing is the driver's: a piece verifies when every block is the
+                // honest (all-zero) data.
+                Output::Verify { piece, blocks } => {
+                    let ok = blocks.iter().all(|b| b.iter().all(|&x| x == 0));
+                    self.queue.push(now, Ev::Verified { host: h, piece, ok });
                 }
-                Action::Disconnect { slot, .. } => {
-                    if let Some((to, their)) = self.peers[h as usize].links.remove(&slot) {
-                        self.peers[h as usize].engine.peer_disconnected(now_i, slot);
+                Output::Dial { conn, addr, .. } => match self.by_addr.get(&addr) {
+                    Some(&to) => {
+                        // SYN, SYN-ACK, then our handshake: 1.5 round trips.
+                        let at = now + self.net.one_way(HostId(h), HostId(to)) * 3;
+                        self.queue.push(at, Ev::Accept { from: h, conn, to });
+                    }
+                    None => self.queue.push(now, Ev::Closed { host: h, conn }),
+                },
+                Output::Close { conn, .. } => {
+                    if let Some((to, their)) = self.peers[h as usize].links.remove(&conn) {
                         let at = now + self.net.one_way(HostId(h), HostId(to));
                         self.queue.push(
                             at,
-                            Ev::Disconnected {
+                            Ev::Closed {
                                 host: to,
-                                slot: their,
+                                conn: their,
                             },
                         );
                     }
                 }
-                Action::Completed => {
-                    let p = &mut self.peers[h as usize];
-                    p.completed.get_or_insert(now);
-                }
+                // No disk: storage is "open" at once, with nothing on it.
+                Output::OpenStorage { .. } => storage_ready = true,
+                Output::SaveResume => {}
             }
         }
         let p = &mut self.peers[h as usize];
+        if storage_ready {
+            let pieces = p.core.piece_count().unwrap_or(0);
+            p.core.storage_ready(now_i, Bitfield::new(pieces));
+            return self.after_input(h);
+        }
+        while let Some(ev) = p.core.poll_event() {
+            if ev == wire::torrent::Event::Completed {
+                p.completed.get_or_insert(now);
+            }
+        }
         let next = p
-            .engine
+            .core
             .poll_timeout()
             .map_or(SimTime::MAX, |i| self.clock.sim_time(i).max(now));
         if next != p.wake_at {
@@ -265,6 +341,23 @@ impl Swarm {
             }
         }
     }
+}
+
+/// An info dictionary for the file, and its info-hash (piece hashes are zeros: the
+/// simulator verifies by content).
+fn metadata(geo: &Geometry) -> (Info, bytes::Bytes, InfoHash) {
+    let mut raw = format!(
+        "d6:lengthi{}e4:name9:swarm.sim12:piece lengthi{}e6:pieces{}:",
+        geo.total_length,
+        geo.piece_length,
+        20 * geo.piece_count
+    )
+    .into_bytes();
+    raw.extend(std::iter::repeat_n(0u8, 20 * geo.piece_count as usize));
+    raw.push(b'e');
+    let ih = InfoHash::of_info_bytes(&raw);
+    let info = Info::from_bytes(&raw).expect("a valid info dictionary");
+    (info, Bytes::from(raw), ih)
 }
 
 pub fn run(p: &SwarmParams) -> SwarmReport {
@@ -293,23 +386,38 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
     }
     let clock = Clock::new();
     let geo = Geometry::new(p.file_bytes, p.piece_bytes).expect("valid geometry");
+    let (info, raw, info_hash) = metadata(&geo);
     let now_i = clock.instant(SimTime::ZERO);
     let mut config = Config::default();
     config.max_peers = config.max_peers.max(p.degree * 3);
     config.max_uploads_in_flight = p.uploads_in_flight;
+    let by_addr = (0..n as u32)
+        .map(|h| (std::net::SocketAddr::V4(net.addr(HostId(h))), h))
+        .collect();
     let peers = (0..n)
         .map(|h| {
-            let have = if h == 0 {
-                Bitfield::full(geo.piece_count)
+            let addr = net.addr(HostId(h as u32));
+            let cfg = CoreConfig {
+                peer_id: peer_id(h as u32),
+                listen_port: Some(addr.port()),
+                listen_ip: Some(std::net::IpAddr::V4(*addr.ip())),
+                engine: config.clone(),
+                rng_seed: rng.gen(),
+                ..CoreConfig::default()
+            };
+            let core = if h == 0 {
+                let have = Bitfield::full(geo.piece_count);
+                TorrentCore::with_metadata(info_hash, &info, raw.clone(), have, cfg, now_i)
+                    .expect("seeder core")
             } else {
-                Bitfield::new(geo.piece_count)
+                TorrentCore::magnet(info_hash, cfg, now_i)
             };
             Peer {
-                engine: Engine::new(geo, have, config.clone(), now_i, rng.gen())
-                    .expect("bitfield fits"),
+                core,
                 links: HashMap::new(),
                 wake_at: SimTime::MAX,
                 completed: None,
+                corrupt: h > p.leechers - p.corrupt,
             }
         })
         .collect();
@@ -320,9 +428,10 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
         queue: EventQueue::new(),
         net,
         peers,
+        by_addr,
     };
-    // Who connects to whom: a full mesh for small swarms, else `degree` random partners
-    // each (what a DHT or tracker reply of ~50 peers gives), the seeder included.
+    // Who knows whom at the start: a full mesh for small swarms, else `degree / 2` random
+    // peers each (what a DHT reply gives), the seeder included. The lower host dials.
     let mut pairs = std::collections::BTreeSet::new();
     if n <= p.degree + 1 {
         for a in 0..n as u32 {
@@ -339,29 +448,20 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
             }
         }
     }
-    let info = |swarm: &Swarm, h: u32| PeerInfo {
-        addr: Some(std::net::SocketAddr::V4(swarm.net.addr(HostId(h)))),
-        fast: true,
-        reqq: None,
-        announced_nothing: false,
-    };
     for (a, b) in pairs {
-        let (ia, ib) = (info(&swarm, b), info(&swarm, a));
-        let (Ok(sa), Ok(sb)) = (
-            swarm.peers[a as usize].engine.peer_connected(now_i, ia),
-            swarm.peers[b as usize].engine.peer_connected(now_i, ib),
-        ) else {
-            continue;
-        };
-        swarm.peers[a as usize].links.insert(sa, (b, sb));
-        swarm.peers[b as usize].links.insert(sb, (a, sa));
+        let addr = swarm.addr(b);
+        swarm.peers[a as usize]
+            .core
+            .add_peer(now_i, addr, PeerSource::Dht);
     }
     for h in 0..n as u32 {
         swarm.after_input(h);
     }
     swarm.queue.push(SimTime::ZERO, Ev::Sample);
 
-    let (t_min, _) = p.distribution().p2p_lower_bound();
+    let honest = p.leechers - p.corrupt;
+    let dist = p.distribution();
+    let (t_min, _) = dist.p2p_lower_bound();
     let limit = SimTime::ZERO + p.limit;
     let mut availability = Vec::new();
     let mut timeline = Vec::new();
@@ -370,45 +470,85 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
     let mut done = 0usize;
     let mut events = 0u64;
     while let Some((at, ev)) = swarm.queue.pop() {
-        if at > limit || done == p.leechers {
+        if at > limit || done == honest {
             break;
         }
         swarm.now = at;
         events += 1;
         let now_i = swarm.clock.instant(at);
         let h = match ev {
-            Ev::Deliver { to, slot, msg } => {
-                swarm.peers[to as usize]
-                    .engine
-                    .handle_message(now_i, slot, msg);
+            Ev::Deliver { to, conn, msg } => {
+                swarm.peers[to as usize].core.message(now_i, conn, msg);
                 to
             }
             Ev::PieceArrive {
                 to,
-                slot,
+                conn,
                 msg,
                 bytes,
             } => {
                 let ready = swarm.net.link_mut(HostId(to)).receive(at, bytes);
-                swarm.queue.push(ready, Ev::Deliver { to, slot, msg });
+                swarm.queue.push(ready, Ev::Deliver { to, conn, msg });
                 continue;
             }
-            Ev::BlockSent { host, slot } => {
-                swarm.peers[host as usize].engine.block_sent(now_i, slot);
+            Ev::BlockSent { host, conn } => {
+                swarm.peers[host as usize].core.block_sent(now_i, conn);
                 host
             }
-            Ev::Verified { host, piece } => {
+            Ev::Verified { host, piece, ok } => {
                 swarm.peers[host as usize]
-                    .engine
-                    .piece_verified(now_i, piece, true);
+                    .core
+                    .piece_written(now_i, piece, Ok(ok));
                 host
             }
-            Ev::Disconnected { host, slot } => {
-                if swarm.peers[host as usize].links.remove(&slot).is_some() {
-                    swarm.peers[host as usize]
-                        .engine
-                        .peer_disconnected(now_i, slot);
+            Ev::Accept { from, conn, to } => {
+                let addr = swarm.addr(from);
+                let accepted = swarm.peers[to as usize].core.accept(now_i, addr).ok();
+                let back = at + swarm.net.one_way(HostId(to), HostId(from));
+                if let Some(theirs) = accepted {
+                    swarm.peers[to as usize].links.insert(theirs, (from, conn));
+                    swarm.peers[to as usize].core.handshake_done(
+                        now_i,
+                        theirs,
+                        peer_id(from),
+                        Reserved::OURS,
+                    );
                 }
+                swarm.queue.push(
+                    back,
+                    Ev::Answer {
+                        host: from,
+                        conn,
+                        accepted: accepted.map(|c| (to, c)),
+                    },
+                );
+                to
+            }
+            Ev::Answer {
+                host,
+                conn,
+                accepted,
+            } => {
+                let core = &mut swarm.peers[host as usize].core;
+                match accepted {
+                    Some((to, theirs)) => {
+                        swarm.peers[host as usize].links.insert(conn, (to, theirs));
+                        swarm.peers[host as usize].core.handshake_done(
+                            now_i,
+                            conn,
+                            peer_id(to),
+                            Reserved::OURS,
+                        );
+                    }
+                    None => core.closed(now_i, conn, "refused"),
+                }
+                host
+            }
+            Ev::Closed { host, conn } => {
+                swarm.peers[host as usize].links.remove(&conn);
+                swarm.peers[host as usize]
+                    .core
+                    .closed(now_i, conn, "closed by peer");
                 host
             }
             Ev::Wake { host } => {
@@ -417,16 +557,16 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
                     continue;
                 }
                 p.wake_at = SimTime::MAX;
-                p.engine.handle_timeout(now_i);
+                p.core.handle_timeout(now_i);
                 host
             }
             Ev::Sample => {
-                let leechers = &swarm.peers[1..];
+                let leechers = &swarm.peers[1..=honest];
                 let mut copies = vec![0u32; geo.piece_count as usize];
                 let mut held = 0u64;
                 for l in leechers {
                     for (i, c) in copies.iter_mut().enumerate() {
-                        if l.engine.have().get(i as u32) {
+                        if l.has_piece(i as u32) {
                             *c += 1;
                             held += 1;
                         }
@@ -457,29 +597,36 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
         };
         let was_done = swarm.peers[h as usize].completed.is_some();
         swarm.after_input(h);
-        if h != 0 && !was_done && swarm.peers[h as usize].completed.is_some() {
+        let honest_leecher = h != 0 && (h as usize) <= honest;
+        if honest_leecher && !was_done && swarm.peers[h as usize].completed.is_some() {
             done += 1;
         }
     }
-    let completion = swarm.peers[1..]
+    let honest_peers = &swarm.peers[1..=honest];
+    let completion = honest_peers
         .iter()
         .map(|p| p.completed.map(|t| t.as_secs_f64()))
         .collect();
+    let engine_stat = |f: fn(&wire::engine::EngineStats) -> u64| {
+        honest_peers
+            .iter()
+            .filter_map(|p| p.core.engine().map(|e| f(&e.stats())))
+            .sum::<u64>()
+    };
     SwarmReport {
         completion,
         availability,
         t_min,
-        client_server: p.distribution().client_server_time(),
+        client_server: dist.client_server_time(),
         uploaded_by_seed: swarm.net.link(HostId(0)).bytes_up,
         uploaded_total: (0..n)
             .map(|h| swarm.net.link(HostId(h as u32)).bytes_up)
             .sum(),
-        wasted: swarm.peers[1..]
-            .iter()
-            .map(|p| p.engine.stats().wasted)
-            .sum(),
+        wasted: engine_stat(|s| s.wasted),
         timeline,
         events,
+        bans: honest_peers.iter().map(|p| p.core.banned_endpoints()).sum(),
+        hash_failures: engine_stat(|s| u64::from(s.hash_failures)) as u32,
     }
 }
 
@@ -507,7 +654,7 @@ fn timeline_row(
         .map(|i| f64::from(swarm.seed_blocks[i as usize]) / f64::from(blocks(i)))
         .sum::<f64>()
         / f64::from(geo.piece_count);
-    let leechers = &swarm.peers[1..];
+    let leechers = &swarm.peers[1..=p.leechers - p.corrupt];
     let (mut unchoked, mut interested, mut active) = (0usize, 0usize, 0usize);
     let (mut serving, mut idle) = (0usize, 0usize);
     for (i, l) in leechers.iter().enumerate() {
@@ -518,8 +665,9 @@ fn timeline_row(
         if swarm.net.link(HostId(i as u32 + 1)).upload_backlog(at) == Duration::ZERO {
             idle += 1;
         }
-        for slot in l.engine.peer_slots() {
-            let s = l.engine.peer_stats(slot).expect("listed");
+        let Some(e) = l.core.engine() else { continue };
+        for slot in e.peer_slots() {
+            let s = e.peer_stats(slot).expect("listed");
             if !s.am_choking && s.requests_in > 0 {
                 serving += 1;
             }
@@ -538,10 +686,7 @@ fn timeline_row(
         leecher_util: up[1] as f64 / (p.leecher_upload * p.leechers.max(1) as f64 * dt),
         seed_distinct,
         seed_copies,
-        empty: leechers
-            .iter()
-            .filter(|l| l.engine.have().none_set())
-            .count(),
+        empty: leechers.iter().filter(|l| l.have_count() == 0).count(),
         done: leechers.iter().filter(|l| l.completed.is_some()).count(),
         pieces_only_at_seed: copies.iter().filter(|&&c| c == 0).count() as u32,
         mean_unchoked_interested: per(unchoked),

@@ -148,6 +148,8 @@ pub struct ConnParams {
     pub piece_count: Option<u32>,
     /// The torrent's bound on queued incoming bytes (shared by its connections).
     pub queued_in: Arc<Semaphore>,
+    /// Our handshake's reserved bits.
+    pub reserved: Reserved,
 }
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -304,7 +306,7 @@ async fn closed(events: &mpsc::Sender<FromConn>, id: ConnId, reason: String) {
 
 fn our_handshake(p: &ConnParams) -> BytesMut {
     let mut ours = Handshake::new(p.info_hash, p.our_id);
-    ours.reserved = Reserved::OURS;
+    ours.reserved = p.reserved;
     let mut out = BytesMut::new();
     ours.encode(&mut out);
     out

@@ -63,6 +63,8 @@ pub struct SessionConfig {
     /// How often resume data is saved while pieces arrive (also on completion and at
     /// shutdown). Each save fsyncs the files written since the last one.
     pub resume_interval: Duration,
+    /// Our DHT node's UDP port, told to peers (BEP 5 PORT); None: no DHT.
+    pub dht_port: Option<u16>,
     /// The rest of the torrent core's settings (dial policy, per-IP limit, metadata
     /// timeouts); its peer id, port, engine, resume interval and seed come from above.
     pub core: CoreConfig,
@@ -87,6 +89,7 @@ impl Default for SessionConfig {
             resume_dir: None,
             full_recheck: false,
             resume_interval: Duration::from_secs(30),
+            dht_port: None,
             core: CoreConfig::default(),
         }
     }
@@ -237,6 +240,12 @@ impl Session {
         self.listen_addr
     }
 
+    /// Sets the DHT port told to peers by torrents added from now on (the DHT node is
+    /// often bound after the session, on the port the session got).
+    pub fn set_dht_port(&mut self, port: Option<u16>) {
+        self.cfg.dht_port = port;
+    }
+
     /// Torrents in the session.
     pub fn torrent_count(&self) -> usize {
         self.routes.lock().map_or(0, |r| r.len())
@@ -293,6 +302,7 @@ impl Session {
             task: Some(spawned.task),
             routes: Some(self.routes.clone()),
             own_session: None,
+            dht_nodes: spawned.dht_nodes,
         })
     }
 
@@ -371,6 +381,7 @@ pub struct Torrent {
     routes: Option<Routes>,
     /// A session of its own ([`Torrent::start`]), stopped with it.
     own_session: Option<Session>,
+    dht_nodes: mpsc::Receiver<SocketAddr>,
 }
 
 impl Torrent {
@@ -404,6 +415,12 @@ impl Torrent {
     /// times, then forgotten).
     pub fn add_found_peer(&self, addr: SocketAddr) {
         let _ = self.commands.send(Command::AddFoundPeer(addr));
+    }
+
+    /// DHT nodes that connected peers named in PORT messages (BEP 5) since the last call:
+    /// any connected peer is a way into the DHT.
+    pub fn take_dht_nodes(&mut self) -> Vec<SocketAddr> {
+        std::iter::from_fn(|| self.dht_nodes.try_recv().ok()).collect()
     }
 
     /// The latest snapshot (refreshed every `stats_interval` and on completion).

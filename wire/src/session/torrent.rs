@@ -60,7 +60,12 @@ pub(super) struct Spawned {
     pub task: JoinHandle<()>,
     pub stats: watch::Receiver<TorrentStats>,
     pub incoming: mpsc::Sender<Accepted>,
+    pub dht_nodes: mpsc::Receiver<SocketAddr>,
 }
+
+/// DHT nodes named by peers (PORT messages) waiting for the application (more are
+/// dropped until it catches up).
+const MAX_DHT_NODES_QUEUED: usize = 256;
 
 struct Task {
     cfg: SessionConfig,
@@ -77,6 +82,7 @@ struct Task {
     disk_tx: mpsc::UnboundedSender<DiskDone>,
     queued_in: Arc<Semaphore>,
     stats_tx: watch::Sender<TorrentStats>,
+    dht_nodes: mpsc::Sender<SocketAddr>,
     rate: (Instant, u64, u64, f64, f64),
     started: Instant,
 }
@@ -200,6 +206,7 @@ fn core_config(cfg: &SessionConfig, listen: Option<SocketAddr>) -> CoreConfig {
         peer_id: cfg.peer_id,
         listen_port: listen.map(|a| a.port()),
         listen_ip: listen.map(|a| a.ip()),
+        dht_port: cfg.dht_port,
         engine: cfg.engine.clone(),
         resume_interval: cfg.resume_interval,
         rng_seed: cfg.rng_seed,
@@ -232,6 +239,7 @@ pub(super) fn spawn(
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (disk_tx, disk_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(64);
+    let (dht_tx, dht_rx) = mpsc::channel(MAX_DHT_NODES_QUEUED);
     let (stats_tx, stats_rx) = watch::channel(TorrentStats {
         info_hash,
         ..Default::default()
@@ -252,6 +260,7 @@ pub(super) fn spawn(
         disk_tx,
         queued_in: Arc::new(Semaphore::new(MAX_QUEUED_IN_TOTAL)),
         stats_tx,
+        dht_nodes: dht_tx,
         rate: (now, 0, 0, 0.0, 0.0),
         started: now,
     };
@@ -263,6 +272,7 @@ pub(super) fn spawn(
         task: handle,
         stats: stats_rx,
         incoming: incoming_tx,
+        dht_nodes: dht_rx,
     })
 }
 
@@ -460,6 +470,7 @@ impl Task {
             idle_timeout: self.cfg.idle_timeout,
             piece_count: self.core.piece_count(),
             queued_in: self.queued_in.clone(),
+            reserved: self.core.reserved(),
         }
     }
 
@@ -598,7 +609,10 @@ impl Task {
         while let Some(ev) = self.core.poll_event() {
             match ev {
                 Event::Completed | Event::MetadataReady | Event::Failed(_) => completed = true,
-                Event::PieceVerified(_) | Event::PeerDhtPort(_) => {}
+                Event::PeerDhtPort(addr) => {
+                    let _ = self.dht_nodes.try_send(addr);
+                }
+                Event::PieceVerified(_) => {}
             }
         }
         if completed {

@@ -61,6 +61,9 @@ pub struct CoreConfig {
     pub listen_port: Option<u16>,
     /// The IP we listen on, if specific: an address on it with `listen_port` is our own.
     pub listen_ip: Option<IpAddr>,
+    /// Our DHT node's UDP port, sent in a PORT message (BEP 5) to peers that set the DHT
+    /// bit. None: we run no DHT (and do not set the bit).
+    pub dht_port: Option<u16>,
     pub engine: engine::Config,
     /// Connections (with handshake or not) from or to one IP: one host cannot take every
     /// slot, and several clients behind one NAT still get in.
@@ -83,6 +86,7 @@ impl Default for CoreConfig {
             peer_id: PeerId(*b"-SW0001-000000000000"),
             listen_port: None,
             listen_ip: None,
+            dht_port: None,
             engine: engine::Config::default(),
             max_conns_per_ip: 8,
             max_half_open: 32,
@@ -634,8 +638,8 @@ impl TorrentCore {
             }
             self.close(now, loser, "duplicate connection".into());
         }
+        let common = reserved.common(&self.reserved());
         let c = self.conns.get_mut(&conn).expect("checked");
-        let common = reserved.common(&Reserved::OURS);
         c.fast = common.fast();
         c.extended = common.extension_protocol();
         if outgoing {
@@ -654,7 +658,17 @@ impl TorrentCore {
         if self.conns.get(&conn).is_some_and(|c| c.extended) {
             self.send_extended_handshake(conn);
         }
+        // BEP 5: tell a DHT-capable peer where our node is.
+        if let (Some(port), true) = (self.cfg.dht_port, common.dht()) {
+            self.send(conn, Message::Port(port));
+        }
         self.after(now);
+    }
+
+    /// The reserved bits of our handshake: extension protocol, Fast, and DHT when we run
+    /// a node.
+    pub fn reserved(&self) -> Reserved {
+        Reserved::OURS.with_dht(self.cfg.dht_port.is_some())
     }
 
     /// Simultaneous open: two connections between the same two peers. Both sides keep

@@ -493,3 +493,35 @@ fn peers_we_close_do_not_fill_the_dial_table() {
     s.add_peer(t0, addr("10.2.0.1:6881"), PeerSource::Pex);
     assert_eq!(dials(&drain(&mut s)).len(), 1);
 }
+
+#[test]
+fn dht_ports_are_exchanged_with_port_messages() {
+    let t0 = Instant::now();
+    let (i, raw) = info(4);
+    let with_dht = CoreConfig {
+        dht_port: Some(7000),
+        ..cfg(1)
+    };
+    let mut s =
+        TorrentCore::with_metadata(InfoHash([9; 20]), &i, raw, Bitfield::full(4), with_dht, t0)
+            .unwrap();
+    assert!(s.reserved().dht());
+    s.add_peer(t0, addr("10.0.0.9:1"), PeerSource::Dht);
+    let (c, _) = dials(&drain(&mut s))[0];
+    s.handshake_done(t0, c, id(9), Reserved::OURS);
+    let outs = drain(&mut s);
+    assert!(outs.contains(&Output::Send {
+        conn: c,
+        msg: Message::Port(7000)
+    }));
+    s.message(t0, c, Message::Port(6999));
+    let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(events.contains(&Event::PeerDhtPort(addr("10.0.0.9:6999"))));
+    // Without a DHT node of our own: no bit, no PORT message.
+    let mut q = seeder(1, t0);
+    assert!(!q.reserved().dht());
+    let c = connect_out(&mut q, t0, addr("10.0.0.9:1"), id(9));
+    assert!(!drain(&mut q)
+        .iter()
+        .any(|o| matches!(o, Output::Send { conn, msg: Message::Port(_) } if *conn == c)));
+}
