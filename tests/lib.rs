@@ -414,14 +414,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// `version_arg`), or `None` after printing why the test is skipped. Panics under
 /// `REQUIRE_INTEROP=1` when the tool or network namespaces are missing.
 pub fn client_netns(test: &str, tool: &str, version_arg: &str, install: &str) -> Option<NetNs> {
-    let found = Command::new(tool)
-        .arg(version_arg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let reason = if found {
+    let reason = if tool_runs(tool, version_arg) {
         match NetNs::create(tool) {
             Ok(ns) => return Some(ns),
             Err(e) => format!("{test}: skipped: no network namespace for {tool} ({e})"),
@@ -434,6 +427,55 @@ pub fn client_netns(test: &str, tool: &str, version_arg: &str, install: &str) ->
     }
     eprintln!("{reason}");
     None
+}
+
+/// Whether `tool VERSION_ARG` runs and succeeds (output discarded).
+fn tool_runs(tool: &str, version_arg: &str) -> bool {
+    Command::new(tool)
+        .arg(version_arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True when every one of `tools` runs with `--version`; otherwise prints why the test is
+/// skipped and returns false. Panics under `REQUIRE_INTEROP=1` when one is missing. For
+/// clients that bind only where they are told, so need no network namespace.
+pub fn clients_installed(test: &str, tools: &[&str], install: &str) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !tool_runs(t, "--version"))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!(
+        "{test}: skipped: not installed: {} ({install})",
+        missing.join(", ")
+    );
+    if interop_required() {
+        panic!("{reason}, and REQUIRE_INTEROP=1 requires it");
+    }
+    eprintln!("{reason}");
+    false
+}
+
+/// Skips the calling test (returns early) unless `transmission-daemon` and
+/// `transmission-remote` run. See [`clients_installed`].
+#[macro_export]
+macro_rules! require_transmission {
+    () => {
+        if !$crate::clients_installed(
+            module_path!(),
+            &["transmission-daemon", "transmission-remote"],
+            "apt-get install -y transmission-daemon transmission-cli",
+        ) {
+            return;
+        }
+    };
 }
 
 /// Skips the calling test (returns early) unless `aria2c` runs and a network namespace
