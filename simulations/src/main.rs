@@ -125,6 +125,13 @@ enum Scenario {
         /// not counted as leechers that must finish).
         #[arg(long, default_value_t = 0)]
         corrupt: usize,
+        /// Of the leechers, this many more have the torrent and unchoke but never send a
+        /// block or a metadata answer.
+        #[arg(long, default_value_t = 0)]
+        silent: usize,
+        /// Corrupt and silent hosts listen on an honest leecher's IP (another port).
+        #[arg(long)]
+        share_ip: bool,
     },
     /// Raw engine throughput with the protocol-free probe app.
     EngineBench {
@@ -351,6 +358,8 @@ fn main() {
             down,
             degree,
             corrupt,
+            silent,
+            share_ip,
         } => {
             let mut p = swarm::SwarmParams::new(leechers, seed);
             p.file_bytes = file_mib << 20;
@@ -360,6 +369,8 @@ fn main() {
             p.leecher_download = down * 1e6;
             p.degree = degree;
             p.corrupt = corrupt.min(leechers.saturating_sub(1));
+            p.silent = silent.min(leechers.saturating_sub(1 + p.corrupt));
+            p.share_ip = share_ip;
             let r = swarm::run(&p);
             let mut done: Samples = r.completion.iter().flatten().copied().collect();
             let finished = done.len();
@@ -394,11 +405,12 @@ fn main() {
             ]);
             print!("{t}");
             println!(
-                "events {}  wall {:.1}s  hash failures {}  endpoints banned {}",
+                "events {}  wall {:.1}s  hash failures {}  endpoints banned {}  peak RSS {}",
                 r.events,
                 wall.elapsed().as_secs_f64(),
                 r.hash_failures,
-                r.bans
+                r.bans,
+                peak_rss().map_or("?".into(), |kb| format!("{:.0} MiB", kb as f64 / 1024.0))
             );
             save(&out, "swarm", &t);
             let mut av = Table::new(&["t_s", "mean_share_held", "min_copies"]);
@@ -636,4 +648,11 @@ fn engine_bench(c: &Common, interval: f64, wall: Instant) {
     print!("{t}");
     println!("setup {setup:.2}s");
     save(&c.out, "engine-bench", &t);
+}
+
+/// This process's peak resident memory in KiB (VmHWM), where /proc has it.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -74,3 +74,26 @@ fn corrupt_leechers_are_banned_and_the_honest_ones_still_finish() {
         r.t_min
     );
 }
+
+#[test]
+fn silent_and_corrupt_peers_behind_honest_ips_do_not_hold_the_swarm() {
+    // Five peers that announce everything and unchoke but never send, and three that send
+    // corrupt blocks, each on an honest leecher's IP (as behind one NAT).
+    let mut p = SwarmParams::new(30, 3);
+    p.silent = 5;
+    p.corrupt = 3;
+    p.share_ip = true;
+    let r = run(&p);
+    assert_eq!(r.completion.len(), p.honest());
+    let last = r
+        .last_completion()
+        .unwrap_or_else(|| panic!("every honest leecher completes: {:?}", r.completion));
+    assert!(r.bans > 0, "the corrupt peers are banned");
+    // A silent peer's requests move elsewhere within seconds (not the minute of a fixed
+    // snub timeout, which alone would put the last completion past 60 s, 3.9 x T_min).
+    assert!(
+        last / r.t_min <= 3.5,
+        "last completion {last:.1} s vs T_min {:.1} s",
+        r.t_min
+    );
+}

@@ -55,6 +55,11 @@ pub struct SwarmParams {
     pub limit: Duration,
     /// Leechers (the last ones) that answer every request with corrupt data.
     pub corrupt: usize,
+    /// Hosts after those (also counted in `leechers`) that have the torrent, announce
+    /// every piece and unchoke, but never send a block or a metadata answer.
+    pub silent: usize,
+    /// Hostile hosts share the IP of an honest leecher (another port), as behind a NAT.
+    pub share_ip: bool,
 }
 
 impl SwarmParams {
@@ -72,6 +77,8 @@ impl SwarmParams {
             uploads_in_flight: 4,
             limit: Duration::from_secs(3600),
             corrupt: 0,
+            silent: 0,
+            share_ip: false,
         }
     }
 
@@ -84,9 +91,14 @@ impl SwarmParams {
                     upload: self.leecher_upload,
                     download: self.leecher_download
                 };
-                self.leechers - self.corrupt
+                self.honest()
             ],
         }
+    }
+
+    /// Leechers that are neither corrupt nor silent.
+    pub fn honest(&self) -> usize {
+        self.leechers.saturating_sub(self.corrupt + self.silent)
     }
 }
 
@@ -201,6 +213,8 @@ struct Peer {
     completed: Option<SimTime>,
     /// Sends corrupt blocks.
     corrupt: bool,
+    /// Sends no blocks and no metadata.
+    silent: bool,
 }
 
 impl Peer {
@@ -222,6 +236,7 @@ struct Swarm {
     net: Network,
     peers: Vec<Peer>,
     by_addr: HashMap<std::net::SocketAddr, u32>,
+    addrs: Vec<std::net::SocketAddr>,
 }
 
 static ONES: [u8; wire::engine::BLOCK_LEN as usize] = [1; wire::engine::BLOCK_LEN as usize];
@@ -234,7 +249,7 @@ fn peer_id(h: u32) -> PeerId {
 
 impl Swarm {
     fn addr(&self, h: u32) -> std::net::SocketAddr {
-        std::net::SocketAddr::V4(self.net.addr(HostId(h)))
+        self.addrs[h as usize]
     }
 
     fn after_input(&mut self, h: u32) {
@@ -242,6 +257,16 @@ impl Swarm {
         let now_i = self.clock.instant(now);
         let mut storage_ready = false;
         while let Some(out) = self.peers[h as usize].core.poll_output() {
+            if self.peers[h as usize].silent {
+                match &out {
+                    Output::Upload { .. } => continue,
+                    Output::Send {
+                        msg: Message::Extended { id, .. },
+                        ..
+                    } if *id != 0 => continue,
+                    _ => {}
+                }
+            }
             match out {
                 Output::Send { conn, msg } => {
                     if let Some(&(to, their)) = self.peers[h as usize].links.get(&conn) {
@@ -391,21 +416,38 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
     let mut config = Config::default();
     config.max_peers = config.max_peers.max(p.degree * 3);
     config.max_uploads_in_flight = p.uploads_in_flight;
-    let by_addr = (0..n as u32)
-        .map(|h| (std::net::SocketAddr::V4(net.addr(HostId(h))), h))
+    let honest = p.honest();
+    // Where each host listens. Hostile hosts may sit behind an honest leecher's IP.
+    let addrs: Vec<std::net::SocketAddr> = (0..n)
+        .map(|h| {
+            let own = net.addr(HostId(h as u32));
+            let hostile = h > honest;
+            if p.share_ip && hostile {
+                let twin = net.addr(HostId((h - honest) as u32));
+                std::net::SocketAddr::new((*twin.ip()).into(), twin.port().wrapping_add(1))
+            } else {
+                std::net::SocketAddr::V4(own)
+            }
+        })
+        .collect();
+    let by_addr = addrs
+        .iter()
+        .enumerate()
+        .map(|(h, a)| (*a, h as u32))
         .collect();
     let peers = (0..n)
         .map(|h| {
-            let addr = net.addr(HostId(h as u32));
+            let addr = addrs[h];
             let cfg = CoreConfig {
                 peer_id: peer_id(h as u32),
                 listen_port: Some(addr.port()),
-                listen_ip: Some(std::net::IpAddr::V4(*addr.ip())),
+                listen_ip: Some(addr.ip()),
                 engine: config.clone(),
                 rng_seed: rng.gen(),
                 ..CoreConfig::default()
             };
-            let core = if h == 0 {
+            let silent = h > honest + p.corrupt;
+            let core = if h == 0 || silent {
                 let have = Bitfield::full(geo.piece_count);
                 TorrentCore::with_metadata(info_hash, &info, raw.clone(), have, cfg, now_i)
                     .expect("seeder core")
@@ -417,7 +459,8 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
                 links: HashMap::new(),
                 wake_at: SimTime::MAX,
                 completed: None,
-                corrupt: h > p.leechers - p.corrupt,
+                corrupt: h > honest && !silent,
+                silent,
             }
         })
         .collect();
@@ -429,6 +472,7 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
         net,
         peers,
         by_addr,
+        addrs,
     };
     // Who knows whom at the start: a full mesh for small swarms, else `degree / 2` random
     // peers each (what a DHT reply gives), the seeder included. The lower host dials.
@@ -459,7 +503,6 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
     }
     swarm.queue.push(SimTime::ZERO, Ev::Sample);
 
-    let honest = p.leechers - p.corrupt;
     let dist = p.distribution();
     let (t_min, _) = dist.p2p_lower_bound();
     let limit = SimTime::ZERO + p.limit;
@@ -654,7 +697,7 @@ fn timeline_row(
         .map(|i| f64::from(swarm.seed_blocks[i as usize]) / f64::from(blocks(i)))
         .sum::<f64>()
         / f64::from(geo.piece_count);
-    let leechers = &swarm.peers[1..=p.leechers - p.corrupt];
+    let leechers = &swarm.peers[1..=p.honest()];
     let (mut unchoked, mut interested, mut active) = (0usize, 0usize, 0usize);
     let (mut serving, mut idle) = (0usize, 0usize);
     for (i, l) in leechers.iter().enumerate() {

@@ -259,7 +259,12 @@ pub struct Config {
     pub choke_interval: Duration,
     pub optimistic_interval: Duration,
     /// No block for this long while requests are out: snubbed, requests go elsewhere.
+    /// Once blocks have arrived from anyone, the limit is `snub_latency_factor` times
+    /// their typical latency (at least `min_snub_timeout`): a peer that unchokes and then
+    /// sends nothing is found out in seconds, not a minute.
     pub snub_timeout: Duration,
+    pub min_snub_timeout: Duration,
+    pub snub_latency_factor: u32,
     /// Snubbed and still nothing for this long: disconnected.
     pub unresponsive_timeout: Duration,
     /// Pieces picked at random before rarest-first takes over.
@@ -307,6 +312,8 @@ impl Default for Config {
             choke_interval: Duration::from_secs(10),
             optimistic_interval: Duration::from_secs(30),
             snub_timeout: Duration::from_secs(60),
+            min_snub_timeout: Duration::from_secs(5),
+            snub_latency_factor: 8,
             unresponsive_timeout: Duration::from_secs(120),
             random_first_pieces: 4,
             min_pipeline: 16,
@@ -408,6 +415,8 @@ pub struct Engine {
     completed: bool,
     stats: EngineStats,
     scratch: Vec<BlockRef>,
+    /// Smoothed time from a request to its block, over all peers.
+    block_latency: Option<Duration>,
 }
 
 impl Engine {
@@ -461,6 +470,7 @@ impl Engine {
             completed,
             stats: EngineStats::default(),
             scratch: Vec::new(),
+            block_latency: None,
         };
         e.stats.piece_count = geo.piece_count;
         Ok(e)
@@ -907,7 +917,12 @@ impl Engine {
             if peer.down.last_rate() == 0.0 {
                 peer.slow_start_target += 1;
             }
+            let latency = self
+                .block_latency
+                .map_or(sample, |r| (r * 15 + sample) / 16);
+            self.block_latency = Some(latency);
         }
+        let peer = self.peer_mut(slot).expect("checked");
         peer.last_block_at = Some(now);
         peer.snubbed = false;
         peer.down.add(now, len);
@@ -1062,10 +1077,26 @@ impl Engine {
         }
     }
 
+    /// How long a peer may sit on our requests before it counts as snubbing us: a
+    /// multiple of its own request-to-block latency once it has sent blocks; before
+    /// that, twice the typical latency of the peers that do (a first block needs no more
+    /// than one round trip and its own transfer); `snub_timeout` while nobody has sent
+    /// anything. Never below `min_snub_timeout`.
+    fn snub_after(&self, own_latency: Option<Duration>) -> Duration {
+        let base = match (own_latency, self.block_latency) {
+            (Some(own), _) => own * self.cfg.snub_latency_factor,
+            (None, Some(all)) => all * 2,
+            (None, None) => return self.cfg.snub_timeout,
+        };
+        base.max(self.cfg.min_snub_timeout)
+            .min(self.cfg.snub_timeout)
+    }
+
     fn check_snubs(&mut self, now: Instant) {
-        let (snub_timeout, unresponsive_timeout) =
-            (self.cfg.snub_timeout, self.cfg.unresponsive_timeout);
+        let unresponsive_timeout = self.cfg.unresponsive_timeout;
         for slot in self.peer_slots() {
+            let own = self.peer(slot).and_then(|p| p.rtt);
+            let snub_timeout = self.snub_after(own);
             let p = self.peer_mut(slot).expect("listed");
             p.down.rate(now);
             p.up.rate(now);
@@ -1080,7 +1111,9 @@ impl Engine {
                 self.disconnect(slot, DisconnectReason::Unresponsive);
                 continue;
             }
-            if !p.snubbed && quiet >= snub_timeout {
+            // Snubbed, it still gets one request at a time as a probe; a probe that sits
+            // as long is withdrawn too, so the block can go to a peer that sends.
+            if quiet >= snub_timeout {
                 p.snubbed = true;
                 let dropped: Vec<_> = p.outstanding.drain(..).collect();
                 for o in &dropped {
@@ -1140,6 +1173,11 @@ impl Engine {
         }
         let choked = peer.peer_choking;
         if choked && (!peer.info.fast || peer.allowed_fast.is_empty()) {
+            return;
+        }
+        // In the endgame every block left is wanted from peers that send: a snubbing
+        // peer would take one of a block's few requesters.
+        if peer.snubbed && self.picker.in_endgame() {
             return;
         }
         let target = peer.pipeline_target(&self.cfg, block_len);

@@ -576,6 +576,37 @@ fn silent_peer_is_snubbed_requests_move_then_dropped() {
 }
 
 #[test]
+fn a_peer_that_sits_on_requests_is_snubbed_in_seconds_once_others_deliver() {
+    let cfg = Config {
+        min_pipeline: 2,
+        ..Config::default()
+    };
+    let mut h = Harness::leecher(64, 4 * B, cfg);
+    let good = h.connect(1, true);
+    h.msg(good, PeerMessage::HaveAll);
+    h.msg(good, PeerMessage::Unchoke);
+    let silent = h.connect(2, true);
+    h.msg(silent, PeerMessage::HaveAll);
+    let r = requests(&h.msg(silent, PeerMessage::Unchoke), silent);
+    assert!(!r.is_empty());
+    // The good peer answers within 100 ms, again and again; the silent one never does.
+    for _ in 0..40 {
+        h.advance(Duration::from_millis(100));
+        h.answer(good, 2);
+    }
+    assert!(!h.e.peer_stats(silent).unwrap().snubbed, "not at 4 s");
+    for _ in 0..60 {
+        h.advance(Duration::from_millis(100));
+        h.answer(good, 2);
+    }
+    assert!(
+        h.e.peer_stats(silent).unwrap().snubbed,
+        "snubbed by 10 s, not 60: latency {:?}",
+        h.e.block_latency
+    );
+}
+
+#[test]
 fn fast_semantics_when_serving() {
     let mut have = Bitfield::new(4);
     have.set(0);
