@@ -35,6 +35,33 @@ fn s(x: impl ToString) -> String {
     x.to_string()
 }
 
+/// A libtorrent peer (on a fresh loopback IP) fetching `magnet` into `out_dir` through the
+/// DHT of `boot`, with its event lines.
+fn lt_get(
+    python: &str,
+    boot: std::net::SocketAddr,
+    magnet: String,
+    out_dir: &std::path::Path,
+) -> (tests::Reaper, std::sync::mpsc::Receiver<String>) {
+    let lt_ip = next_loopback_ip();
+    tests::spawn_lt_peer(
+        python,
+        &[
+            s("--listen"),
+            format!("{lt_ip}:{}", free_port(lt_ip)),
+            s("--bootstrap"),
+            s(boot),
+            s("--timeout"),
+            s(100),
+            s("get"),
+            s("--magnet"),
+            magnet,
+            s("--save"),
+            out_dir.display().to_string(),
+        ],
+    )
+}
+
 #[test]
 fn swarm_get_fetches_from_a_libtorrent_seed_through_the_dht() {
     let python = require_libtorrent!();
@@ -124,23 +151,7 @@ fn libtorrent_fetches_from_swarm_seed_through_the_dht() {
     assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet:?}");
     let out_dir = dir.path().join("lt_out");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let lt_ip = next_loopback_ip();
-    let (_lt, lines) = tests::spawn_lt_peer(
-        python,
-        &[
-            s("--listen"),
-            format!("{lt_ip}:{}", free_port(lt_ip)),
-            s("--bootstrap"),
-            s(boot.addr),
-            s("--timeout"),
-            s(100),
-            s("get"),
-            s("--magnet"),
-            magnet,
-            s("--save"),
-            out_dir.display().to_string(),
-        ],
-    );
+    let (_lt, lines) = lt_get(python, boot.addr, magnet, &out_dir);
     tests::wait_line(&lines, "\"done\"", Duration::from_secs(110));
     assert_eq!(std::fs::read(out_dir.join("from_swarm.bin")).unwrap(), data);
 }
@@ -224,23 +235,7 @@ fn one_swarm_seed_process_serves_two_torrents_to_libtorrent_on_one_port() {
     for (i, magnet) in magnets.iter().enumerate() {
         let out_dir = dir.path().join(format!("lt_out_{i}"));
         std::fs::create_dir_all(&out_dir).unwrap();
-        let lt_ip = next_loopback_ip();
-        let (lt, lines) = tests::spawn_lt_peer(
-            python,
-            &[
-                s("--listen"),
-                format!("{lt_ip}:{}", free_port(lt_ip)),
-                s("--bootstrap"),
-                s(boot.addr),
-                s("--timeout"),
-                s(100),
-                s("get"),
-                s("--magnet"),
-                magnet.clone(),
-                s("--save"),
-                out_dir.display().to_string(),
-            ],
-        );
+        let (lt, lines) = lt_get(python, boot.addr, magnet.clone(), &out_dir);
         fetchers.push((lt, lines, out_dir));
     }
     let seeder_addr = format!("{ip}:{port}");

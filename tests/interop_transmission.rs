@@ -150,17 +150,8 @@ fn tail(path: &Path, n: usize) -> String {
 
 /// Checks `cond` every 250 ms (each check may run a process) until it holds or `limit`
 /// passes; returns whether it held.
-fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn poll(limit: Duration, cond: impl FnMut() -> bool) -> bool {
+    tests::wait_until_every(limit, Duration::from_millis(250), cond)
 }
 
 /// `swarm seed FILE --peer TRANSMISSION` and `transmission-remote -a MAGNET`: Transmission

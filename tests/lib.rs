@@ -118,7 +118,17 @@ pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Outpu
 }
 
 /// Polls `cond` every 20 ms until it returns true or `limit` passes; returns whether it held.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(limit: Duration, cond: impl FnMut() -> bool) -> bool {
+    wait_until_every(limit, Duration::from_millis(20), cond)
+}
+
+/// Polls `cond` every `interval` (for checks that run a process) until it returns true or
+/// `limit` passes; returns whether it held.
+pub fn wait_until_every(
+    limit: Duration,
+    interval: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if cond() {
@@ -127,7 +137,7 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(interval);
     }
 }
 
