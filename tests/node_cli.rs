@@ -12,9 +12,16 @@ use tests::{free_port, next_loopback_ip, swarm_bin, swarm_command, test_payload,
 
 /// Starts `swarm seed` and returns it with the magnet link it prints first on stdout.
 fn start_seeder(data: &Path, args: &[String], state: &Path) -> (tests::Reaper, String) {
+    let (reaper, mut magnets) = start_seeder_of(&[data], args, state);
+    (reaper, magnets.remove(0))
+}
+
+/// Starts one `swarm seed` of every path in `data`; returns it with the magnet links it
+/// prints, one line per path.
+fn start_seeder_of(data: &[&Path], args: &[String], state: &Path) -> (tests::Reaper, Vec<String>) {
     let mut child = swarm_command(swarm_bin!())
         .arg("seed")
-        .arg(data)
+        .args(data)
         .args(args)
         .arg("--state-dir")
         .arg(state)
@@ -25,20 +32,28 @@ fn start_seeder(data: &Path, args: &[String], state: &Path) -> (tests::Reaper, S
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
     let reaper = tests::Reaper(child);
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("swarm seed printed its magnet link");
-    let magnet = line.trim().to_string();
-    assert!(
-        magnet.starts_with("magnet:?xt=urn:btih:") && magnet.len() >= 20 + 40,
-        "unexpected first line {magnet:?}"
-    );
-    (reaper, magnet)
+    let magnets = data
+        .iter()
+        .map(|_| {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("swarm seed printed a magnet link per path");
+            let magnet = line.trim().to_string();
+            assert!(
+                magnet.starts_with("magnet:?xt=urn:btih:") && magnet.len() >= 20 + 40,
+                "unexpected line {magnet:?}"
+            );
+            magnet
+        })
+        .collect();
+    (reaper, magnets)
 }
 
 fn run_get(args: &[String], limit: Duration) -> std::process::Output {
@@ -146,6 +161,58 @@ fn get_without_dht_from_a_peer_hint() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read(out_dir.join("hinted.bin")).unwrap(), data);
+}
+
+/// `swarm seed A B` serves both on one port; `swarm get M1 M2` fetches both at once from
+/// it and ends with who sent what (address, client, bytes, share).
+#[test]
+fn get_two_torrents_at_once_from_one_seed_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (test_payload(600_000, 31), test_payload(900_001, 32));
+    let fa = write_file(&dir.path().join("seed"), "first.bin", &a);
+    let fb = write_file(&dir.path().join("seed"), "second.bin", &b);
+    let seed_ip = next_loopback_ip();
+    let seed_port = free_port(seed_ip);
+    let (_seeder, magnets) = start_seeder_of(
+        &[&fa, &fb],
+        &[
+            s("--bind"),
+            s(seed_ip),
+            s("--port"),
+            s(seed_port),
+            s("--no-dht"),
+        ],
+        &dir.path().join("state-seed"),
+    );
+    assert_ne!(magnets[0], magnets[1]);
+    let out_dir = dir.path().join("out");
+    let leech_ip = next_loopback_ip();
+    let mut args = magnets.clone();
+    args.extend([
+        s("-o"),
+        out_dir.display().to_string(),
+        s("--bind"),
+        s(leech_ip),
+        s("--port"),
+        s(0),
+        s("--no-dht"),
+        s("--peer"),
+        format!("{seed_ip}:{seed_port}"),
+        s("--state-dir"),
+        dir.path().join("state-leech").display().to_string(),
+    ]);
+    let out = run_get(&args, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "swarm get failed: {stderr}");
+    assert_eq!(std::fs::read(out_dir.join("first.bin")).unwrap(), a);
+    assert_eq!(std::fs::read(out_dir.join("second.bin")).unwrap(), b);
+    // One report per torrent: the one seeder sent everything, under the port it listens on.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("{seed_ip}:{seed_port}")) && l.contains("100.0%"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines.iter().all(|l| l.contains("swarm ")), "{stderr}");
 }
 
 #[test]
