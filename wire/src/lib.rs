@@ -8,6 +8,7 @@ pub mod create;
 pub mod engine;
 pub mod extension;
 pub mod infohash;
+pub mod layout;
 pub mod magnet;
 pub mod metainfo;
 pub mod peer;

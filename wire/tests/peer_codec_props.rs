@@ -4,10 +4,10 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use wire::infohash::InfoHash;
-use wire::peer::{BlockRequest, Decoder, Handshake, Limits, Message, PeerId, Reserved};
+use wire::peer::{Block, Decoder, Handshake, Limits, Message, PeerId, Reserved};
 
-fn block() -> impl Strategy<Value = BlockRequest> {
-    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(piece, offset, length)| BlockRequest {
+fn block() -> impl Strategy<Value = Block> {
+    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(piece, offset, length)| Block {
         piece,
         offset,
         length,

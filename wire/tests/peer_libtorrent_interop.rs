@@ -23,7 +23,7 @@ use wire::extension::{
 };
 use wire::infohash::InfoHash;
 use wire::metainfo::Info;
-use wire::peer::{BlockRequest, Decoder, Handshake, Message, PeerId, Reserved};
+use wire::peer::{Block, Decoder, Handshake, Message, PeerId, Reserved};
 use wire::storage::{Storage, StorageLayout, StorageOptions};
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -358,11 +358,11 @@ fn we_fetch_metadata_and_data_from_a_libtorrent_seeder() {
     let storage = storage_for(&fetched, &out);
     c.dec.set_piece_count(storage.layout().piece_count());
     c.send(&Message::Interested);
-    let mut wanted: Vec<BlockRequest> = Vec::new();
+    let mut wanted: Vec<Block> = Vec::new();
     for p in 0..storage.layout().piece_count() {
         let len = storage.layout().piece_len(p).unwrap();
         for off in (0..len).step_by(16384) {
-            wanted.push(BlockRequest {
+            wanted.push(Block {
                 piece: p,
                 offset: off,
                 length: (len - off).min(16384),

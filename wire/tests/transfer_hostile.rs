@@ -15,7 +15,7 @@ use transfer_support::*;
 use wire::extension::{ExtendedHandshake, MetadataMessage, OUR_UT_METADATA_ID};
 use wire::infohash::InfoHash;
 use wire::metainfo::Metainfo;
-use wire::peer::{BlockRequest, Message};
+use wire::peer::{Block, Message};
 use wire::session::{SessionConfig, Source, Torrent, TorrentStats};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -260,7 +260,7 @@ async fn request_outside_the_torrent_is_refused_by_the_seeder() {
     r.send(Message::HaveNone).await;
     r.send(Message::Interested).await;
     r.until_unchoked().await;
-    r.send(Message::Request(BlockRequest {
+    r.send(Message::Request(Block {
         piece: 1_000_000,
         offset: 0,
         length: 16384,
@@ -304,7 +304,7 @@ async fn peer_that_requests_but_never_reads_gets_a_bounded_amount() {
     let blocks = (24u32 << 20) / 16384;
     let mut out = BytesMut::new();
     for i in 0..blocks.min(1900) {
-        Message::Request(BlockRequest {
+        Message::Request(Block {
             piece: i / 16,
             offset: (i % 16) * 16384,
             length: 16384,

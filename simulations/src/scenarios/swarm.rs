@@ -299,7 +299,7 @@ impl Swarm {
                     };
                     let msg = Message::Piece {
                         piece: block.piece,
-                        offset: block.begin,
+                        offset: block.offset,
                         data: Bytes::from_static(&fill[..block.length as usize]),
                     };
                     let at = left + self.net.one_way(HostId(h), HostId(to));

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use crate::layout::Block;
 pub use bitfield::{Bitfield, BitfieldError};
 use peer_state::{Outstanding, Peer, Unchoke};
 use picker::{PeerView, PickPolicy, Picker, PieceState, Received};
@@ -63,14 +64,6 @@ impl fmt::Display for PeerSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "peer#{}.{}", self.index, self.generation)
     }
-}
-
-/// A block: `length` bytes at `begin` within `piece`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BlockRef {
-    pub piece: u32,
-    pub begin: u32,
-    pub length: u32,
 }
 
 /// Piece and block sizes of a torrent.
@@ -124,12 +117,12 @@ impl Geometry {
         self.piece_len(piece).div_ceil(self.block_len)
     }
 
-    pub fn block(&self, piece: u32, index: u32) -> BlockRef {
-        let begin = index * self.block_len;
-        BlockRef {
+    pub fn block(&self, piece: u32, index: u32) -> Block {
+        let offset = index * self.block_len;
+        Block {
             piece,
-            begin,
-            length: self.block_len.min(self.piece_len(piece) - begin),
+            offset,
+            length: self.block_len.min(self.piece_len(piece) - offset),
         }
     }
 }
@@ -144,13 +137,13 @@ pub enum PeerMessage {
     NotInterested,
     Have(u32),
     Bitfield(Bytes),
-    Request(BlockRef),
+    Request(Block),
     Piece { piece: u32, begin: u32, data: Bytes },
-    Cancel(BlockRef),
+    Cancel(Block),
     Suggest(u32),
     HaveAll,
     HaveNone,
-    Reject(BlockRef),
+    Reject(Block),
     AllowedFast(u32),
 }
 
@@ -162,7 +155,7 @@ pub enum DisconnectReason {
     /// A piece index past the end of the torrent.
     PieceOutOfRange(u32),
     /// A request outside the piece, of length 0 or over 16 KiB.
-    BadRequest(BlockRef),
+    BadRequest(Block),
     /// A request for a piece we never announced (peer without the Fast extension).
     RequestedMissingPiece(u32),
     /// A Fast-extension message from a peer that did not negotiate it.
@@ -186,7 +179,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::BadRequest(b) => write!(
                 f,
                 "invalid request: piece {} begin {} length {}",
-                b.piece, b.begin, b.length
+                b.piece, b.offset, b.length
             ),
             DisconnectReason::RequestedMissingPiece(p) => {
                 write!(f, "requested piece {p}, which we do not have")
@@ -211,11 +204,11 @@ pub enum Action {
     },
     /// Read the block from storage and send it to `slot` as a piece message, then call
     /// [`Engine::block_sent`].
-    ReadBlock { slot: PeerSlot, block: BlockRef },
+    ReadBlock { slot: PeerSlot, block: Block },
     /// Write received data to storage. `from` sent it (a requested block: blocks we did
     /// not ask that peer for never enter a piece).
     WriteBlock {
-        block: BlockRef,
+        block: Block,
         data: Bytes,
         from: PeerSlot,
     },
@@ -414,7 +407,7 @@ pub struct Engine {
     optimistic: Option<PeerSlot>,
     completed: bool,
     stats: EngineStats,
-    scratch: Vec<BlockRef>,
+    scratch: Vec<Block>,
     /// Smoothed time from a request to its block, over all peers.
     block_latency: Option<Duration>,
 }
@@ -858,12 +851,12 @@ impl Engine {
         }
     }
 
-    fn on_request(&mut self, now: Instant, slot: PeerSlot, b: BlockRef) {
+    fn on_request(&mut self, now: Instant, slot: PeerSlot, b: Block) {
         let n = self.geo.piece_count;
         if b.piece >= n
             || b.length == 0
             || b.length > self.cfg.max_request_len
-            || b.begin as u64 + b.length as u64 > self.geo.piece_len(b.piece) as u64
+            || b.offset as u64 + b.length as u64 > self.geo.piece_len(b.piece) as u64
         {
             return self.disconnect(slot, DisconnectReason::BadRequest(b));
         }
@@ -901,9 +894,9 @@ impl Engine {
 
     fn on_block(&mut self, now: Instant, slot: PeerSlot, piece: u32, begin: u32, data: Bytes) {
         let len = data.len() as u64;
-        let b = BlockRef {
+        let b = Block {
             piece,
-            begin,
+            offset: begin,
             length: data.len().min(u32::MAX as usize) as u32,
         };
         if piece >= self.geo.piece_count {
@@ -960,7 +953,7 @@ impl Engine {
     }
 
     /// Endgame: the block arrived from `from`; withdraw the same request from others.
-    fn cancel_elsewhere(&mut self, from: PeerSlot, b: BlockRef) {
+    fn cancel_elsewhere(&mut self, from: PeerSlot, b: Block) {
         if !self.picker.in_endgame() {
             return;
         }

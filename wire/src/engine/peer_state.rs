@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::bitfield::Bitfield;
 use super::rate::RateMeter;
-use super::{BlockRef, Config, PeerInfo};
+use super::{Block, Config, PeerInfo};
 
 /// Withdrawn requests remembered per peer.
 const MAX_CANCELLED: usize = 256;
@@ -13,7 +13,7 @@ const MAX_CANCELLED: usize = 256;
 /// One of our requests to the peer, not yet answered.
 #[derive(Debug, Clone, Copy)]
 pub struct Outstanding {
-    pub block: BlockRef,
+    pub block: Block,
     pub sent_at: Instant,
 }
 
@@ -40,7 +40,7 @@ pub struct Peer {
     /// Any message seen: a later bitfield adds to `has` instead of replacing it.
     pub seen_message: bool,
     pub outstanding: VecDeque<Outstanding>,
-    pub their_requests: VecDeque<BlockRef>,
+    pub their_requests: VecDeque<Block>,
     pub uploads_in_flight: u32,
     /// The piece of the last block we handed out to it.
     pub last_served_piece: Option<u32>,
@@ -63,7 +63,7 @@ pub struct Peer {
     pub unwanted_blocks: u32,
     /// Requests we withdrew recently (cancel, snub, a choke without Fast): their blocks
     /// may still arrive, late but in good faith. Bounded.
-    pub cancelled: VecDeque<BlockRef>,
+    pub cancelled: VecDeque<Block>,
     pub strikes: u32,
     /// Slow start: grows by one per block until a rate sample exists.
     pub slow_start_target: usize,
@@ -138,11 +138,11 @@ impl Peer {
         target.min(cfg.max_pipeline).min(self.reqq(cfg)).max(1)
     }
 
-    pub fn is_outstanding(&self, b: BlockRef) -> bool {
+    pub fn is_outstanding(&self, b: Block) -> bool {
         self.outstanding.iter().any(|o| o.block == b)
     }
 
-    pub fn note_cancelled(&mut self, b: BlockRef) {
+    pub fn note_cancelled(&mut self, b: Block) {
         if self.cancelled.len() >= MAX_CANCELLED {
             self.cancelled.pop_front();
         }
@@ -150,7 +150,7 @@ impl Peer {
     }
 
     /// Whether `b` was a request we withdrew (each such block is excused once).
-    pub fn was_cancelled(&mut self, b: BlockRef) -> bool {
+    pub fn was_cancelled(&mut self, b: Block) -> bool {
         match self.cancelled.iter().position(|&c| c == b) {
             Some(i) => {
                 self.cancelled.remove(i);
@@ -160,7 +160,7 @@ impl Peer {
         }
     }
 
-    pub fn take_outstanding(&mut self, b: BlockRef) -> Option<Outstanding> {
+    pub fn take_outstanding(&mut self, b: Block) -> Option<Outstanding> {
         let pos = self.outstanding.iter().position(|o| o.block == b)?;
         self.outstanding.remove(pos)
     }

@@ -8,7 +8,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::bitfield::Bitfield;
-use super::{BlockRef, Geometry, PeerSlot};
+use super::{Block, Geometry, PeerSlot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceState {
@@ -173,13 +173,13 @@ impl Picker {
             && self.have_count < self.geo.piece_count
     }
 
-    /// The block starting at `begin` of `piece`, if that is a valid block boundary and
+    /// The block starting at `offset` of `piece`, if that is a valid block boundary and
     /// `length` is exactly that block's length.
-    pub fn block_index(&self, b: BlockRef) -> Option<u32> {
-        if b.piece >= self.geo.piece_count || !b.begin.is_multiple_of(self.geo.block_len) {
+    pub fn block_index(&self, b: Block) -> Option<u32> {
+        if b.piece >= self.geo.piece_count || !b.offset.is_multiple_of(self.geo.block_len) {
             return None;
         }
-        let bi = b.begin / self.geo.block_len;
+        let bi = b.offset / self.geo.block_len;
         (bi < self.geo.blocks_in(b.piece) && self.geo.block(b.piece, bi).length == b.length)
             .then_some(bi)
     }
@@ -192,11 +192,11 @@ impl Picker {
         want: usize,
         policy: PickPolicy,
         rng: &mut ChaCha8Rng,
-        already_asked: &dyn Fn(BlockRef) -> bool,
-        out: &mut Vec<BlockRef>,
+        already_asked: &dyn Fn(Block) -> bool,
+        out: &mut Vec<Block>,
     ) {
         let start = out.len();
-        let done = |out: &Vec<BlockRef>| out.len() - start >= want;
+        let done = |out: &Vec<Block>| out.len() - start >= want;
         // 1. Finish our own started pieces; 2. adopt orphaned ones.
         let mine: Vec<u32> = if peer.may_own {
             self.partial
@@ -338,7 +338,7 @@ impl Picker {
         );
     }
 
-    fn take_open(&mut self, p: u32, want: usize, out: &mut Vec<BlockRef>) {
+    fn take_open(&mut self, p: u32, want: usize, out: &mut Vec<Block>) {
         let part = self.partial.get_mut(&p).expect("partial");
         let mut taken = 0;
         for (bi, st) in part.blocks.iter_mut().enumerate() {
@@ -355,7 +355,7 @@ impl Picker {
         }
     }
 
-    fn mark_requested(&mut self, b: BlockRef) {
+    fn mark_requested(&mut self, b: Block) {
         let Some(bi) = self.block_index(b) else {
             return;
         };
@@ -373,7 +373,7 @@ impl Picker {
     }
 
     /// A request for `b` is no longer outstanding (rejected, cancelled, peer gone).
-    pub fn release(&mut self, b: BlockRef) {
+    pub fn release(&mut self, b: Block) {
         let Some(bi) = self.block_index(b) else {
             return;
         };
@@ -401,7 +401,7 @@ impl Picker {
     }
 
     /// Records a received block from `from`.
-    pub fn receive(&mut self, b: BlockRef, from: PeerSlot) -> Received {
+    pub fn receive(&mut self, b: Block, from: PeerSlot) -> Received {
         let Some(bi) = self.block_index(b) else {
             return Received::Unwanted;
         };

@@ -10,7 +10,7 @@ struct Harness {
     e: Engine,
     now: Instant,
     /// Our requests to each peer that are still unanswered, as the peer would see them.
-    requested: HashMap<PeerSlot, Vec<BlockRef>>,
+    requested: HashMap<PeerSlot, Vec<Block>>,
     log: Vec<Action>,
 }
 
@@ -112,15 +112,15 @@ impl Harness {
     }
 }
 
-fn block_msg(b: BlockRef) -> PeerMessage {
+fn block_msg(b: Block) -> PeerMessage {
     PeerMessage::Piece {
         piece: b.piece,
-        begin: b.begin,
+        begin: b.offset,
         data: Bytes::from(vec![0u8; b.length as usize]),
     }
 }
 
-fn requests(actions: &[Action], to: PeerSlot) -> Vec<BlockRef> {
+fn requests(actions: &[Action], to: PeerSlot) -> Vec<Block> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -406,9 +406,9 @@ fn upload_rate_limit_is_honoured() {
     let mut read = 0u64;
     // The peer keeps 100 requests queued; we count bytes handed out for sending.
     for _ in 0..100 {
-        let b = BlockRef {
+        let b = Block {
             piece: next / 4,
-            begin: (next % 4) * B,
+            offset: (next % 4) * B,
             length: B,
         };
         next += 1;
@@ -425,9 +425,9 @@ fn upload_rate_limit_is_honoured() {
             h.e.block_sent(h.now, p);
         }
         while h.e.peer(p).unwrap().their_requests.len() < 100 {
-            let b = BlockRef {
+            let b = Block {
                 piece: (next / 4) % 64,
-                begin: (next % 4) * B,
+                offset: (next % 4) * B,
                 length: B,
             };
             next += 1;
@@ -622,9 +622,9 @@ fn fast_semantics_when_serving() {
     );
     let p = h.connect(1, true);
     h.msg(p, PeerMessage::HaveNone);
-    let b0 = BlockRef {
+    let b0 = Block {
         piece: 0,
-        begin: 0,
+        offset: 0,
         length: B,
     };
     // Choked: rejected, not dropped.
@@ -636,9 +636,9 @@ fn fast_semantics_when_serving() {
     let acts = h.msg(p, PeerMessage::Interested);
     assert!(sent(&acts, p, &PeerMessage::Unchoke));
     // A piece we do not have: rejected.
-    let b1 = BlockRef {
+    let b1 = Block {
         piece: 1,
-        begin: 0,
+        offset: 0,
         length: B,
     };
     assert!(sent(
@@ -650,9 +650,9 @@ fn fast_semantics_when_serving() {
     let acts = h.msg(p, PeerMessage::Request(b0));
     assert!(acts.contains(&Action::ReadBlock { slot: p, block: b0 }));
     // Out of range: dropped with a reason.
-    let bad = BlockRef {
+    let bad = Block {
         piece: 0,
-        begin: B + 1,
+        offset: B + 1,
         length: B,
     };
     assert_eq!(
@@ -673,9 +673,9 @@ fn choking_rejects_queued_requests_and_cancel_is_answered() {
     h.msg(a, PeerMessage::HaveNone);
     h.msg(a, PeerMessage::Interested);
     let blocks: Vec<_> = (0..8)
-        .map(|i| BlockRef {
+        .map(|i| Block {
             piece: 1 + i / 4,
-            begin: (i % 4) * B,
+            offset: (i % 4) * B,
             length: B,
         })
         .collect();
@@ -748,9 +748,9 @@ fn hostile_bitfields_and_messages_are_dropped_with_reasons() {
         reason = reason.or(disconnected(
             &h.msg(
                 p,
-                block_msg(BlockRef {
+                block_msg(Block {
                     piece: i,
-                    begin: 0,
+                    offset: 0,
                     length: B,
                 }),
             ),
@@ -779,9 +779,9 @@ fn aria2_late_bitfield_and_have_all_add_pieces() {
     assert!(sent(&acts, p, &PeerMessage::Unchoke), "{acts:?}");
     let acts = h.msg(p, bitfield_msg(30, |i| i % 3 == 0));
     assert_eq!(disconnected(&acts, p), None);
-    let block = BlockRef {
+    let block = Block {
         piece: 1,
-        begin: 0,
+        offset: 0,
         length: B,
     };
     let acts = h.msg(p, PeerMessage::Request(block));
@@ -821,18 +821,18 @@ fn allowed_fast_pieces_are_requested_while_choked() {
     let acts = h.msg(p, PeerMessage::AllowedFast(5));
     assert_eq!(
         requests(&acts, p),
-        vec![BlockRef {
+        vec![Block {
             piece: 5,
-            begin: 0,
+            offset: 0,
             length: B
         }]
     );
     // Rejecting it takes it off the allowed list; nothing else is requested while choked.
     let acts = h.msg(
         p,
-        PeerMessage::Reject(BlockRef {
+        PeerMessage::Reject(Block {
             piece: 5,
-            begin: 0,
+            offset: 0,
             length: B,
         }),
     );
@@ -871,7 +871,7 @@ fn suggestions(actions: &[Action], to: PeerSlot) -> Vec<u32> {
         .collect()
 }
 
-fn reads(actions: &[Action]) -> Vec<(PeerSlot, BlockRef)> {
+fn reads(actions: &[Action]) -> Vec<(PeerSlot, Block)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -925,9 +925,9 @@ fn a_seed_suggests_pieces_it_has_not_handed_out_yet() {
     let asked = all[0];
     let acts = h.msg(
         p,
-        PeerMessage::Request(BlockRef {
+        PeerMessage::Request(Block {
             piece: asked,
-            begin: 0,
+            offset: 0,
             length: B,
         }),
     );
@@ -975,9 +975,9 @@ fn three_requesters(total: u32) -> (Harness, Vec<PeerSlot>, Vec<Action>) {
         for k in 0..4 {
             acts.extend(h.msg(
                 p,
-                PeerMessage::Request(BlockRef {
+                PeerMessage::Request(Block {
                     piece: i as u32,
-                    begin: k * B,
+                    offset: k * B,
                     length: B,
                 }),
             ));
@@ -990,7 +990,7 @@ fn three_requesters(total: u32) -> (Harness, Vec<PeerSlot>, Vec<Action>) {
 fn uploads_finish_a_peers_piece_before_starting_another() {
     let (mut h, peers, acts) = three_requesters(4);
     let (a, b, c) = (peers[0], peers[1], peers[2]);
-    let who = |r: &[(PeerSlot, BlockRef)]| r.iter().map(|x| x.0).collect::<Vec<_>>();
+    let who = |r: &[(PeerSlot, Block)]| r.iter().map(|x| x.0).collect::<Vec<_>>();
     assert_eq!(who(&reads(&acts)), vec![a, a, b, b]);
     // As blocks leave, the peers part-way through their pieces go on; the third waits
     // although it has been queued longer than their later blocks.

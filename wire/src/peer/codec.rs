@@ -9,7 +9,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::message::{id, BlockRequest, Message};
+use super::message::{id, Message};
+use crate::layout::Block;
 
 /// Bounds on what a peer may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,7 +242,7 @@ impl Decoder {
 /// Parses a message of fixed size (length already checked), or `None` for a
 /// payload-carrying id.
 fn parse_fixed(msg_id: u8, p: &[u8]) -> Option<Message> {
-    let block = || BlockRequest {
+    let block = || Block {
         piece: u32_at(p, 0),
         offset: u32_at(p, 4),
         length: u32_at(p, 8),

@@ -5,6 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::layout::Block;
+
 /// Message ids on the wire.
 pub mod id {
     pub const CHOKE: u8 = 0;
@@ -28,14 +30,6 @@ pub mod id {
     pub const EXTENDED: u8 = 20;
 }
 
-/// `length` bytes at `offset` within `piece`: what `request`, `cancel` and `reject` name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlockRequest {
-    pub piece: u32,
-    pub offset: u32,
-    pub length: u32,
-}
-
 /// One peer wire message.
 ///
 /// Payload-carrying variants hold [`Bytes`] that are slices of the decoder's read buffer
@@ -53,13 +47,13 @@ pub enum Message {
     },
     /// Raw bitfield bytes, high bit of the first byte = piece 0.
     Bitfield(Bytes),
-    Request(BlockRequest),
+    Request(Block),
     Piece {
         piece: u32,
         offset: u32,
         data: Bytes,
     },
-    Cancel(BlockRequest),
+    Cancel(Block),
     /// BEP 5: the UDP port of the peer's DHT node.
     Port(u16),
     Suggest {
@@ -67,7 +61,7 @@ pub enum Message {
     },
     HaveAll,
     HaveNone,
-    RejectRequest(BlockRequest),
+    RejectRequest(Block),
     AllowedFast {
         piece: u32,
     },
@@ -243,7 +237,7 @@ mod tests {
             [0, 0, 0, 5, 4, 1, 2, 3, 4]
         );
         assert_eq!(
-            bytes_of(&Message::Request(BlockRequest {
+            bytes_of(&Message::Request(Block {
                 piece: 1,
                 offset: 0x4000,
                 length: 0x4000

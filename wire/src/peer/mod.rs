@@ -31,7 +31,8 @@ mod handshake;
 mod message;
 pub mod mse;
 
+pub use crate::layout::Block;
 pub use allowed_fast::allowed_fast_set;
 pub use codec::{bitfield_len, validate_bitfield, Decoder, Limits, WireError};
 pub use handshake::{Handshake, HandshakeError, PeerId, Reserved, HANDSHAKE_LEN, PROTOCOL};
-pub use message::{encode_extended_with, encode_piece_header, id, BlockRequest, Message};
+pub use message::{encode_extended_with, encode_piece_header, id, Message};

@@ -17,7 +17,7 @@ use super::connection::{
     MAX_QUEUED_IN_TOTAL,
 };
 use super::{Command, PeerContribution, PeerSnapshot, SessionConfig, SessionError, TorrentStats};
-use crate::engine::{Bitfield, BlockRef};
+use crate::engine::{Bitfield, Block};
 use crate::infohash::InfoHash;
 use crate::metainfo::{Info, Metainfo};
 use crate::storage::{ResumeStatus, Storage, StorageLayout, StorageOptions};
@@ -40,7 +40,7 @@ enum DiskDone {
 
 struct ReadJob {
     conn: ConnId,
-    block: BlockRef,
+    block: Block,
     tx: ConnTx,
     done: mpsc::UnboundedSender<DiskDone>,
 }
@@ -296,7 +296,7 @@ fn spawn_reader(storage: Arc<Storage>) -> std::sync::mpsc::Sender<ReadJob> {
                         // Over its bound the torrent drops the peer at its next send.
                         let _ = job.tx.send(ToConn::Piece {
                             piece: b.piece,
-                            offset: b.begin,
+                            offset: b.offset,
                             data,
                             sent,
                         });
@@ -333,14 +333,14 @@ const READ_CACHE_BYTES: usize = 32 << 20;
 const READ_CACHE_CHUNKS: usize = 128;
 
 impl ChunkCache {
-    fn block(&mut self, storage: &Storage, b: BlockRef) -> Result<Bytes, String> {
+    fn block(&mut self, storage: &Storage, b: Block) -> Result<Bytes, String> {
         let piece_len = storage.layout().piece_len(b.piece).unwrap_or(0);
-        let start = b.begin / READ_CHUNK * READ_CHUNK;
+        let start = b.offset / READ_CHUNK * READ_CHUNK;
         let end = (start + READ_CHUNK).min(piece_len);
-        if b.begin as u64 + b.length as u64 > end as u64 {
+        if b.offset as u64 + b.length as u64 > end as u64 {
             // Straddles two chunks (an odd request): read it alone.
             return storage
-                .read_block(b.piece, b.begin, b.length)
+                .read_block(b.piece, b.offset, b.length)
                 .map_err(|e| e.to_string());
         }
         let key = (b.piece, start);
@@ -361,7 +361,7 @@ impl ChunkCache {
                 data
             }
         };
-        let from = (b.begin - start) as usize;
+        let from = (b.offset - start) as usize;
         let to = from + b.length as usize;
         if to > chunk.len() {
             return Err(format!("block {b:?} is outside its piece"));

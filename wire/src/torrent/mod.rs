@@ -34,7 +34,7 @@ use bytes::Bytes;
 use sha1::{Digest, Sha1};
 
 use crate::engine::{
-    self, Action, Bitfield, BlockRef, DisconnectReason, Engine, Geometry, PeerInfo, PeerMessage,
+    self, Action, Bitfield, Block, DisconnectReason, Engine, Geometry, PeerInfo, PeerMessage,
     PeerSlot,
 };
 use crate::extension::{
@@ -44,7 +44,7 @@ use crate::extension::{
 };
 use crate::infohash::InfoHash;
 use crate::metainfo::Info;
-use crate::peer::{BlockRequest, Message, PeerId, Reserved};
+use crate::peer::{Message, PeerId, Reserved};
 use bans::BanList;
 use dial::{Admit, DialPolicy};
 pub use dial::{DialConfig, PeerSource};
@@ -121,7 +121,7 @@ pub enum Output {
     /// [`TorrentCore::block_sent`] (also when the read fails or the connection is gone).
     Upload {
         conn: ConnId,
-        block: BlockRef,
+        block: Block,
     },
     /// Close the connection; the core has forgotten it.
     Close {
@@ -1337,7 +1337,7 @@ impl TorrentCore {
                     p.buffers
                         .entry(block.piece)
                         .or_default()
-                        .insert(block.begin, Received { data, from });
+                        .insert(block.offset, Received { data, from });
                 }
                 Action::VerifyPiece { piece } => {
                     let blocks: Vec<(u32, Received)> = p
@@ -1405,22 +1405,6 @@ pub fn is_dialable(addr: SocketAddr) -> bool {
         && !matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
 }
 
-fn block(r: BlockRequest) -> BlockRef {
-    BlockRef {
-        piece: r.piece,
-        begin: r.offset,
-        length: r.length,
-    }
-}
-
-fn request(b: BlockRef) -> BlockRequest {
-    BlockRequest {
-        piece: b.piece,
-        offset: b.begin,
-        length: b.length,
-    }
-}
-
 /// The engine's view of a wire message, if it has one.
 pub fn to_engine(m: Message) -> Option<PeerMessage> {
     Some(match m {
@@ -1430,7 +1414,7 @@ pub fn to_engine(m: Message) -> Option<PeerMessage> {
         Message::NotInterested => PeerMessage::NotInterested,
         Message::Have { piece } => PeerMessage::Have(piece),
         Message::Bitfield(b) => PeerMessage::Bitfield(b),
-        Message::Request(r) => PeerMessage::Request(block(r)),
+        Message::Request(r) => PeerMessage::Request(r),
         Message::Piece {
             piece,
             offset,
@@ -1440,11 +1424,11 @@ pub fn to_engine(m: Message) -> Option<PeerMessage> {
             begin: offset,
             data,
         },
-        Message::Cancel(r) => PeerMessage::Cancel(block(r)),
+        Message::Cancel(r) => PeerMessage::Cancel(r),
         Message::Suggest { piece } => PeerMessage::Suggest(piece),
         Message::HaveAll => PeerMessage::HaveAll,
         Message::HaveNone => PeerMessage::HaveNone,
-        Message::RejectRequest(r) => PeerMessage::Reject(block(r)),
+        Message::RejectRequest(r) => PeerMessage::Reject(r),
         Message::AllowedFast { piece } => PeerMessage::AllowedFast(piece),
         Message::KeepAlive
         | Message::Port(_)
@@ -1461,17 +1445,17 @@ pub fn to_wire(m: PeerMessage) -> Message {
         PeerMessage::NotInterested => Message::NotInterested,
         PeerMessage::Have(piece) => Message::Have { piece },
         PeerMessage::Bitfield(b) => Message::Bitfield(b),
-        PeerMessage::Request(b) => Message::Request(request(b)),
+        PeerMessage::Request(b) => Message::Request(b),
         PeerMessage::Piece { piece, begin, data } => Message::Piece {
             piece,
             offset: begin,
             data,
         },
-        PeerMessage::Cancel(b) => Message::Cancel(request(b)),
+        PeerMessage::Cancel(b) => Message::Cancel(b),
         PeerMessage::Suggest(piece) => Message::Suggest { piece },
         PeerMessage::HaveAll => Message::HaveAll,
         PeerMessage::HaveNone => Message::HaveNone,
-        PeerMessage::Reject(b) => Message::RejectRequest(request(b)),
+        PeerMessage::Reject(b) => Message::RejectRequest(b),
         PeerMessage::AllowedFast(piece) => Message::AllowedFast { piece },
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::peer::{BlockRequest, Message, PeerId, Reserved};
+use crate::peer::{Block, Message, PeerId, Reserved};
 
 const PIECE: u32 = 32 * 1024;
 
@@ -76,7 +76,7 @@ fn closes(outs: &[Output]) -> Vec<(ConnId, String)> {
         .collect()
 }
 
-fn requests_to(outs: &[Output], to: ConnId) -> Vec<BlockRequest> {
+fn requests_to(outs: &[Output], to: ConnId) -> Vec<Block> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Send {
@@ -114,7 +114,7 @@ fn seed_peer(core: &mut TorrentCore, now: Instant, peer_addr: SocketAddr, peer: 
     conn
 }
 
-fn block(r: &BlockRequest, fill: u8) -> Message {
+fn block(r: &Block, fill: u8) -> Message {
     Message::Piece {
         piece: r.piece,
         offset: r.offset,
@@ -441,7 +441,7 @@ fn an_unrequested_block_never_enters_a_piece() {
     l.message(t0, p, Message::HaveAll);
     // Choked: nothing requested. A block arrives anyway.
     drain(&mut l);
-    let r = BlockRequest {
+    let r = Block {
         piece: 0,
         offset: 0,
         length: 16384,
