@@ -28,6 +28,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use crate::layout::Block;
+use crate::peer::Message;
 pub use bitfield::{Bitfield, BitfieldError};
 use peer_state::{Outstanding, Peer, Unchoke};
 use picker::{PeerView, PickPolicy, Picker, PieceState, Received};
@@ -127,26 +128,6 @@ impl Geometry {
     }
 }
 
-/// Peer wire messages the engine reads and writes (BEP 3 and BEP 6). Extension, port and
-/// keep-alive messages are the driver's business.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerMessage {
-    Choke,
-    Unchoke,
-    Interested,
-    NotInterested,
-    Have(u32),
-    Bitfield(Bytes),
-    Request(Block),
-    Piece { piece: u32, begin: u32, data: Bytes },
-    Cancel(Block),
-    Suggest(u32),
-    HaveAll,
-    HaveNone,
-    Reject(Block),
-    AllowedFast(u32),
-}
-
 /// Why the engine dropped a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisconnectReason {
@@ -200,11 +181,14 @@ impl fmt::Display for DisconnectReason {
 pub enum Action {
     Send {
         slot: PeerSlot,
-        message: PeerMessage,
+        message: Message,
     },
     /// Read the block from storage and send it to `slot` as a piece message, then call
     /// [`Engine::block_sent`].
-    ReadBlock { slot: PeerSlot, block: Block },
+    ReadBlock {
+        slot: PeerSlot,
+        block: Block,
+    },
     /// Write received data to storage. `from` sent it (a requested block: blocks we did
     /// not ask that peer for never enter a piece).
     WriteBlock {
@@ -214,7 +198,9 @@ pub enum Action {
     },
     /// Every block of `piece` has been handed out for writing: hash it (after those
     /// writes) and report with [`Engine::piece_verified`].
-    VerifyPiece { piece: u32 },
+    VerifyPiece {
+        piece: u32,
+    },
     /// Close the connection. The engine has already forgotten the peer.
     Disconnect {
         slot: PeerSlot,
@@ -559,7 +545,7 @@ impl Engine {
             .filter(|p| p.generation == slot.generation)
     }
 
-    fn send(&mut self, slot: PeerSlot, message: PeerMessage) {
+    fn send(&mut self, slot: PeerSlot, message: Message) {
         self.actions.push_back(Action::Send { slot, message });
     }
 
@@ -592,11 +578,11 @@ impl Engine {
         let slot = PeerSlot { index, generation };
         if !announced {
             let first = if fast && self.have.is_full() {
-                Some(PeerMessage::HaveAll)
+                Some(Message::HaveAll)
             } else if fast && self.have.none_set() {
-                Some(PeerMessage::HaveNone)
+                Some(Message::HaveNone)
             } else if !self.have.none_set() {
-                Some(PeerMessage::Bitfield(Bytes::from(self.have.to_bytes())))
+                Some(Message::Bitfield(Bytes::from(self.have.to_bytes())))
             } else {
                 None
             };
@@ -683,7 +669,18 @@ impl Engine {
 
     // ---- incoming messages ----------------------------------------------------------
 
-    pub fn handle_message(&mut self, now: Instant, slot: PeerSlot, msg: PeerMessage) {
+    /// A message from the peer. Keep-alive, port (BEP 5), extended (BEP 10) and unknown
+    /// messages are the driver's business and ignored here.
+    pub fn handle_message(&mut self, now: Instant, slot: PeerSlot, msg: Message) {
+        if matches!(
+            msg,
+            Message::KeepAlive
+                | Message::Port(_)
+                | Message::Extended { .. }
+                | Message::Unknown { .. }
+        ) {
+            return;
+        }
         let Some(peer) = self.peer_mut(slot) else {
             return;
         };
@@ -692,25 +689,25 @@ impl Engine {
         let fast = peer.info.fast;
         let n = self.geo.piece_count;
         match msg {
-            PeerMessage::Choke => self.on_choke(slot),
-            PeerMessage::Unchoke => {
+            Message::Choke => self.on_choke(slot),
+            Message::Unchoke => {
                 if let Some(p) = self.peer_mut(slot) {
                     p.peer_choking = false;
                 }
                 self.fill_requests(now, slot);
             }
-            PeerMessage::Interested => {
+            Message::Interested => {
                 if let Some(p) = self.peer_mut(slot) {
                     p.peer_interested = true;
                 }
                 self.fill_upload_slots();
             }
-            PeerMessage::NotInterested => {
+            Message::NotInterested => {
                 if let Some(p) = self.peer_mut(slot) {
                     p.peer_interested = false;
                 }
             }
-            PeerMessage::Have(i) => {
+            Message::Have { piece: i } => {
                 if i >= n {
                     return self.disconnect(slot, DisconnectReason::PieceOutOfRange(i));
                 }
@@ -725,7 +722,7 @@ impl Engine {
                     self.check_both_seeds(slot);
                 }
             }
-            PeerMessage::Bitfield(bytes) => {
+            Message::Bitfield(bytes) => {
                 match Bitfield::from_bytes(&bytes, n) {
                     Ok(b) if b.is_full() => self.become_seed(slot),
                     Ok(b) if first => {
@@ -749,39 +746,41 @@ impl Engine {
                 self.check_both_seeds(slot);
                 self.fill_requests(now, slot);
             }
-            PeerMessage::HaveAll | PeerMessage::HaveNone if !fast => self.disconnect(
+            Message::HaveAll | Message::HaveNone if !fast => self.disconnect(
                 slot,
                 DisconnectReason::FastNotNegotiated("have-all/have-none"),
             ),
             // Have-all after other messages (aria2 sends it once it completes) is a seed
             // like the first one; a late have-none takes nothing away.
-            PeerMessage::HaveAll => {
+            Message::HaveAll => {
                 self.become_seed(slot);
                 self.update_interest(slot);
                 self.check_both_seeds(slot);
                 self.fill_requests(now, slot);
             }
-            PeerMessage::HaveNone => {}
-            PeerMessage::Request(b) => self.on_request(now, slot, b),
-            PeerMessage::Cancel(b) => {
+            Message::HaveNone => {}
+            Message::Request(b) => self.on_request(now, slot, b),
+            Message::Cancel(b) => {
                 let peer = self.peer_mut(slot).expect("checked");
                 if let Some(pos) = peer.their_requests.iter().position(|&r| r == b) {
                     peer.their_requests.remove(pos);
                     // BEP 6: every request gets exactly one answer, a cancelled one too.
                     if fast {
-                        self.send(slot, PeerMessage::Reject(b));
+                        self.send(slot, Message::RejectRequest(b));
                     }
                 }
             }
-            PeerMessage::Piece { piece, begin, data } => {
-                self.on_block(now, slot, piece, begin, data)
-            }
-            PeerMessage::Reject(_) | PeerMessage::AllowedFast(_) | PeerMessage::Suggest(_)
+            Message::Piece {
+                piece,
+                offset,
+                data,
+            } => self.on_block(now, slot, piece, offset, data),
+            Message::RejectRequest(_) | Message::AllowedFast { .. } | Message::Suggest { .. }
                 if !fast =>
             {
                 self.disconnect(slot, DisconnectReason::FastNotNegotiated("fast message"))
             }
-            PeerMessage::Reject(b) => {
+            Message::RejectRequest(b) => {
                 let peer = self.peer_mut(slot).expect("checked");
                 // A reject for something we no longer track (cancelled) is harmless.
                 if peer.take_outstanding(b).is_some() {
@@ -792,7 +791,7 @@ impl Engine {
                     self.fill_requests(now, slot);
                 }
             }
-            PeerMessage::AllowedFast(i) => {
+            Message::AllowedFast { piece: i } => {
                 let peer = self.peer_mut(slot).expect("checked");
                 if i < n
                     && peer.allowed_fast.len() < MAX_ALLOWED_FAST
@@ -802,7 +801,7 @@ impl Engine {
                     self.fill_requests(now, slot);
                 }
             }
-            PeerMessage::Suggest(i) => {
+            Message::Suggest { piece: i } => {
                 let peer = self.peer_mut(slot).expect("checked");
                 if i < n && !peer.suggested.contains(&i) {
                     if peer.suggested.len() >= MAX_SUGGESTED {
@@ -811,6 +810,11 @@ impl Engine {
                     peer.suggested.push(i);
                 }
             }
+            // Returned above.
+            Message::KeepAlive
+            | Message::Port(_)
+            | Message::Extended { .. }
+            | Message::Unknown { .. } => {}
         }
     }
 
@@ -867,14 +871,14 @@ impl Engine {
         let fast = peer.info.fast;
         if !have_it {
             if fast {
-                return self.send(slot, PeerMessage::Reject(b));
+                return self.send(slot, Message::RejectRequest(b));
             }
             return self.disconnect(slot, DisconnectReason::RequestedMissingPiece(b.piece));
         }
         if peer.am_choking() || peer.their_requests.len() >= max_queue {
             // Without Fast, requests that crossed our choke are dropped silently.
             if fast {
-                self.send(slot, PeerMessage::Reject(b));
+                self.send(slot, Message::RejectRequest(b));
             }
             return;
         }
@@ -892,11 +896,11 @@ impl Engine {
         self.serve_uploads(now);
     }
 
-    fn on_block(&mut self, now: Instant, slot: PeerSlot, piece: u32, begin: u32, data: Bytes) {
+    fn on_block(&mut self, now: Instant, slot: PeerSlot, piece: u32, offset: u32, data: Bytes) {
         let len = data.len() as u64;
         let b = Block {
             piece,
-            offset: begin,
+            offset,
             length: data.len().min(u32::MAX as usize) as u32,
         };
         if piece >= self.geo.piece_count {
@@ -969,7 +973,7 @@ impl Engine {
                 p.note_cancelled(b);
                 self.actions.push_back(Action::Send {
                     slot,
-                    message: PeerMessage::Cancel(b),
+                    message: Message::Cancel(b),
                 });
             }
         }
@@ -989,7 +993,7 @@ impl Engine {
                 let p = self.peer(slot).expect("listed");
                 let (has_it, interested) = (p.has.get(piece), p.am_interested);
                 if !has_it {
-                    self.send(slot, PeerMessage::Have(piece));
+                    self.send(slot, Message::Have { piece });
                 }
                 if interested {
                     self.update_interest(slot);
@@ -1114,7 +1118,7 @@ impl Engine {
                 }
                 for o in dropped {
                     self.picker.release(o.block);
-                    self.send(slot, PeerMessage::Cancel(o.block));
+                    self.send(slot, Message::Cancel(o.block));
                 }
                 self.picker.disown(slot);
             }
@@ -1138,9 +1142,9 @@ impl Engine {
         if p.am_interested != want {
             p.am_interested = want;
             let msg = if want {
-                PeerMessage::Interested
+                Message::Interested
             } else {
-                PeerMessage::NotInterested
+                Message::NotInterested
             };
             self.send(slot, msg);
         }
@@ -1217,7 +1221,7 @@ impl Engine {
             });
             self.actions.push_back(Action::Send {
                 slot,
-                message: PeerMessage::Request(b),
+                message: Message::Request(b),
             });
         }
         self.scratch = picked;
@@ -1347,7 +1351,7 @@ impl Engine {
         if was == Unchoke::Choked {
             // Suggestions first: the peer picks what to request as soon as it is unchoked.
             self.suggest_to(slot);
-            self.send(slot, PeerMessage::Unchoke);
+            self.send(slot, Message::Unchoke);
         }
     }
 
@@ -1389,7 +1393,7 @@ impl Engine {
             p.suggested_out.push(piece);
             actions.push_back(Action::Send {
                 slot,
-                message: PeerMessage::Suggest(piece),
+                message: Message::Suggest { piece },
             });
         }
     }
@@ -1422,10 +1426,10 @@ impl Engine {
         let fast = p.info.fast;
         let pending: Vec<_> = p.their_requests.drain(..).collect();
         self.withdraw_suggestions(slot);
-        self.send(slot, PeerMessage::Choke);
+        self.send(slot, Message::Choke);
         if fast {
             for b in pending {
-                self.send(slot, PeerMessage::Reject(b));
+                self.send(slot, Message::RejectRequest(b));
             }
         }
         if self.optimistic == Some(slot) {

@@ -52,7 +52,7 @@ impl Harness {
         slot
     }
 
-    fn msg(&mut self, slot: PeerSlot, m: PeerMessage) -> Vec<Action> {
+    fn msg(&mut self, slot: PeerSlot, m: Message) -> Vec<Action> {
         self.e.handle_message(self.now, slot, m);
         self.drain()
     }
@@ -63,11 +63,11 @@ impl Harness {
             match &a {
                 Action::Send {
                     slot,
-                    message: PeerMessage::Request(b),
+                    message: Message::Request(b),
                 } => self.requested.entry(*slot).or_default().push(*b),
                 Action::Send {
                     slot,
-                    message: PeerMessage::Cancel(b),
+                    message: Message::Cancel(b),
                 } => self.requested.entry(*slot).or_default().retain(|x| x != b),
                 _ => {}
             }
@@ -112,10 +112,10 @@ impl Harness {
     }
 }
 
-fn block_msg(b: Block) -> PeerMessage {
-    PeerMessage::Piece {
+fn block_msg(b: Block) -> Message {
+    Message::Piece {
         piece: b.piece,
-        begin: b.offset,
+        offset: b.offset,
         data: Bytes::from(vec![0u8; b.length as usize]),
     }
 }
@@ -126,14 +126,14 @@ fn requests(actions: &[Action], to: PeerSlot) -> Vec<Block> {
         .filter_map(|a| match a {
             Action::Send {
                 slot,
-                message: PeerMessage::Request(b),
+                message: Message::Request(b),
             } if *slot == to => Some(*b),
             _ => None,
         })
         .collect()
 }
 
-fn sent(actions: &[Action], to: PeerSlot, m: &PeerMessage) -> bool {
+fn sent(actions: &[Action], to: PeerSlot, m: &Message) -> bool {
     actions
         .iter()
         .any(|a| matches!(a, Action::Send { slot, message } if *slot == to && message == m))
@@ -146,12 +146,12 @@ fn disconnected(actions: &[Action], who: PeerSlot) -> Option<DisconnectReason> {
     })
 }
 
-fn bitfield_msg(pieces: u32, has: impl Fn(u32) -> bool) -> PeerMessage {
+fn bitfield_msg(pieces: u32, has: impl Fn(u32) -> bool) -> Message {
     let mut b = Bitfield::new(pieces);
     (0..pieces).filter(|&i| has(i)).for_each(|i| {
         b.set(i);
     });
-    PeerMessage::Bitfield(Bytes::from(b.to_bytes()))
+    Message::Bitfield(Bytes::from(b.to_bytes()))
 }
 
 const B: u32 = BLOCK_LEN;
@@ -170,8 +170,8 @@ fn rarest_pieces_are_requested_first() {
         h.msg(s, bitfield_msg(8, |i| i >= k as u32));
     }
     let seed = h.connect(100, true);
-    h.msg(seed, PeerMessage::HaveAll);
-    let acts = h.msg(seed, PeerMessage::Unchoke);
+    h.msg(seed, Message::HaveAll);
+    let acts = h.msg(seed, Message::Unchoke);
     let order: Vec<u32> = requests(&acts, seed).iter().map(|b| b.piece).collect();
     assert_eq!(order, (0..8).collect::<Vec<_>>());
 }
@@ -189,8 +189,8 @@ fn first_pieces_are_random_not_rarest() {
         let common = h.connect(1, false);
         h.msg(common, bitfield_msg(16, |i| i != 0));
         let s = h.connect(2, true);
-        h.msg(s, PeerMessage::HaveAll);
-        let acts = h.msg(s, PeerMessage::Unchoke);
+        h.msg(s, Message::HaveAll);
+        let acts = h.msg(s, Message::Unchoke);
         firsts.insert(requests(&acts, s)[0].piece);
     }
     // Rarest-first would always pick piece 0.
@@ -208,10 +208,10 @@ fn each_peer_finishes_its_own_piece() {
     let a = h.connect(1, true);
     let b = h.connect(2, true);
     for s in [a, b] {
-        h.msg(s, PeerMessage::HaveAll);
+        h.msg(s, Message::HaveAll);
     }
-    let ra = requests(&h.msg(a, PeerMessage::Unchoke), a);
-    let rb = requests(&h.msg(b, PeerMessage::Unchoke), b);
+    let ra = requests(&h.msg(a, Message::Unchoke), a);
+    let rb = requests(&h.msg(b, Message::Unchoke), b);
     assert_eq!(ra.len(), 2);
     assert_eq!(ra[0].piece, ra[1].piece);
     assert!(
@@ -240,8 +240,8 @@ fn pieces_in_progress_are_bounded_by_memory() {
     let mut asked = Vec::new();
     for n in 1..=8 {
         let s = h.connect(n, true);
-        h.msg(s, PeerMessage::HaveAll);
-        asked.extend(requests(&h.msg(s, PeerMessage::Unchoke), s));
+        h.msg(s, Message::HaveAll);
+        asked.extend(requests(&h.msg(s, Message::Unchoke), s));
     }
     let mut pieces: Vec<u32> = asked.iter().map(|b| b.piece).collect();
     pieces.sort();
@@ -277,7 +277,7 @@ fn pieces_in_progress_are_bounded_by_memory() {
         .iter()
         .filter_map(|a| match a {
             Action::Send {
-                message: PeerMessage::Request(b),
+                message: Message::Request(b),
                 ..
             } => Some(b.piece),
             _ => None,
@@ -298,18 +298,18 @@ fn endgame_duplicates_requests_and_cancels_on_arrival() {
     let mut h = Harness::leecher(1, 2 * B, cfg);
     let a = h.connect(1, true);
     let b = h.connect(2, true);
-    h.msg(a, PeerMessage::HaveAll);
-    h.msg(b, PeerMessage::HaveAll);
-    let ra = requests(&h.msg(a, PeerMessage::Unchoke), a);
+    h.msg(a, Message::HaveAll);
+    h.msg(b, Message::HaveAll);
+    let ra = requests(&h.msg(a, Message::Unchoke), a);
     assert_eq!(ra.len(), 2);
     // Everything is requested: b is asked for the same blocks.
-    let acts = h.msg(b, PeerMessage::Unchoke);
+    let acts = h.msg(b, Message::Unchoke);
     let rb = requests(&acts, b);
     assert_eq!(rb.len(), 2, "{acts:?}");
     let acts = h.msg(a, block_msg(ra[0]));
-    assert!(sent(&acts, b, &PeerMessage::Cancel(ra[0])), "{acts:?}");
+    assert!(sent(&acts, b, &Message::Cancel(ra[0])), "{acts:?}");
     let acts = h.msg(b, block_msg(ra[1]));
-    assert!(sent(&acts, a, &PeerMessage::Cancel(ra[1])), "{acts:?}");
+    assert!(sent(&acts, a, &Message::Cancel(ra[1])), "{acts:?}");
     assert!(acts.contains(&Action::VerifyPiece { piece: 0 }));
     // The late duplicate is wasted, not written twice.
     let acts = h.msg(b, block_msg(ra[0]));
@@ -337,8 +337,8 @@ fn regular_unchokes_follow_download_rate() {
     let peers: Vec<_> = (1..=5).map(|k| h.connect(k, true)).collect();
     for &p in &peers {
         h.msg(p, bitfield_msg(pieces, |i| i >= pieces / 2));
-        h.msg(p, PeerMessage::Interested);
-        h.msg(p, PeerMessage::Unchoke);
+        h.msg(p, Message::Interested);
+        h.msg(p, Message::Unchoke);
     }
     // Free slots went to the first peers at once.
     let unchoked = |h: &Harness| -> Vec<usize> {
@@ -356,9 +356,10 @@ fn regular_unchokes_follow_download_rate() {
     }
     h.advance(Duration::from_millis(1100));
     assert_eq!(unchoked(&h), vec![3, 4]);
-    let choked_0 = h.log.iter().any(
-        |a| matches!(a, Action::Send { slot, message: PeerMessage::Choke } if *slot == peers[0]),
-    );
+    let choked_0 = h
+        .log
+        .iter()
+        .any(|a| matches!(a, Action::Send { slot, message: Message::Choke } if *slot == peers[0]));
     assert!(choked_0);
 }
 
@@ -371,8 +372,8 @@ fn optimistic_unchoke_rotates() {
     let mut h = Harness::seeder(8, B, cfg);
     let peers: Vec<_> = (1..=6).map(|k| h.connect(k, true)).collect();
     for &p in &peers {
-        h.msg(p, PeerMessage::HaveNone);
-        h.msg(p, PeerMessage::Interested);
+        h.msg(p, Message::HaveNone);
+        h.msg(p, Message::Interested);
     }
     let mut optimistic_seen = std::collections::BTreeSet::new();
     for _ in 0..12 {
@@ -400,8 +401,8 @@ fn upload_rate_limit_is_honoured() {
     };
     let mut h = Harness::seeder(64, 4 * B, cfg);
     let p = h.connect(1, true);
-    h.msg(p, PeerMessage::HaveNone);
-    h.msg(p, PeerMessage::Interested);
+    h.msg(p, Message::HaveNone);
+    h.msg(p, Message::Interested);
     let mut next = 0u32;
     let mut read = 0u64;
     // The peer keeps 100 requests queued; we count bytes handed out for sending.
@@ -412,7 +413,7 @@ fn upload_rate_limit_is_honoured() {
             length: B,
         };
         next += 1;
-        h.msg(p, PeerMessage::Request(b));
+        h.msg(p, Message::Request(b));
     }
     for _ in 0..100 {
         h.advance(Duration::from_millis(100));
@@ -431,7 +432,7 @@ fn upload_rate_limit_is_honoured() {
                 length: B,
             };
             next += 1;
-            h.msg(p, PeerMessage::Request(b));
+            h.msg(p, Message::Request(b));
         }
     }
     for a in h.log.drain(..) {
@@ -454,8 +455,8 @@ fn download_rate_limit_is_honoured() {
     };
     let mut h = Harness::leecher(256, 4 * B, cfg);
     let s = h.connect(1, true);
-    h.msg(s, PeerMessage::HaveAll);
-    h.msg(s, PeerMessage::Unchoke);
+    h.msg(s, Message::HaveAll);
+    h.msg(s, Message::Unchoke);
     for _ in 0..100 {
         h.advance(Duration::from_millis(100));
         h.answer(s, 1000);
@@ -476,7 +477,7 @@ fn sole_source_of_a_bad_piece_is_banned_and_piece_refetched() {
     let mut h = Harness::leecher(2, 2 * B, cfg);
     let bad = h.connect(1, true);
     h.msg(bad, bitfield_msg(2, |i| i == 0));
-    h.msg(bad, PeerMessage::Unchoke);
+    h.msg(bad, Message::Unchoke);
     let acts = h.answer(bad, 2);
     assert!(acts.contains(&Action::VerifyPiece { piece: 0 }));
     h.e.piece_verified(h.now, 0, false);
@@ -486,8 +487,8 @@ fn sole_source_of_a_bad_piece_is_banned_and_piece_refetched() {
     assert_eq!(h.e.stats().banned, 1);
     // An honest peer is asked for the piece again.
     let good = h.connect(2, true);
-    h.msg(good, PeerMessage::HaveAll);
-    let r = requests(&h.msg(good, PeerMessage::Unchoke), good);
+    h.msg(good, Message::HaveAll);
+    let r = requests(&h.msg(good, Message::Unchoke), good);
     assert!(r.iter().any(|b| b.piece == 0), "{r:?}");
 }
 
@@ -502,10 +503,10 @@ fn repeat_contributors_to_bad_pieces_are_banned_after_strikes() {
     let a = h.connect(1, true);
     let b = h.connect(2, true);
     for s in [a, b] {
-        h.msg(s, PeerMessage::HaveAll);
+        h.msg(s, Message::HaveAll);
     }
-    h.msg(a, PeerMessage::Unchoke);
-    h.msg(b, PeerMessage::Unchoke);
+    h.msg(a, Message::Unchoke);
+    h.msg(b, Message::Unchoke);
     let mut banned_after = None;
     let mut dropped = Vec::new();
     for round in 1..=3 {
@@ -549,21 +550,21 @@ fn silent_peer_is_snubbed_requests_move_then_dropped() {
     };
     let mut h = Harness::leecher(4, 4 * B, cfg);
     let slow = h.connect(1, true);
-    h.msg(slow, PeerMessage::HaveAll);
-    let r = requests(&h.msg(slow, PeerMessage::Unchoke), slow);
+    h.msg(slow, Message::HaveAll);
+    let r = requests(&h.msg(slow, Message::Unchoke), slow);
     assert_eq!(r.len(), 4);
     let other = h.connect(2, true);
-    h.msg(other, PeerMessage::HaveAll);
+    h.msg(other, Message::HaveAll);
     let acts = h.advance(Duration::from_secs(61));
     for b in &r {
         assert!(
-            sent(&acts, slow, &PeerMessage::Cancel(*b)),
+            sent(&acts, slow, &Message::Cancel(*b)),
             "no cancel for {b:?}"
         );
     }
     assert!(h.e.peer_stats(slow).unwrap().snubbed);
     // The other peer unchokes and is asked for the blocks the snubbed peer held.
-    let r2 = requests(&h.msg(other, PeerMessage::Unchoke), other);
+    let r2 = requests(&h.msg(other, Message::Unchoke), other);
     assert!(
         r.iter().all(|b| r2.contains(b)),
         "{r:?} not re-requested in {r2:?}"
@@ -583,11 +584,11 @@ fn a_peer_that_sits_on_requests_is_snubbed_in_seconds_once_others_deliver() {
     };
     let mut h = Harness::leecher(64, 4 * B, cfg);
     let good = h.connect(1, true);
-    h.msg(good, PeerMessage::HaveAll);
-    h.msg(good, PeerMessage::Unchoke);
+    h.msg(good, Message::HaveAll);
+    h.msg(good, Message::Unchoke);
     let silent = h.connect(2, true);
-    h.msg(silent, PeerMessage::HaveAll);
-    let r = requests(&h.msg(silent, PeerMessage::Unchoke), silent);
+    h.msg(silent, Message::HaveAll);
+    let r = requests(&h.msg(silent, Message::Unchoke), silent);
     assert!(!r.is_empty());
     // The good peer answers within 100 ms, again and again; the silent one never does.
     for _ in 0..40 {
@@ -621,7 +622,7 @@ fn fast_semantics_when_serving() {
         1,
     );
     let p = h.connect(1, true);
-    h.msg(p, PeerMessage::HaveNone);
+    h.msg(p, Message::HaveNone);
     let b0 = Block {
         piece: 0,
         offset: 0,
@@ -629,12 +630,12 @@ fn fast_semantics_when_serving() {
     };
     // Choked: rejected, not dropped.
     assert!(sent(
-        &h.msg(p, PeerMessage::Request(b0)),
+        &h.msg(p, Message::Request(b0)),
         p,
-        &PeerMessage::Reject(b0)
+        &Message::RejectRequest(b0)
     ));
-    let acts = h.msg(p, PeerMessage::Interested);
-    assert!(sent(&acts, p, &PeerMessage::Unchoke));
+    let acts = h.msg(p, Message::Interested);
+    assert!(sent(&acts, p, &Message::Unchoke));
     // A piece we do not have: rejected.
     let b1 = Block {
         piece: 1,
@@ -642,12 +643,12 @@ fn fast_semantics_when_serving() {
         length: B,
     };
     assert!(sent(
-        &h.msg(p, PeerMessage::Request(b1)),
+        &h.msg(p, Message::Request(b1)),
         p,
-        &PeerMessage::Reject(b1)
+        &Message::RejectRequest(b1)
     ));
     // Served.
-    let acts = h.msg(p, PeerMessage::Request(b0));
+    let acts = h.msg(p, Message::Request(b0));
     assert!(acts.contains(&Action::ReadBlock { slot: p, block: b0 }));
     // Out of range: dropped with a reason.
     let bad = Block {
@@ -656,7 +657,7 @@ fn fast_semantics_when_serving() {
         length: B,
     };
     assert_eq!(
-        disconnected(&h.msg(p, PeerMessage::Request(bad)), p),
+        disconnected(&h.msg(p, Message::Request(bad)), p),
         Some(DisconnectReason::BadRequest(bad))
     );
 }
@@ -670,8 +671,8 @@ fn choking_rejects_queued_requests_and_cancel_is_answered() {
     };
     let mut h = Harness::seeder(4, 4 * B, cfg);
     let a = h.connect(1, true);
-    h.msg(a, PeerMessage::HaveNone);
-    h.msg(a, PeerMessage::Interested);
+    h.msg(a, Message::HaveNone);
+    h.msg(a, Message::Interested);
     let blocks: Vec<_> = (0..8)
         .map(|i| Block {
             piece: 1 + i / 4,
@@ -680,30 +681,56 @@ fn choking_rejects_queued_requests_and_cancel_is_answered() {
         })
         .collect();
     for b in &blocks {
-        h.msg(a, PeerMessage::Request(*b));
+        h.msg(a, Message::Request(*b));
     }
     // The burst covers 4 blocks; the rate limit keeps the rest queued. A cancel of a
     // queued one is rejected.
     assert!(sent(
-        &h.msg(a, PeerMessage::Cancel(blocks[7])),
+        &h.msg(a, Message::Cancel(blocks[7])),
         a,
-        &PeerMessage::Reject(blocks[7])
+        &Message::RejectRequest(blocks[7])
     ));
     // A second peer takes the only slot at the next round: a is choked and its queue rejected.
     let b = h.connect(2, true);
-    h.msg(b, PeerMessage::HaveNone);
-    h.msg(b, PeerMessage::Interested);
-    h.msg(a, PeerMessage::NotInterested);
+    h.msg(b, Message::HaveNone);
+    h.msg(b, Message::Interested);
+    h.msg(a, Message::NotInterested);
     let acts = h.advance(Duration::from_secs(10));
-    assert!(sent(&acts, a, &PeerMessage::Choke));
-    assert!(sent(&acts, a, &PeerMessage::Reject(blocks[6])), "{acts:?}");
+    assert!(sent(&acts, a, &Message::Choke));
+    assert!(
+        sent(&acts, a, &Message::RejectRequest(blocks[6])),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn messages_for_the_driver_are_ignored() {
+    let mut h = Harness::leecher(10, B, Config::default());
+    let p = h.connect(1, false);
+    for m in [
+        Message::KeepAlive,
+        Message::Port(6881),
+        Message::Extended {
+            id: 0,
+            payload: Bytes::from_static(b"de"),
+        },
+        Message::Unknown {
+            id: 21,
+            payload: Bytes::from_static(b"x"),
+        },
+    ] {
+        assert!(h.msg(p, m).is_empty());
+    }
+    let acts = h.msg(p, bitfield_msg(10, |i| i == 3));
+    assert!(sent(&acts, p, &Message::Interested), "{acts:?}");
+    assert_eq!(h.e.peer_slots(), vec![p]);
 }
 
 #[test]
 fn hostile_bitfields_and_messages_are_dropped_with_reasons() {
     let mut h = Harness::leecher(10, B, Config::default());
     let p = h.connect(1, false);
-    let acts = h.msg(p, PeerMessage::Bitfield(Bytes::from_static(&[0xff])));
+    let acts = h.msg(p, Message::Bitfield(Bytes::from_static(&[0xff])));
     assert!(matches!(
         disconnected(&acts, p),
         Some(DisconnectReason::BadBitfield(
@@ -711,27 +738,27 @@ fn hostile_bitfields_and_messages_are_dropped_with_reasons() {
         ))
     ));
     let p = h.connect(2, false);
-    let acts = h.msg(p, PeerMessage::Bitfield(Bytes::from_static(&[0xff, 0xff])));
+    let acts = h.msg(p, Message::Bitfield(Bytes::from_static(&[0xff, 0xff])));
     assert_eq!(
         disconnected(&acts, p),
         Some(DisconnectReason::BadBitfield(BitfieldError::SpareBitsSet))
     );
     let p = h.connect(3, false);
     assert_eq!(
-        disconnected(&h.msg(p, PeerMessage::Have(10)), p),
+        disconnected(&h.msg(p, Message::Have { piece: 10 }), p),
         Some(DisconnectReason::PieceOutOfRange(10))
     );
     let p = h.connect(4, false);
     assert!(matches!(
-        disconnected(&h.msg(p, PeerMessage::HaveAll), p),
+        disconnected(&h.msg(p, Message::HaveAll), p),
         Some(DisconnectReason::FastNotNegotiated(_))
     ));
     // A late bitfield is still checked.
     let p = h.connect(5, true);
-    h.msg(p, PeerMessage::Have(1));
+    h.msg(p, Message::Have { piece: 1 });
     assert_eq!(
         disconnected(
-            &h.msg(p, PeerMessage::Bitfield(Bytes::from_static(&[0xff, 0xff]))),
+            &h.msg(p, Message::Bitfield(Bytes::from_static(&[0xff, 0xff]))),
             p
         ),
         Some(DisconnectReason::BadBitfield(BitfieldError::SpareBitsSet))
@@ -761,7 +788,7 @@ fn hostile_bitfields_and_messages_are_dropped_with_reasons() {
     // Stale slots are ignored, not confused with the new peer in the same slot.
     let q = h.connect(7, true);
     assert_eq!(q.index(), p.index());
-    h.msg(p, PeerMessage::HaveAll);
+    h.msg(p, Message::HaveAll);
     assert!(!h.e.peer_stats(q).unwrap().is_seed);
 }
 
@@ -773,10 +800,10 @@ fn aria2_late_bitfield_and_have_all_add_pieces() {
     // Serving: the late bitfield does not cost aria2 its connection or its requests.
     let mut h = Harness::seeder(30, B, Config::default());
     let p = h.connect(1, true);
-    h.msg(p, PeerMessage::HaveNone);
-    let mut acts = h.msg(p, PeerMessage::Interested);
+    h.msg(p, Message::HaveNone);
+    let mut acts = h.msg(p, Message::Interested);
     acts.extend(h.advance(Duration::from_secs(1)));
-    assert!(sent(&acts, p, &PeerMessage::Unchoke), "{acts:?}");
+    assert!(sent(&acts, p, &Message::Unchoke), "{acts:?}");
     let acts = h.msg(p, bitfield_msg(30, |i| i % 3 == 0));
     assert_eq!(disconnected(&acts, p), None);
     let block = Block {
@@ -784,15 +811,15 @@ fn aria2_late_bitfield_and_have_all_add_pieces() {
         offset: 0,
         length: B,
     };
-    let acts = h.msg(p, PeerMessage::Request(block));
+    let acts = h.msg(p, Message::Request(block));
     assert_eq!(disconnected(&acts, p), None);
-    assert!(!sent(&acts, p, &PeerMessage::Reject(block)), "{acts:?}");
+    assert!(!sent(&acts, p, &Message::RejectRequest(block)), "{acts:?}");
 
     // Fetching: pieces in a late bitfield become requestable, then a late have-all too.
     let mut h = Harness::leecher(30, B, Config::default());
     let p = h.connect(1, true);
-    h.msg(p, PeerMessage::HaveNone);
-    h.msg(p, PeerMessage::Unchoke);
+    h.msg(p, Message::HaveNone);
+    h.msg(p, Message::Unchoke);
     let acts = h.msg(p, bitfield_msg(30, |i| i == 4 || i == 7));
     assert_eq!(disconnected(&acts, p), None);
     let asked = requests(&acts, p);
@@ -802,9 +829,9 @@ fn aria2_late_bitfield_and_have_all_add_pieces() {
         "{asked:?}"
     );
     // A later have-none takes nothing away; a later have-all makes it a seed.
-    assert_eq!(disconnected(&h.msg(p, PeerMessage::HaveNone), p), None);
+    assert_eq!(disconnected(&h.msg(p, Message::HaveNone), p), None);
     h.answer(p, asked.len());
-    let acts = h.msg(p, PeerMessage::HaveAll);
+    let acts = h.msg(p, Message::HaveAll);
     assert_eq!(disconnected(&acts, p), None);
     let asked = h.requested.get(&p).cloned().unwrap_or_default();
     assert!(
@@ -817,8 +844,8 @@ fn aria2_late_bitfield_and_have_all_add_pieces() {
 fn allowed_fast_pieces_are_requested_while_choked() {
     let mut h = Harness::leecher(8, B, Config::default());
     let p = h.connect(1, true);
-    h.msg(p, PeerMessage::HaveAll);
-    let acts = h.msg(p, PeerMessage::AllowedFast(5));
+    h.msg(p, Message::HaveAll);
+    let acts = h.msg(p, Message::AllowedFast { piece: 5 });
     assert_eq!(
         requests(&acts, p),
         vec![Block {
@@ -830,7 +857,7 @@ fn allowed_fast_pieces_are_requested_while_choked() {
     // Rejecting it takes it off the allowed list; nothing else is requested while choked.
     let acts = h.msg(
         p,
-        PeerMessage::Reject(Block {
+        Message::RejectRequest(Block {
             piece: 5,
             offset: 0,
             length: B,
@@ -844,15 +871,15 @@ fn completion_announces_haves_and_drops_seeds() {
     let mut h = Harness::leecher(2, B, Config::default());
     let s = h.connect(1, true);
     let l = h.connect(2, true);
-    h.msg(s, PeerMessage::HaveAll);
-    h.msg(l, PeerMessage::HaveNone);
-    h.msg(s, PeerMessage::Unchoke);
+    h.msg(s, Message::HaveAll);
+    h.msg(l, Message::HaveNone);
+    h.msg(s, Message::Unchoke);
     h.answer(s, 2);
     h.e.piece_verified(h.now, 0, true);
     h.e.piece_verified(h.now, 1, true);
     let acts = h.drain();
-    assert!(sent(&acts, l, &PeerMessage::Have(0)));
-    assert!(!sent(&acts, s, &PeerMessage::Have(0)));
+    assert!(sent(&acts, l, &Message::Have { piece: 0 }));
+    assert!(!sent(&acts, s, &Message::Have { piece: 0 }));
     assert!(acts.contains(&Action::Completed));
     assert_eq!(disconnected(&acts, s), Some(DisconnectReason::BothSeeds));
     assert_eq!(h.e.stats().bytes_left, 0);
@@ -864,7 +891,7 @@ fn suggestions(actions: &[Action], to: PeerSlot) -> Vec<u32> {
         .filter_map(|a| match a {
             Action::Send {
                 slot,
-                message: PeerMessage::Suggest(p),
+                message: Message::Suggest { piece: p },
             } if *slot == to => Some(*p),
             _ => None,
         })
@@ -888,15 +915,15 @@ fn a_seed_suggests_pieces_it_has_not_handed_out_yet() {
     let peers: Vec<_> = (1..=3).map(|k| h.connect(k, true)).collect();
     let mut all = Vec::new();
     for &p in &peers {
-        h.msg(p, PeerMessage::HaveNone);
-        let acts = h.msg(p, PeerMessage::Interested);
+        h.msg(p, Message::HaveNone);
+        let acts = h.msg(p, Message::Interested);
         // Two suggestions, sent before the unchoke so the first pick can use them.
         let s = suggestions(&acts, p);
         assert_eq!(s.len(), 2, "{acts:?}");
         let unchoke_at = acts
             .iter()
             .position(
-                |a| matches!(a, Action::Send { slot, message: PeerMessage::Unchoke } if *slot == p),
+                |a| matches!(a, Action::Send { slot, message: Message::Unchoke } if *slot == p),
             )
             .expect("unchoked");
         let first_suggest = acts
@@ -905,7 +932,7 @@ fn a_seed_suggests_pieces_it_has_not_handed_out_yet() {
                 matches!(
                     a,
                     Action::Send {
-                        message: PeerMessage::Suggest(_),
+                        message: Message::Suggest { .. },
                         ..
                     }
                 )
@@ -925,7 +952,7 @@ fn a_seed_suggests_pieces_it_has_not_handed_out_yet() {
     let asked = all[0];
     let acts = h.msg(
         p,
-        PeerMessage::Request(Block {
+        Message::Request(Block {
             piece: asked,
             offset: 0,
             length: B,
@@ -939,7 +966,7 @@ fn a_seed_suggests_pieces_it_has_not_handed_out_yet() {
     );
     // A peer without the Fast extension gets no suggest messages (BEP 6).
     let slow = h.connect(9, false);
-    let acts = h.msg(slow, PeerMessage::Interested);
+    let acts = h.msg(slow, Message::Interested);
     assert!(suggestions(&acts, slow).is_empty());
     // Off when configured so.
     let mut h = Harness::seeder(
@@ -951,8 +978,8 @@ fn a_seed_suggests_pieces_it_has_not_handed_out_yet() {
         },
     );
     let p = h.connect(1, true);
-    h.msg(p, PeerMessage::HaveNone);
-    assert!(suggestions(&h.msg(p, PeerMessage::Interested), p).is_empty());
+    h.msg(p, Message::HaveNone);
+    assert!(suggestions(&h.msg(p, Message::Interested), p).is_empty());
 }
 
 /// A seed with a total of 4 blocks in flight (2 per peer) and three peers each asking
@@ -970,12 +997,12 @@ fn three_requesters(total: u32) -> (Harness, Vec<PeerSlot>, Vec<Action>) {
     let peers: Vec<_> = (1..=3).map(|k| h.connect(k, true)).collect();
     let mut acts = Vec::new();
     for (i, &p) in peers.iter().enumerate() {
-        h.msg(p, PeerMessage::HaveNone);
-        h.msg(p, PeerMessage::Interested);
+        h.msg(p, Message::HaveNone);
+        h.msg(p, Message::Interested);
         for k in 0..4 {
             acts.extend(h.msg(
                 p,
-                PeerMessage::Request(Block {
+                Message::Request(Block {
                     piece: i as u32,
                     offset: k * B,
                     length: B,

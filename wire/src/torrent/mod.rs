@@ -34,8 +34,7 @@ use bytes::Bytes;
 use sha1::{Digest, Sha1};
 
 use crate::engine::{
-    self, Action, Bitfield, Block, DisconnectReason, Engine, Geometry, PeerInfo, PeerMessage,
-    PeerSlot,
+    self, Action, Bitfield, Block, DisconnectReason, Engine, Geometry, PeerInfo, PeerSlot,
 };
 use crate::extension::{
     pex_flags, ExtendedHandshake, FetchEvent, FetcherConfig, MetadataFetcher, MetadataMessage,
@@ -1009,8 +1008,8 @@ impl TorrentCore {
         }
         match &mut self.phase {
             Phase::Pieces(p) => {
-                if let (Some(slot), Some(m)) = (c.slot, to_engine(msg)) {
-                    p.engine.handle_message(now, slot, m);
+                if let Some(slot) = c.slot {
+                    p.engine.handle_message(now, slot, msg);
                 }
             }
             Phase::Metadata(_) | Phase::Opening(..) => {
@@ -1125,7 +1124,7 @@ impl TorrentCore {
             let (slot, extended) = (c.slot, c.extended);
             let replay = std::mem::take(&mut c.pending).replay();
             if let (Phase::Pieces(p), Some(slot)) = (&mut self.phase, slot) {
-                for m in replay.into_iter().filter_map(to_engine) {
+                for m in replay {
                     p.engine.handle_message(now, slot, m);
                 }
             }
@@ -1320,7 +1319,7 @@ impl TorrentCore {
             match a {
                 Action::Send { slot, message } => {
                     if let Some(&conn) = self.by_slot.get(&slot) {
-                        self.send(conn, to_wire(message));
+                        self.send(conn, message);
                     }
                 }
                 Action::ReadBlock { slot, block } => match self.by_slot.get(&slot) {
@@ -1403,59 +1402,4 @@ pub fn is_dialable(addr: SocketAddr) -> bool {
         && !ip.is_unspecified()
         && !ip.is_multicast()
         && !matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
-}
-
-/// The engine's view of a wire message, if it has one.
-pub fn to_engine(m: Message) -> Option<PeerMessage> {
-    Some(match m {
-        Message::Choke => PeerMessage::Choke,
-        Message::Unchoke => PeerMessage::Unchoke,
-        Message::Interested => PeerMessage::Interested,
-        Message::NotInterested => PeerMessage::NotInterested,
-        Message::Have { piece } => PeerMessage::Have(piece),
-        Message::Bitfield(b) => PeerMessage::Bitfield(b),
-        Message::Request(r) => PeerMessage::Request(r),
-        Message::Piece {
-            piece,
-            offset,
-            data,
-        } => PeerMessage::Piece {
-            piece,
-            begin: offset,
-            data,
-        },
-        Message::Cancel(r) => PeerMessage::Cancel(r),
-        Message::Suggest { piece } => PeerMessage::Suggest(piece),
-        Message::HaveAll => PeerMessage::HaveAll,
-        Message::HaveNone => PeerMessage::HaveNone,
-        Message::RejectRequest(r) => PeerMessage::Reject(r),
-        Message::AllowedFast { piece } => PeerMessage::AllowedFast(piece),
-        Message::KeepAlive
-        | Message::Port(_)
-        | Message::Extended { .. }
-        | Message::Unknown { .. } => return None,
-    })
-}
-
-pub fn to_wire(m: PeerMessage) -> Message {
-    match m {
-        PeerMessage::Choke => Message::Choke,
-        PeerMessage::Unchoke => Message::Unchoke,
-        PeerMessage::Interested => Message::Interested,
-        PeerMessage::NotInterested => Message::NotInterested,
-        PeerMessage::Have(piece) => Message::Have { piece },
-        PeerMessage::Bitfield(b) => Message::Bitfield(b),
-        PeerMessage::Request(b) => Message::Request(b),
-        PeerMessage::Piece { piece, begin, data } => Message::Piece {
-            piece,
-            offset: begin,
-            data,
-        },
-        PeerMessage::Cancel(b) => Message::Cancel(b),
-        PeerMessage::Suggest(piece) => Message::Suggest { piece },
-        PeerMessage::HaveAll => Message::HaveAll,
-        PeerMessage::HaveNone => Message::HaveNone,
-        PeerMessage::Reject(b) => Message::RejectRequest(b),
-        PeerMessage::AllowedFast(piece) => Message::AllowedFast { piece },
-    }
 }
