@@ -13,6 +13,7 @@
 pub mod paths;
 
 use crate::infohash::InfoHash;
+use crate::layout::Geometry;
 use bencode::{Dict, Value};
 use paths::{UnsafeReason, MAX_PATH_DEPTH};
 use std::path::{Path, PathBuf};
@@ -269,11 +270,9 @@ impl Info {
 
     /// Length of piece `index` (the last one may be short); `None` past the end.
     pub fn piece_len(&self, index: usize) -> Option<u64> {
-        if index >= self.pieces.len() {
-            return None;
-        }
-        let start = index as u64 * self.piece_length;
-        Some((self.total_length - start).min(self.piece_length))
+        let geometry = Geometry::from_info(self).ok()?;
+        let len = geometry.checked_piece_len(u32::try_from(index).ok()?)?;
+        Some(len.into())
     }
 
     /// The SHA-1 the data of piece `index` must have.

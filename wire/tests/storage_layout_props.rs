@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 use sha1::{Digest, Sha1};
+use wire::layout::Geometry;
 use wire::storage::{FileSpec, Storage, StorageLayout, StorageOptions};
 
 fn layout() -> impl Strategy<Value = (u64, Vec<(u64, bool)>)> {
@@ -52,6 +53,35 @@ proptest! {
         // Pieces tile the whole stream.
         let sum: u64 = (0..l.piece_count()).map(|p| l.piece_len(p).unwrap() as u64).sum();
         prop_assert_eq!(sum, total);
+    }
+
+    /// One geometry for storage and the engine: pieces as a naive cut gives them.
+    #[test]
+    fn geometry_cuts_pieces_like_a_naive_walk(
+        total in 0u64..(1 << 44),
+        piece_length in 1u32..=(1 << 31),
+        probe in any::<u32>(),
+    ) {
+        let count = total.div_ceil(piece_length as u64);
+        let Some(g) = Geometry::of_stream(total, piece_length) else {
+            prop_assert!(count > u32::MAX as u64);
+            return Ok(());
+        };
+        prop_assert_eq!(g.piece_count as u64, count);
+        let naive = |p: u32| {
+            let start = p as u64 * piece_length as u64;
+            (p < g.piece_count).then(|| (total - start).min(piece_length as u64) as u32)
+        };
+        let last = g.piece_count.saturating_sub(1);
+        for p in [0, last, g.piece_count, probe % g.piece_count.max(1), probe] {
+            prop_assert_eq!(g.checked_piece_len(p), naive(p), "piece {}", p);
+        }
+        if let Ok(engine) = Geometry::new(total, piece_length as u64) {
+            prop_assert_eq!(engine, g);
+        }
+        let spec = FileSpec { path: vec!["t".into()], length: total, padding: false };
+        let l = StorageLayout::new(piece_length as u64, vec![spec]).unwrap();
+        prop_assert_eq!(l.geometry(), &g);
     }
 }
 

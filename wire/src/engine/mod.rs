@@ -27,16 +27,13 @@ use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-pub use crate::layout::Block;
+pub use crate::layout::{Block, Geometry, GeometryError, BLOCK_LEN};
 use crate::peer::Message;
 pub use bitfield::{Bitfield, BitfieldError};
 use peer_state::{Outstanding, Peer, Unchoke};
 use picker::{PeerView, PickPolicy, Picker, PieceState, Received};
 use rate::TokenBucket;
 use spread::Spread;
-
-/// The block size everyone uses (BEP 3: 16 KiB).
-pub const BLOCK_LEN: u32 = 16 * 1024;
 
 /// Identifies a connected peer. Slots are reused with a new generation, so a stale slot
 /// from a departed peer never reaches the peer that took its place.
@@ -64,67 +61,6 @@ impl PeerSlot {
 impl fmt::Display for PeerSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "peer#{}.{}", self.index, self.generation)
-    }
-}
-
-/// Piece and block sizes of a torrent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub piece_count: u32,
-    pub piece_length: u32,
-    pub total_length: u64,
-    pub block_len: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GeometryError {
-    #[error("total length is zero")]
-    Empty,
-    #[error("piece length {0} is zero or over 2^30")]
-    PieceLength(u64),
-    #[error("torrent has more than 2^31 pieces")]
-    TooManyPieces,
-}
-
-impl Geometry {
-    pub fn new(total_length: u64, piece_length: u64) -> Result<Self, GeometryError> {
-        if total_length == 0 {
-            return Err(GeometryError::Empty);
-        }
-        if piece_length == 0 || piece_length > 1 << 30 {
-            return Err(GeometryError::PieceLength(piece_length));
-        }
-        let count = total_length.div_ceil(piece_length);
-        if count > 1 << 31 {
-            return Err(GeometryError::TooManyPieces);
-        }
-        Ok(Geometry {
-            piece_count: count as u32,
-            piece_length: piece_length as u32,
-            total_length,
-            block_len: BLOCK_LEN,
-        })
-    }
-
-    pub fn piece_len(&self, piece: u32) -> u32 {
-        if piece + 1 == self.piece_count {
-            (self.total_length - piece as u64 * self.piece_length as u64) as u32
-        } else {
-            self.piece_length
-        }
-    }
-
-    pub fn blocks_in(&self, piece: u32) -> u32 {
-        self.piece_len(piece).div_ceil(self.block_len)
-    }
-
-    pub fn block(&self, piece: u32, index: u32) -> Block {
-        let offset = index * self.block_len;
-        Block {
-            piece,
-            offset,
-            length: self.block_len.min(self.piece_len(piece) - offset),
-        }
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use crate::layout::Geometry;
+
 /// One file as the storage sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileSpec {
@@ -14,12 +16,11 @@ pub struct FileSpec {
     pub padding: bool,
 }
 
-/// A validated file layout: piece geometry plus each file's place in the byte stream.
+/// A validated file layout: the piece geometry of the byte stream plus each file's place
+/// in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageLayout {
-    piece_length: u32,
-    piece_count: u32,
-    total_length: u64,
+    geometry: Geometry,
     files: Vec<FileSpec>,
     /// Start of each file in the byte stream (same index as `files`).
     offsets: Vec<u64>,
@@ -88,13 +89,13 @@ impl StorageLayout {
                 });
             }
         }
-        let pieces = total.div_ceil(piece_length);
-        let piece_count =
-            u32::try_from(pieces).map_err(|_| LayoutError::TooManyPieces { pieces })?;
+        let geometry = Geometry::of_stream(total, piece_length as u32).ok_or_else(|| {
+            LayoutError::TooManyPieces {
+                pieces: Geometry::pieces_in(total, piece_length),
+            }
+        })?;
         Ok(StorageLayout {
-            piece_length: piece_length as u32,
-            piece_count,
-            total_length: total,
+            geometry,
             files,
             offsets,
         })
@@ -115,16 +116,21 @@ impl StorageLayout {
         StorageLayout::new(info.piece_length, files)
     }
 
+    /// The pieces of the byte stream (which [`Geometry::from_info`] gives too).
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
     pub fn piece_length(&self) -> u32 {
-        self.piece_length
+        self.geometry.piece_length
     }
 
     pub fn piece_count(&self) -> u32 {
-        self.piece_count
+        self.geometry.piece_count
     }
 
     pub fn total_length(&self) -> u64 {
-        self.total_length
+        self.geometry.total_length
     }
 
     pub fn files(&self) -> &[FileSpec] {
@@ -138,18 +144,14 @@ impl StorageLayout {
 
     /// Length of piece `index` (the last one may be short), or `None` past the end.
     pub fn piece_len(&self, index: u32) -> Option<u32> {
-        if index >= self.piece_count {
-            return None;
-        }
-        let start = index as u64 * self.piece_length as u64;
-        Some((self.total_length - start).min(self.piece_length as u64) as u32)
+        self.geometry.checked_piece_len(index)
     }
 
     /// The file spans covering `len` bytes from `offset` in the byte stream, in order.
     /// Zero-length files are skipped. The range must lie within the torrent.
     pub fn spans(&self, offset: u64, len: u64) -> Vec<Span> {
         let mut out = Vec::new();
-        let end = offset.saturating_add(len).min(self.total_length);
+        let end = offset.saturating_add(len).min(self.total_length());
         if offset >= end {
             return out;
         }
@@ -180,7 +182,7 @@ impl StorageLayout {
     /// The spans of a whole piece.
     pub fn piece_spans(&self, index: u32) -> Vec<Span> {
         match self.piece_len(index) {
-            Some(len) => self.spans(index as u64 * self.piece_length as u64, len as u64),
+            Some(len) => self.spans(self.geometry.piece_offset(index), len as u64),
             None => Vec::new(),
         }
     }
@@ -282,6 +284,7 @@ mod tests {
         let raw = b"d5:filesld6:lengthi5e4:pathl1:aeed4:attr1:p6:lengthi16379e4:pathl4:.pad5:16379eed6:lengthi9e4:pathl3:sub1:beee4:name1:t12:piece lengthi16384e6:pieces40:0123456789012345678901234567890123456789e";
         let info = crate::metainfo::Info::from_bytes(raw).unwrap();
         let l = StorageLayout::from_info(&info).unwrap();
+        assert_eq!(*l.geometry(), Geometry::from_info(&info).unwrap());
         assert_eq!(l.piece_count(), 2);
         assert_eq!(l.total_length(), 16393);
         assert_eq!(l.files()[0].path, ["t", "a"]);

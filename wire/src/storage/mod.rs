@@ -263,7 +263,7 @@ impl Storage {
                 piece_len,
             });
         }
-        Ok(piece as u64 * self.layout.piece_length() as u64 + offset as u64)
+        Ok(self.layout.geometry().piece_offset(piece) + offset as u64)
     }
 
     /// Writes a block at `offset` within `piece` (positioned writes, across file
@@ -297,7 +297,7 @@ impl Storage {
     pub fn read_piece(&self, piece: u32) -> Result<Bytes, StorageError> {
         let len = self.piece_len(piece)?;
         let mut buf = vec![0u8; len as usize];
-        self.read_at_stream(piece as u64 * self.layout.piece_length() as u64, &mut buf)?;
+        self.read_at_stream(self.layout.geometry().piece_offset(piece), &mut buf)?;
         Ok(Bytes::from(buf))
     }
 
@@ -379,7 +379,7 @@ impl Storage {
         if !good {
             return Ok(false);
         }
-        let start = piece as u64 * self.layout.piece_length() as u64;
+        let start = self.layout.geometry().piece_offset(piece);
         match parts {
             [one] => self.write_at_stream(start, one.as_ref())?,
             _ => {
@@ -413,7 +413,7 @@ impl Storage {
     fn verify_into(&self, piece: u32, buf: &mut Vec<u8>) -> Result<bool, StorageError> {
         let len = self.piece_len(piece)?;
         buf.resize(len as usize, 0);
-        match self.read_at_stream(piece as u64 * self.layout.piece_length() as u64, buf) {
+        match self.read_at_stream(self.layout.geometry().piece_offset(piece), buf) {
             Ok(()) => Ok(self.hash_matches(piece, buf)),
             Err(e) if e.is_missing_data() => Ok(false),
             Err(e) => Err(e),

@@ -379,7 +379,7 @@ impl TorrentCore {
         have: Bitfield,
         now: Instant,
     ) -> Result<Pieces, String> {
-        let geo = Geometry::new(info.total_length, info.piece_length).map_err(|e| e.to_string())?;
+        let geo = Geometry::from_info(info).map_err(|e| e.to_string())?;
         let have_count = have.count_ones();
         let engine = Engine::new(geo, have, cfg.engine.clone(), now, cfg.rng_seed)
             .map_err(|e| e.to_string())?;
