@@ -97,3 +97,16 @@ fn silent_and_corrupt_peers_behind_honest_ips_do_not_hold_the_swarm() {
         r.t_min
     );
 }
+
+#[test]
+fn the_same_seed_gives_the_same_swarm() {
+    let mut p = SwarmParams::new(20, 5);
+    p.corrupt = 2;
+    p.silent = 2;
+    p.share_ip = true;
+    let (a, b) = (run(&p), run(&p));
+    assert_eq!(a.events, b.events);
+    assert_eq!(a.completion, b.completion);
+    assert_eq!(a.bans, b.bans);
+    assert_eq!(a.uploaded_total, b.uploaded_total);
+}

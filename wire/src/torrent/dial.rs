@@ -319,12 +319,12 @@ mod tests {
     fn failures_back_off_flip_encryption_and_give_up() {
         let t0 = Instant::now();
         let mut d = DialPolicy::new(DialConfig::default());
-        d.add(a("10.0.0.1:1"), PeerSource::Dht);
-        assert_eq!(d.next(|_| Admit::Yes), Some((a("10.0.0.1:1"), false)));
+        d.add(a("127.0.0.1:1"), PeerSource::Dht);
+        assert_eq!(d.next(|_| Admit::Yes), Some((a("127.0.0.1:1"), false)));
         assert_eq!(d.next(|_| Admit::Yes), None);
         let mut t = t0;
         for n in 1..=4u32 {
-            d.failed(t, a("10.0.0.1:1"));
+            d.failed(t, a("127.0.0.1:1"));
             let at = d.poll_timeout().expect("retry scheduled");
             assert_eq!(at - t, Duration::from_secs(1 << (n - 1)));
             d.handle_timeout(at - Duration::from_millis(1));
@@ -332,9 +332,9 @@ mod tests {
             d.handle_timeout(at);
             t = at;
             let (addr, enc) = d.next(|_| Admit::Yes).expect("due");
-            assert_eq!((addr, enc), (a("10.0.0.1:1"), n % 2 == 1));
+            assert_eq!((addr, enc), (a("127.0.0.1:1"), n % 2 == 1));
         }
-        d.failed(t, a("10.0.0.1:1"));
+        d.failed(t, a("127.0.0.1:1"));
         assert!(d.is_empty(), "forgotten after the last failure");
     }
 
@@ -342,11 +342,11 @@ mod tests {
     fn explicit_peers_are_redialed_whenever_lost() {
         let t0 = Instant::now();
         let mut d = DialPolicy::new(DialConfig::default());
-        d.add(a("10.0.0.1:1"), PeerSource::Explicit);
+        d.add(a("127.0.0.1:1"), PeerSource::Explicit);
         d.next(|_| Admit::Yes).unwrap();
-        d.connected(a("10.0.0.1:1"), PeerSource::Explicit);
+        d.connected(a("127.0.0.1:1"), PeerSource::Explicit);
         for _ in 0..20 {
-            d.ended(t0, a("10.0.0.1:1"), Duration::ZERO, false);
+            d.ended(t0, a("127.0.0.1:1"), Duration::ZERO, false);
             assert!(d.poll_timeout().is_some());
             d.handle_timeout(t0 + Duration::from_secs(3600));
             assert!(d.next(|_| Admit::Yes).is_some());
@@ -357,11 +357,11 @@ mod tests {
     fn a_peer_that_closed_on_us_is_redialed_a_bounded_number_of_times() {
         let t0 = Instant::now();
         let mut d = DialPolicy::new(DialConfig::default());
-        d.add(a("10.0.0.1:1"), PeerSource::Incoming);
+        d.add(a("127.0.0.1:1"), PeerSource::Incoming);
         assert_eq!(d.next(|_| Admit::Yes), None, "it is connected to us");
         let mut redials = 0;
         for _ in 0..20 {
-            d.ended(t0, a("10.0.0.1:1"), Duration::from_secs(1), true);
+            d.ended(t0, a("127.0.0.1:1"), Duration::from_secs(1), true);
             d.handle_timeout(t0 + Duration::from_secs(3600));
             if d.next(|_| Admit::Yes).is_none() {
                 break;
@@ -370,9 +370,9 @@ mod tests {
         }
         assert_eq!(redials, DialConfig::default().max_redials);
         // Not redialed when it ended for a reason of ours.
-        d.add(a("10.0.0.2:1"), PeerSource::Dht);
+        d.add(a("127.0.0.2:1"), PeerSource::Dht);
         d.next(|_| Admit::Yes).unwrap();
-        d.ended(t0, a("10.0.0.2:1"), Duration::from_secs(1), false);
+        d.ended(t0, a("127.0.0.2:1"), Duration::from_secs(1), false);
         d.handle_timeout(t0 + Duration::from_secs(3600));
         assert_eq!(d.next(|_| Admit::Yes), None);
     }
@@ -380,17 +380,17 @@ mod tests {
     #[test]
     fn deferred_addresses_keep_their_place_and_never_ones_are_forgotten() {
         let mut d = DialPolicy::new(DialConfig::default());
-        for s in ["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"] {
+        for s in ["127.0.0.1:1", "127.0.0.2:1", "127.0.0.3:1"] {
             d.add(a(s), PeerSource::Dht);
         }
         let got = d.next(|x| match x.ip().to_string().as_str() {
-            "10.0.0.1" => Admit::Later,
-            "10.0.0.2" => Admit::Never,
+            "127.0.0.1" => Admit::Later,
+            "127.0.0.2" => Admit::Never,
             _ => Admit::Yes,
         });
-        assert_eq!(got, Some((a("10.0.0.3:1"), false)));
+        assert_eq!(got, Some((a("127.0.0.3:1"), false)));
         assert_eq!(d.len(), 2);
-        assert_eq!(d.next(|_| Admit::Yes), Some((a("10.0.0.1:1"), false)));
+        assert_eq!(d.next(|_| Admit::Yes), Some((a("127.0.0.1:1"), false)));
     }
 
     #[test]
@@ -402,7 +402,7 @@ mod tests {
         let t0 = Instant::now();
         let mut d = DialPolicy::new(cfg);
         for i in 0..100u16 {
-            let addr = SocketAddr::new("10.0.0.1".parse().unwrap(), i + 1);
+            let addr = SocketAddr::new("127.0.0.1".parse().unwrap(), i + 1);
             d.add(addr, PeerSource::Pex);
             if d.next(|_| Admit::Yes).is_some() {
                 d.failed(t0, addr);

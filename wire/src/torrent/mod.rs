@@ -25,6 +25,7 @@ pub mod dial;
 pub mod pending;
 #[cfg(test)]
 mod tests;
+pub mod timers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +49,7 @@ use bans::BanList;
 use dial::{Admit, DialPolicy};
 pub use dial::{DialConfig, PeerSource};
 use pending::Pending;
+use timers::{Timer, TimerTable};
 
 /// Identifies one connection (never reused within a core).
 pub type ConnId = u64;
@@ -287,25 +289,14 @@ enum Phase {
     Failed,
 }
 
-/// The timers the core keeps itself (the engine, fetcher and dial policy have theirs).
-#[derive(Debug, Default)]
-struct Timers {
-    pex: Option<Instant>,
-    resume: Option<Instant>,
-}
-
-impl Timers {
-    fn next(&self) -> Option<Instant> {
-        [self.pex, self.resume].into_iter().flatten().min()
-    }
-}
-
 pub struct TorrentCore {
     cfg: CoreConfig,
     info_hash: InfoHash,
     phase: Phase,
     name: Option<String>,
-    conns: HashMap<ConnId, Conn>,
+    /// Ordered, so that every scan (PEX, simultaneous open, start of the pieces phase) goes
+    /// the same way each run: the simulator's runs repeat exactly.
+    conns: BTreeMap<ConnId, Conn>,
     by_slot: HashMap<PeerSlot, ConnId>,
     by_dial_addr: HashMap<SocketAddr, ConnId>,
     per_ip: HashMap<IpAddr, usize>,
@@ -315,7 +306,7 @@ pub struct TorrentCore {
     bans: BanList,
     /// Addresses found to be ourselves.
     own: std::collections::HashSet<SocketAddr>,
-    timers: Timers,
+    timers: TimerTable,
     outputs: VecDeque<Output>,
     events: VecDeque<Event>,
     totals: HashMap<SocketAddr, PeerTotals>,
@@ -352,7 +343,7 @@ impl TorrentCore {
             info_hash,
             phase,
             name: None,
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             by_slot: HashMap::new(),
             by_dial_addr: HashMap::new(),
             per_ip: HashMap::new(),
@@ -360,15 +351,17 @@ impl TorrentCore {
             next_conn: 1,
             bans: BanList::default(),
             own: Default::default(),
-            timers: Timers::default(),
+            timers: TimerTable::default(),
             outputs: VecDeque::new(),
             events: VecDeque::new(),
             totals: HashMap::new(),
             dropped: VecDeque::new(),
             error: None,
         };
-        core.timers.pex = Some(now + PEX_CHECK_EVERY);
-        core.timers.resume = Some(now + core.cfg.resume_interval);
+        core.timers.set(Timer::Pex, Some(now + PEX_CHECK_EVERY));
+        core.timers
+            .set(Timer::Resume, Some(now + core.cfg.resume_interval));
+        core.refresh_timers();
         core
     }
 
@@ -466,15 +459,18 @@ impl TorrentCore {
 
     /// When to call [`TorrentCore::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sub = match &self.phase {
+        self.timers.next()
+    }
+
+    /// Copies the driven machines' deadlines into the table.
+    fn refresh_timers(&mut self) {
+        let phase = match &self.phase {
             Phase::Pieces(p) => p.engine.poll_timeout(),
             Phase::Metadata(f) => f.poll_timeout(),
             _ => None,
         };
-        [sub, self.dial.poll_timeout(), self.timers.next()]
-            .into_iter()
-            .flatten()
-            .min()
+        self.timers.set(Timer::Phase, phase);
+        self.timers.set(Timer::Dial, self.dial.poll_timeout());
     }
 
     // ---- inputs: peers and connections ---------------------------------------------
@@ -485,7 +481,7 @@ impl TorrentCore {
             return;
         }
         self.dial.add(addr, source);
-        self.dial_more(now);
+        self.after(now);
     }
 
     /// Someone connected to us (its handshake names this torrent). Admits it or says why
@@ -626,14 +622,17 @@ impl TorrentCore {
             if outgoing {
                 self.own.insert(addr);
             }
-            return self.close(now, conn, "connected to ourselves".into());
+            self.close(now, conn, "connected to ourselves".into());
+            return self.after(now);
         }
         if self.bans.is_peer_id_banned(&peer_id) || self.bans.is_endpoint_banned(addr) {
-            return self.close(now, conn, "banned".into());
+            self.close(now, conn, "banned".into());
+            return self.after(now);
         }
         if let Some(loser) = self.duplicate_of(conn, addr.ip(), peer_id, outgoing) {
             if loser == conn {
-                return self.close(now, conn, "duplicate connection".into());
+                self.close(now, conn, "duplicate connection".into());
+                return self.after(now);
             }
             self.close(now, loser, "duplicate connection".into());
         }
@@ -1160,19 +1159,25 @@ impl TorrentCore {
     // ---- time -----------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        match &mut self.phase {
-            Phase::Pieces(p) => p.engine.handle_timeout(now),
-            Phase::Metadata(f) => f.handle_timeout(now),
-            _ => {}
-        }
-        self.dial.handle_timeout(now);
-        if self.timers.pex.is_some_and(|t| now >= t) {
-            self.timers.pex = Some(now + PEX_CHECK_EVERY);
-            self.send_pex(now);
-        }
-        if self.timers.resume.is_some_and(|t| now >= t) {
-            self.timers.resume = Some(now + self.cfg.resume_interval);
-            self.save_resume_if_needed();
+        let due: Vec<Timer> = self.timers.expired(now).collect();
+        for t in due {
+            match t {
+                Timer::Phase => match &mut self.phase {
+                    Phase::Pieces(p) => p.engine.handle_timeout(now),
+                    Phase::Metadata(f) => f.handle_timeout(now),
+                    _ => {}
+                },
+                Timer::Dial => self.dial.handle_timeout(now),
+                Timer::Pex => {
+                    self.timers.set(Timer::Pex, Some(now + PEX_CHECK_EVERY));
+                    self.send_pex(now);
+                }
+                Timer::Resume => {
+                    self.timers
+                        .set(Timer::Resume, Some(now + self.cfg.resume_interval));
+                    self.save_resume_if_needed();
+                }
+            }
         }
         self.after(now);
     }
@@ -1264,6 +1269,7 @@ impl TorrentCore {
         self.pump_fetcher(now);
         self.pump_engine(now);
         self.dial_more(now);
+        self.refresh_timers();
     }
 
     fn pump_fetcher(&mut self, now: Instant) {

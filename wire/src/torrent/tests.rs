@@ -37,7 +37,7 @@ fn cfg(peer: u8) -> CoreConfig {
     CoreConfig {
         peer_id: id(peer),
         listen_port: Some(6881),
-        listen_ip: Some("10.0.0.100".parse().unwrap()),
+        listen_ip: Some("127.0.0.100".parse().unwrap()),
         ..CoreConfig::default()
     }
 }
@@ -129,10 +129,10 @@ fn simultaneous_open_both_sides_keep_the_same_connection() {
         let mut a = seeder(a_id, now);
         let mut b = leecher(b_id, 4, now);
         // a dials b (conn a1 at a, accepted as b1 at b) and b dials a (b2 / a2).
-        let a1 = connect_out(&mut a, now, addr("10.0.0.2:6881"), id(b_id));
-        let b1 = b.accept(now, addr("10.0.0.1:40000")).unwrap();
-        let b2 = connect_out(&mut b, now, addr("10.0.0.1:6881"), id(a_id));
-        let a2 = a.accept(now, addr("10.0.0.2:40001")).unwrap();
+        let a1 = connect_out(&mut a, now, addr("127.0.0.2:6881"), id(b_id));
+        let b1 = b.accept(now, addr("127.0.0.1:40000")).unwrap();
+        let b2 = connect_out(&mut b, now, addr("127.0.0.1:6881"), id(a_id));
+        let a2 = a.accept(now, addr("127.0.0.2:40001")).unwrap();
         b.handshake_done(now, b1, id(a_id), FAST_EXT);
         a.handshake_done(now, a2, id(b_id), FAST_EXT);
         let (ca, cb) = (closes(&drain(&mut a)), closes(&drain(&mut b)));
@@ -163,7 +163,7 @@ fn a_peer_that_closes_after_the_handshake_is_dialed_again_with_backoff() {
     let mut s = seeder(1, t0);
     // A leecher connects to us, says where it listens, then drops us (as Transmission
     // does after the metadata).
-    let c = s.accept(t0, addr("10.0.0.5:50000")).unwrap();
+    let c = s.accept(t0, addr("127.0.0.5:50000")).unwrap();
     s.handshake_done(t0, c, id(5), FAST_EXT);
     let hs = ExtendedHandshake {
         listen_port: Some(51413),
@@ -190,7 +190,7 @@ fn a_peer_that_closes_after_the_handshake_is_dialed_again_with_backoff() {
     let d = dials(&drain(&mut s));
     assert_eq!(
         d.iter().map(|x| x.1).collect::<Vec<_>>(),
-        vec![addr("10.0.0.5:51413")]
+        vec![addr("127.0.0.5:51413")]
     );
     // That dial fails, and the next comes later still.
     s.closed(t0 + Duration::from_secs(2), d[0].0, "connect failed");
@@ -204,7 +204,7 @@ fn a_peer_that_closes_after_the_handshake_is_dialed_again_with_backoff() {
 fn a_seed_that_leaves_a_seed_is_not_dialed_again() {
     let t0 = Instant::now();
     let mut s = seeder(1, t0);
-    let c = connect_out(&mut s, t0, addr("10.0.0.5:6881"), id(5));
+    let c = connect_out(&mut s, t0, addr("127.0.0.5:6881"), id(5));
     s.message(t0, c, Message::HaveNone);
     drain(&mut s);
     // A leecher that left: dialed again.
@@ -225,7 +225,7 @@ fn a_seed_that_leaves_a_seed_is_not_dialed_again() {
 fn bad_data_bans_the_endpoint_and_peer_id_not_the_ip() {
     let t0 = Instant::now();
     let mut l = leecher(1, 2, t0);
-    let bad = seed_peer(&mut l, t0, addr("10.0.0.7:1000"), id(7));
+    let bad = seed_peer(&mut l, t0, addr("127.0.0.7:1000"), id(7));
     let outs = drain(&mut l);
     let reqs = requests_to(&outs, bad);
     assert!(!reqs.is_empty());
@@ -246,14 +246,14 @@ fn bad_data_bans_the_endpoint_and_peer_id_not_the_ip() {
     assert_eq!(c.len(), 1, "{c:?}");
     assert_eq!(c[0].0, bad);
     // Another client behind the same IP is fine; the bad endpoint and id are not.
-    l.add_peer(t0, addr("10.0.0.7:1000"), PeerSource::Dht);
+    l.add_peer(t0, addr("127.0.0.7:1000"), PeerSource::Dht);
     assert!(
         dials(&drain(&mut l)).is_empty(),
         "banned endpoint not dialed"
     );
-    let honest = connect_out(&mut l, t0, addr("10.0.0.7:2000"), id(8));
+    let honest = connect_out(&mut l, t0, addr("127.0.0.7:2000"), id(8));
     assert_eq!(l.connection_count(), 1);
-    let again = l.accept(t0, addr("10.0.0.7:3000")).unwrap();
+    let again = l.accept(t0, addr("127.0.0.7:3000")).unwrap();
     l.handshake_done(t0, again, id(7), FAST_EXT);
     let c = closes(&drain(&mut l));
     assert_eq!(
@@ -268,9 +268,9 @@ fn bad_data_bans_the_endpoint_and_peer_id_not_the_ip() {
 fn smart_ban_convicts_the_sender_of_the_bad_block_and_clears_the_honest_one() {
     let t0 = Instant::now();
     let mut l = leecher(1, 1, t0);
-    let honest = seed_peer(&mut l, t0, addr("10.0.0.8:1000"), id(8));
+    let honest = seed_peer(&mut l, t0, addr("127.0.0.8:1000"), id(8));
     let rh = requests_to(&drain(&mut l), honest);
-    let liar = seed_peer(&mut l, t0, addr("10.0.0.8:2000"), id(9));
+    let liar = seed_peer(&mut l, t0, addr("127.0.0.8:2000"), id(9));
     let rl = requests_to(&drain(&mut l), liar);
     assert_eq!(rh.len(), 2, "{rh:?}");
     assert!(rl.contains(&rh[1]), "endgame asks the liar too: {rl:?}");
@@ -308,7 +308,7 @@ fn smart_ban_convicts_the_sender_of_the_bad_block_and_clears_the_honest_one() {
         "{c:?}"
     );
     // The liar's endpoint is banned; its IP is not.
-    l.add_peer(t1, addr("10.0.0.8:2000"), PeerSource::Dht);
+    l.add_peer(t1, addr("127.0.0.8:2000"), PeerSource::Dht);
     assert!(dials(&drain(&mut l)).is_empty());
     assert_eq!(l.banned_endpoints(), 1);
 }
@@ -325,7 +325,7 @@ fn a_silent_metadata_source_times_out_and_another_peer_is_asked() {
             payload: Bytes::from(hs.encode()),
         }
     };
-    let silent = connect_out(&mut m, t0, addr("10.0.0.9:1"), id(9));
+    let silent = connect_out(&mut m, t0, addr("127.0.0.9:1"), id(9));
     m.message(t0, silent, ext(1000));
     let asked = |outs: &[Output], to: ConnId| {
         outs.iter().any(|o| {
@@ -334,7 +334,7 @@ fn a_silent_metadata_source_times_out_and_another_peer_is_asked() {
     };
     assert!(asked(&drain(&mut m), silent));
     let t1 = t0 + Duration::from_secs(2);
-    let honest = connect_out(&mut m, t1, addr("10.0.0.9:2"), id(10));
+    let honest = connect_out(&mut m, t1, addr("127.0.0.9:2"), id(10));
     m.message(t1, honest, ext(1000));
     assert!(
         !asked(&drain(&mut m), honest),
@@ -362,7 +362,7 @@ fn resending_the_extended_handshake_keeps_a_peers_metadata_strikes() {
         id: HANDSHAKE_ID,
         payload: Bytes::from(hs.encode()),
     };
-    let c = connect_out(&mut m, t0, addr("10.0.0.9:1"), id(9));
+    let c = connect_out(&mut m, t0, addr("127.0.0.9:1"), id(9));
     m.message(t0, c, ext.clone());
     let mut t = t0;
     let mut asked = 0;
@@ -395,7 +395,7 @@ fn resending_the_extended_handshake_keeps_a_peers_metadata_strikes() {
 fn a_flood_of_extended_handshakes_is_dropped() {
     let t0 = Instant::now();
     let mut s = seeder(1, t0);
-    let c = connect_out(&mut s, t0, addr("10.0.0.9:1"), id(9));
+    let c = connect_out(&mut s, t0, addr("127.0.0.9:1"), id(9));
     let hs = Message::Extended {
         id: HANDSHAKE_ID,
         payload: Bytes::from(ExtendedHandshake::ours(None, None, None).encode()),
@@ -416,20 +416,20 @@ fn one_ip_cannot_take_every_slot() {
     for port in 0..limit as u16 {
         s.accept(
             t0,
-            SocketAddr::new("10.0.0.3".parse().unwrap(), 1000 + port),
+            SocketAddr::new("127.0.0.3".parse().unwrap(), 1000 + port),
         )
         .unwrap();
     }
     assert_eq!(
-        s.accept(t0, addr("10.0.0.3:9999")),
+        s.accept(t0, addr("127.0.0.3:9999")),
         Err(Refusal::PerIpLimit)
     );
     assert!(
-        s.accept(t0, addr("10.0.0.4:1")).is_ok(),
+        s.accept(t0, addr("127.0.0.4:1")).is_ok(),
         "other hosts still get in"
     );
     // Dials to that IP wait too.
-    s.add_peer(t0, addr("10.0.0.3:6881"), PeerSource::Dht);
+    s.add_peer(t0, addr("127.0.0.3:6881"), PeerSource::Dht);
     assert!(dials(&drain(&mut s)).is_empty());
 }
 
@@ -437,7 +437,7 @@ fn one_ip_cannot_take_every_slot() {
 fn an_unrequested_block_never_enters_a_piece() {
     let t0 = Instant::now();
     let mut l = leecher(1, 1, t0);
-    let p = connect_out(&mut l, t0, addr("10.0.0.9:1"), id(9));
+    let p = connect_out(&mut l, t0, addr("127.0.0.9:1"), id(9));
     l.message(t0, p, Message::HaveAll);
     // Choked: nothing requested. A block arrives anyway.
     drain(&mut l);
@@ -457,15 +457,15 @@ fn an_unrequested_block_never_enters_a_piece() {
 fn our_own_address_is_never_dialed() {
     let t0 = Instant::now();
     let mut s = seeder(1, t0);
-    s.add_peer(t0, addr("10.0.0.100:6881"), PeerSource::Dht);
+    s.add_peer(t0, addr("127.0.0.100:6881"), PeerSource::Dht);
     assert!(dials(&drain(&mut s)).is_empty());
     // An address that turns out to be us (NAT) is remembered.
-    let c = connect_out(&mut s, t0, addr("10.9.9.9:7000"), id(1));
+    let c = connect_out(&mut s, t0, addr("127.9.9.9:7000"), id(1));
     assert_eq!(
         closes(&drain(&mut s)),
         vec![(c, "connected to ourselves".into())]
     );
-    s.add_peer(t0, addr("10.9.9.9:7000"), PeerSource::Explicit);
+    s.add_peer(t0, addr("127.9.9.9:7000"), PeerSource::Explicit);
     assert!(dials(&drain(&mut s)).is_empty());
 }
 
@@ -484,13 +484,13 @@ fn peers_we_close_do_not_fill_the_dial_table() {
         TorrentCore::with_metadata(InfoHash([9; 20]), &i, raw, Bitfield::full(4), cfg, t0).unwrap();
     // Twenty seeds in a row: each is dropped by us (both seeds), none stays "connected".
     for n in 0..20u8 {
-        let a = SocketAddr::new(std::net::IpAddr::from([10, 1, 0, n]), 6881);
+        let a = SocketAddr::new(std::net::IpAddr::from([127, 1, 0, n]), 6881);
         let c = connect_out(&mut s, t0, a, id(100 + n));
         s.message(t0, c, Message::HaveAll);
         assert_eq!(closes(&drain(&mut s)).len(), 1);
     }
     // A new peer still gets dialed.
-    s.add_peer(t0, addr("10.2.0.1:6881"), PeerSource::Pex);
+    s.add_peer(t0, addr("127.2.0.1:6881"), PeerSource::Pex);
     assert_eq!(dials(&drain(&mut s)).len(), 1);
 }
 
@@ -506,7 +506,7 @@ fn dht_ports_are_exchanged_with_port_messages() {
         TorrentCore::with_metadata(InfoHash([9; 20]), &i, raw, Bitfield::full(4), with_dht, t0)
             .unwrap();
     assert!(s.reserved().dht());
-    s.add_peer(t0, addr("10.0.0.9:1"), PeerSource::Dht);
+    s.add_peer(t0, addr("127.0.0.9:1"), PeerSource::Dht);
     let (c, _) = dials(&drain(&mut s))[0];
     s.handshake_done(t0, c, id(9), Reserved::OURS);
     let outs = drain(&mut s);
@@ -516,11 +516,11 @@ fn dht_ports_are_exchanged_with_port_messages() {
     }));
     s.message(t0, c, Message::Port(6999));
     let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
-    assert!(events.contains(&Event::PeerDhtPort(addr("10.0.0.9:6999"))));
+    assert!(events.contains(&Event::PeerDhtPort(addr("127.0.0.9:6999"))));
     // Without a DHT node of our own: no bit, no PORT message.
     let mut q = seeder(1, t0);
     assert!(!q.reserved().dht());
-    let c = connect_out(&mut q, t0, addr("10.0.0.9:1"), id(9));
+    let c = connect_out(&mut q, t0, addr("127.0.0.9:1"), id(9));
     assert!(!drain(&mut q)
         .iter()
         .any(|o| matches!(o, Output::Send { conn, msg: Message::Port(_) } if *conn == c)));
