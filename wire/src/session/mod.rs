@@ -112,8 +112,12 @@ pub enum SessionError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("{0}")]
-    Storage(String),
+    #[error(transparent)]
+    Layout(#[from] crate::storage::LayoutError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Core(#[from] crate::torrent::CoreError),
     #[error("torrent {0} is already in this session")]
     Duplicate(InfoHash),
     #[error("torrent stopped: {0}")]
@@ -278,7 +282,7 @@ impl Session {
                     torrent::open_storage(&c, &out, m.info_hash, &m.info)
                 })
                 .await
-                .map_err(|e| SessionError::Storage(e.to_string()))??;
+                .map_err(|e| SessionError::Stopped(format!("opening storage: {e}")))??;
                 torrent::Start::Ready {
                     meta,
                     storage,

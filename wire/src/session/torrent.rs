@@ -20,22 +20,22 @@ use super::{Command, PeerContribution, PeerSnapshot, SessionConfig, SessionError
 use crate::engine::{Bitfield, Block};
 use crate::infohash::InfoHash;
 use crate::metainfo::{Info, Metainfo};
-use crate::storage::{ResumeStatus, Storage, StorageLayout, StorageOptions};
+use crate::storage::{ResumeStatus, Storage, StorageError, StorageLayout, StorageOptions};
 use crate::torrent::{CoreConfig, Event, Output, PeerSource, TorrentCore};
 
 enum DiskDone {
     Verified {
         piece: u32,
-        result: Result<bool, String>,
+        result: Result<bool, StorageError>,
     },
     Sent {
         conn: ConnId,
     },
     ResumeSaved {
         have: u32,
-        result: Result<(), String>,
+        result: Result<(), StorageError>,
     },
-    StorageReady(Result<(Arc<Storage>, Bitfield), String>),
+    StorageReady(Result<(Arc<Storage>, Bitfield), SessionError>),
 }
 
 struct ReadJob {
@@ -150,18 +150,15 @@ pub(super) fn open_storage(
     info_hash: InfoHash,
     info: &Info,
 ) -> Result<(Arc<Storage>, Bitfield), SessionError> {
-    let layout =
-        StorageLayout::from_info(info).map_err(|e| SessionError::Storage(e.to_string()))?;
+    let layout = StorageLayout::from_info(info)?;
     let storage = Storage::new(
         out_dir,
         layout,
         info.pieces.clone(),
         StorageOptions::default(),
-    )
-    .map_err(|e| SessionError::Storage(e.to_string()))?;
+    )?;
     let resume = resume_path(cfg, info_hash, storage.root());
-    check_existing(&storage, resume.as_deref(), cfg.full_recheck)
-        .map_err(|e| SessionError::Storage(e.to_string()))?;
+    check_existing(&storage, resume.as_deref(), cfg.full_recheck)?;
     let count = storage.layout().piece_count();
     let mut have = Bitfield::new(count);
     for p in 0..count {
@@ -231,8 +228,8 @@ pub(super) fn spawn(
             have,
         } => {
             let raw = Bytes::from(meta.raw_info.clone());
-            let core = TorrentCore::with_metadata(meta.info_hash, &meta.info, raw, have, ccfg, now)
-                .map_err(SessionError::Storage)?;
+            let core =
+                TorrentCore::with_metadata(meta.info_hash, &meta.info, raw, have, ccfg, now)?;
             (core, Some(storage), meta.info_hash)
         }
     };
@@ -288,7 +285,7 @@ fn spawn_reader(storage: Arc<Storage>) -> std::sync::mpsc::Sender<ReadJob> {
                 let (conn, done, b) = (job.conn, job.done, job.block);
                 match cache.block(&storage, b) {
                     // In flight until the connection has written it.
-                    Ok(data) => {
+                    Some(data) => {
                         let notice_done = done.clone();
                         let sent = SentNotice(Box::new(move || {
                             let _ = notice_done.send(DiskDone::Sent { conn });
@@ -302,7 +299,7 @@ fn spawn_reader(storage: Arc<Storage>) -> std::sync::mpsc::Sender<ReadJob> {
                         });
                     }
                     // A failed read just drops the block; the peer re-requests or times out.
-                    Err(_) => {
+                    None => {
                         let _ = done.send(DiskDone::Sent { conn });
                     }
                 }
@@ -333,23 +330,20 @@ const READ_CACHE_BYTES: usize = 32 << 20;
 const READ_CACHE_CHUNKS: usize = 128;
 
 impl ChunkCache {
-    fn block(&mut self, storage: &Storage, b: Block) -> Result<Bytes, String> {
+    /// The block, or None when it cannot be read (the peer re-requests or times out).
+    fn block(&mut self, storage: &Storage, b: Block) -> Option<Bytes> {
         let piece_len = storage.layout().piece_len(b.piece).unwrap_or(0);
         let start = b.offset / READ_CHUNK * READ_CHUNK;
         let end = (start + READ_CHUNK).min(piece_len);
         if b.offset as u64 + b.length as u64 > end as u64 {
             // Straddles two chunks (an odd request): read it alone.
-            return storage
-                .read_block(b.piece, b.offset, b.length)
-                .map_err(|e| e.to_string());
+            return storage.read_block(b.piece, b.offset, b.length).ok();
         }
         let key = (b.piece, start);
         let chunk = match self.chunks.iter().position(|(k, _)| *k == key) {
             Some(i) => self.chunks[i].1.clone(),
             None => {
-                let data = storage
-                    .read_block(b.piece, start, end - start)
-                    .map_err(|e| e.to_string())?;
+                let data = storage.read_block(b.piece, start, end - start).ok()?;
                 self.bytes += data.len();
                 self.chunks.push_back((key, data.clone()));
                 while self.bytes > READ_CACHE_BYTES || self.chunks.len() > READ_CACHE_CHUNKS {
@@ -363,10 +357,8 @@ impl ChunkCache {
         };
         let from = (b.offset - start) as usize;
         let to = from + b.length as usize;
-        if to > chunk.len() {
-            return Err(format!("block {b:?} is outside its piece"));
-        }
-        Ok(chunk.slice(from..to))
+        // Outside its piece: the engine checks requests, so only a shorter read lands here.
+        (to <= chunk.len()).then(|| chunk.slice(from..to))
     }
 }
 
@@ -527,7 +519,7 @@ impl Task {
                 self.storage = Some(storage);
                 self.core.storage_ready(now, have);
             }
-            DiskDone::StorageReady(Err(e)) => self.core.storage_failed(now, e),
+            DiskDone::StorageReady(Err(e)) => self.core.storage_failed(now, &e),
         }
     }
 
@@ -585,9 +577,7 @@ impl Task {
                         // piece (re-fetched), not a storage error.
                         let tiled = blocks.iter().map(Bytes::len).sum::<usize>() == len;
                         let result = if tiled {
-                            storage
-                                .write_piece_parts(piece, &blocks)
-                                .map_err(|e| e.to_string())
+                            storage.write_piece_parts(piece, &blocks)
                         } else {
                             Ok(false)
                         };
@@ -599,7 +589,7 @@ impl Task {
                     let (cfg, out, ih) = (self.cfg.clone(), self.out_dir.clone(), self.info_hash);
                     let done = self.disk_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let r = open_storage(&cfg, &out, ih, &info).map_err(|e| e.to_string());
+                        let r = open_storage(&cfg, &out, ih, &info);
                         let _ = done.send(DiskDone::StorageReady(r));
                     });
                 }
@@ -639,8 +629,7 @@ impl Task {
             let result = match path {
                 Some(p) => storage.save_resume(&p),
                 None => storage.sync(),
-            }
-            .map_err(|e| e.to_string());
+            };
             let _ = done.send(DiskDone::ResumeSaved { have, result });
         });
     }

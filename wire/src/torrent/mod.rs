@@ -51,6 +51,15 @@ pub use dial::{DialConfig, PeerSource};
 use pending::Pending;
 use timers::{Timer, TimerTable};
 
+/// Why a torrent core cannot be made for some metadata.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Geometry(#[from] crate::layout::GeometryError),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+}
+
 /// Identifies one connection (never reused within a core).
 pub type ConnId = u64;
 
@@ -329,7 +338,7 @@ impl TorrentCore {
         have: Bitfield,
         cfg: CoreConfig,
         now: Instant,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CoreError> {
         let pieces = Self::open_pieces(&cfg, info, raw_info, have, now)?;
         let mut core = Self::new(info_hash, Phase::Pieces(Box::new(pieces)), cfg, now);
         core.name = Some(info.name.clone());
@@ -371,11 +380,10 @@ impl TorrentCore {
         raw_info: Bytes,
         have: Bitfield,
         now: Instant,
-    ) -> Result<Pieces, String> {
-        let geo = Geometry::from_info(info).map_err(|e| e.to_string())?;
+    ) -> Result<Pieces, CoreError> {
+        let geo = Geometry::from_info(info)?;
         let have_count = have.count_ones();
-        let engine = Engine::new(geo, have, cfg.engine.clone(), now, cfg.rng_seed)
-            .map_err(|e| e.to_string())?;
+        let engine = Engine::new(geo, have, cfg.engine.clone(), now, cfg.rng_seed)?;
         Ok(Pieces {
             engine,
             metadata: MetadataServer::new(raw_info),
@@ -1033,7 +1041,12 @@ impl TorrentCore {
 
     /// The result of [`Output::Verify`]: `Ok(true)` verified and written, `Ok(false)`
     /// the hash did not match, `Err` the write failed.
-    pub fn piece_written(&mut self, now: Instant, piece: u32, result: Result<bool, String>) {
+    pub fn piece_written(
+        &mut self,
+        now: Instant,
+        piece: u32,
+        result: Result<bool, crate::storage::StorageError>,
+    ) {
         let Phase::Pieces(p) = &mut self.phase else {
             return;
         };
@@ -1106,7 +1119,7 @@ impl TorrentCore {
         };
         match Self::open_pieces(&self.cfg, &info, raw, have, now) {
             Ok(p) => self.phase = Phase::Pieces(Box::new(p)),
-            Err(e) => return self.fail(now, e),
+            Err(e) => return self.fail(now, e.to_string()),
         }
         // Every ready connection joins the engine; what they said meanwhile is replayed.
         let ready: Vec<ConnId> = self
@@ -1135,8 +1148,8 @@ impl TorrentCore {
         self.after(now);
     }
 
-    pub fn storage_failed(&mut self, now: Instant, reason: String) {
-        self.fail(now, reason);
+    pub fn storage_failed(&mut self, now: Instant, error: &dyn std::error::Error) {
+        self.fail(now, error.to_string());
     }
 
     fn fail(&mut self, now: Instant, reason: String) {
