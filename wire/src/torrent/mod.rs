@@ -993,11 +993,10 @@ impl TorrentCore {
         let Some(msg) = c.pex_in.accept(now, msg) else {
             return;
         };
-        if self.is_private() || !matches!(self.phase, Phase::Pieces(_)) {
-            // Unknown metadata might be private: no peers from PEX until we know.
-            if !matches!(self.phase, Phase::Metadata(_)) {
-                return;
-            }
+        // BEP 27: a private torrent takes peers from its trackers only. Before the
+        // metadata we cannot tell, but peers of a private torrent send no PEX.
+        if self.is_private() {
+            return;
         }
         for (addr, _flags) in msg.added {
             if is_dialable(addr) && !self.is_own(addr) {
