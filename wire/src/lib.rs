@@ -4,6 +4,7 @@
 //! Protocol decisions live in sans-IO state machines (no sockets, no clock, no global RNG);
 //! the tokio drivers around them are thin. Codecs are pure functions over bytes.
 
+pub mod bitfield;
 pub mod create;
 pub mod engine;
 pub mod extension;

@@ -11,7 +11,6 @@
 //! in flight per peer, who gets upload slots ([`choker`]), rate limits ([`rate`]),
 //! snubbing, bad-piece strikes and bans, and BEP 6 (Fast) semantics.
 
-pub mod bitfield;
 pub mod choker;
 pub mod peer_state;
 pub mod picker;
@@ -27,9 +26,9 @@ use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use crate::bitfield::{Bitfield, BitfieldError};
 pub use crate::layout::{Block, Geometry, GeometryError, BLOCK_LEN};
 use crate::peer::Message;
-pub use bitfield::{Bitfield, BitfieldError};
 use peer_state::{Outstanding, Peer, Unchoke};
 use picker::{PeerView, PickPolicy, Picker, PieceState, Received};
 use rate::TokenBucket;

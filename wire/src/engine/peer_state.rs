@@ -3,9 +3,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::bitfield::Bitfield;
 use super::rate::RateMeter;
 use super::{Block, Config, PeerInfo};
+use crate::bitfield::Bitfield;
 
 /// Withdrawn requests remembered per peer.
 const MAX_CANCELLED: usize = 256;

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::bitfield::Bitfield;
 use super::{Block, Geometry, PeerSlot};
+use crate::bitfield::Bitfield;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceState {

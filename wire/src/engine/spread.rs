@@ -14,8 +14,8 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::bitfield::Bitfield;
 use super::Geometry;
+use crate::bitfield::Bitfield;
 
 #[derive(Debug)]
 pub struct Spread {

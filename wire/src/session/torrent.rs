@@ -159,13 +159,7 @@ pub(super) fn open_storage(
     )?;
     let resume = resume_path(cfg, info_hash, storage.root());
     check_existing(&storage, resume.as_deref(), cfg.full_recheck)?;
-    let count = storage.layout().piece_count();
-    let mut have = Bitfield::new(count);
-    for p in 0..count {
-        if storage.has_piece(p) {
-            have.set(p);
-        }
-    }
+    let have = storage.have();
     Ok((Arc::new(storage), have))
 }
 

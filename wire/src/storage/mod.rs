@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
+use crate::bitfield::Bitfield;
 use bytes::Bytes;
 use rayon::prelude::*;
 use sha1::{Digest, Sha1};
@@ -144,9 +145,8 @@ pub struct Storage {
 }
 
 struct State {
-    /// Verified pieces, wire bitfield order (piece 0 = high bit of byte 0).
-    have: Vec<u8>,
-    have_count: u32,
+    /// Verified pieces.
+    have: Bitfield,
     /// Files written since the last fsync.
     dirty: Vec<bool>,
 }
@@ -169,8 +169,7 @@ impl Storage {
         let n_files = layout.files().len();
         Ok(Storage {
             state: Mutex::new(State {
-                have: vec![0; (layout.piece_count() as usize).div_ceil(8)],
-                have_count: 0,
+                have: Bitfield::new(layout.piece_count()),
                 dirty: vec![false; n_files],
             }),
             root,
@@ -195,12 +194,12 @@ impl Storage {
 
     /// Whether piece `index` has been verified.
     pub fn has_piece(&self, index: u32) -> bool {
-        index < self.layout.piece_count() && get_bit(&self.state().have, index)
+        index < self.layout.piece_count() && self.state().have.get(index)
     }
 
     /// Number of verified pieces.
     pub fn have_count(&self) -> u32 {
-        self.state().have_count
+        self.state().have.count_ones()
     }
 
     /// True when every piece is verified.
@@ -210,19 +209,20 @@ impl Storage {
 
     /// Verified pieces as a wire bitfield (ready for a `bitfield` message).
     pub fn have_bitfield(&self) -> Vec<u8> {
+        self.state().have.to_bytes()
+    }
+
+    /// The verified pieces.
+    pub fn have(&self) -> Bitfield {
         self.state().have.clone()
     }
 
     fn mark(&self, index: u32, present: bool) {
         let mut st = self.state();
-        let was = get_bit(&st.have, index);
-        if was != present {
-            set_bit(&mut st.have, index, present);
-            if present {
-                st.have_count += 1;
-            } else {
-                st.have_count -= 1;
-            }
+        if present {
+            st.have.set(index);
+        } else {
+            st.have.clear(index);
         }
     }
 
@@ -577,14 +577,14 @@ impl Storage {
                 self.have_count(),
             ));
         }
-        if crate::peer::validate_bitfield(&data.have, n).is_err() {
+        let Ok(saved) = Bitfield::from_bytes(&data.have, n) else {
             return Ok(report(
                 ResumeStatus::Invalid("bad bitfield".into()),
                 0,
                 self.have_count(),
             ));
-        }
-        let claimed = (0..n).filter(|&i| get_bit(&data.have, i)).count() as u32;
+        };
+        let claimed = saved.count_ones();
         // A file whose size or mtime moved since the save (written after it, truncated,
         // edited) makes every piece touching it suspect; those are rehashed, claimed or
         // not, so pieces verified after the last save survive a crash too. Pieces lying
@@ -596,7 +596,7 @@ impl Storage {
             .map(|(a, b)| full_recheck || a != b)
             .collect();
         if !changed.contains(&true) {
-            for p in (0..n).filter(|&i| get_bit(&data.have, i)) {
+            for p in saved.iter_ones() {
                 self.mark(p, true);
             }
             return Ok(report(ResumeStatus::Trusted, claimed, self.have_count()));
@@ -605,7 +605,7 @@ impl Storage {
         for p in 0..n {
             if self.layout.piece_spans(p).iter().any(|s| changed[s.file]) {
                 suspect.push(p);
-            } else if get_bit(&data.have, p) {
+            } else if saved.get(p) {
                 self.mark(p, true);
             }
         }
@@ -640,21 +640,6 @@ fn read_exact_at(f: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()
     Ok(())
 }
 
-fn get_bit(bits: &[u8], i: u32) -> bool {
-    bits.get(i as usize / 8)
-        .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
-}
-
-fn set_bit(bits: &mut [u8], i: u32, on: bool) {
-    if let Some(b) = bits.get_mut(i as usize / 8) {
-        if on {
-            *b |= 0x80 >> (i % 8);
-        } else {
-            *b &= !(0x80 >> (i % 8));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,16 +648,5 @@ mod tests {
     fn storage_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Storage>();
-    }
-
-    #[test]
-    fn bit_helpers_use_wire_order() {
-        let mut b = vec![0u8; 2];
-        set_bit(&mut b, 0, true);
-        set_bit(&mut b, 9, true);
-        assert_eq!(b, [0x80, 0x40]);
-        assert!(get_bit(&b, 9) && !get_bit(&b, 8) && !get_bit(&b, 100));
-        set_bit(&mut b, 0, false);
-        assert_eq!(b, [0, 0x40]);
     }
 }
