@@ -129,6 +129,12 @@ enum Scenario {
         /// block or a metadata answer.
         #[arg(long, default_value_t = 0)]
         silent: usize,
+        /// Of the silent hosts, this many also flood their connections with control
+        /// messages (`--flood-rate` a second each).
+        #[arg(long, default_value_t = 0)]
+        flood: usize,
+        #[arg(long, default_value_t = 10_000)]
+        flood_rate: u32,
         /// Corrupt and silent hosts listen on an honest leecher's IP (another port).
         #[arg(long)]
         share_ip: bool,
@@ -359,6 +365,8 @@ fn main() {
             degree,
             corrupt,
             silent,
+            flood,
+            flood_rate,
             share_ip,
         } => {
             let mut p = swarm::SwarmParams::new(leechers, seed);
@@ -370,6 +378,8 @@ fn main() {
             p.degree = degree;
             p.corrupt = corrupt.min(leechers.saturating_sub(1));
             p.silent = silent.min(leechers.saturating_sub(1 + p.corrupt));
+            p.flood = flood.min(p.silent);
+            p.flood_rate = flood_rate;
             p.share_ip = share_ip;
             let r = swarm::run(&p);
             let mut done: Samples = r.completion.iter().flatten().copied().collect();

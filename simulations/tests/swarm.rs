@@ -110,3 +110,23 @@ fn the_same_seed_gives_the_same_swarm() {
     assert_eq!(a.bans, b.bans);
     assert_eq!(a.uploaded_total, b.uploaded_total);
 }
+
+#[test]
+fn flooding_silent_peers_do_not_hold_the_swarm() {
+    // Four peers that have everything, unchoke and never send; two of them also flood
+    // every connection with choke / unchoke / interest / have messages.
+    let mut p = SwarmParams::new(30, 4);
+    p.silent = 4;
+    p.flood = 2;
+    p.flood_rate = 200;
+    let r = run(&p);
+    let last = r
+        .last_completion()
+        .unwrap_or_else(|| panic!("every honest leecher completes: {:?}", r.completion));
+    // Before rejects counted as snubbing, such a swarm took over 7 x T_min (100 leechers).
+    assert!(
+        last / r.t_min <= 3.5,
+        "last completion {last:.1} s vs T_min {:.1} s",
+        r.t_min
+    );
+}

@@ -58,6 +58,10 @@ pub struct SwarmParams {
     /// Hosts after those (also counted in `leechers`) that have the torrent, announce
     /// every piece and unchoke, but never send a block or a metadata answer.
     pub silent: usize,
+    /// Of those silent hosts, this many (the last) also flood every connection with
+    /// choke/unchoke, interested/not-interested and have messages, `flood_rate` a second.
+    pub flood: usize,
+    pub flood_rate: u32,
     /// Hostile hosts share the IP of an honest leecher (another port), as behind a NAT.
     pub share_ip: bool,
 }
@@ -78,6 +82,8 @@ impl SwarmParams {
             limit: Duration::from_secs(3600),
             corrupt: 0,
             silent: 0,
+            flood: 0,
+            flood_rate: 10_000,
             share_ip: false,
         }
     }
@@ -202,8 +208,15 @@ enum Ev {
     Wake {
         host: u32,
     },
+    /// A flooding host sends its next burst.
+    Flood {
+        host: u32,
+    },
     Sample,
 }
+
+/// How often a flooding host sends a burst.
+const FLOOD_EVERY: Duration = Duration::from_millis(10);
 
 struct Peer {
     core: TorrentCore,
@@ -215,6 +228,8 @@ struct Peer {
     corrupt: bool,
     /// Sends no blocks and no metadata.
     silent: bool,
+    /// Floods its connections (and is silent).
+    flood: bool,
 }
 
 impl Peer {
@@ -461,6 +476,7 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
                 completed: None,
                 corrupt: h > honest && !silent,
                 silent,
+                flood: h + p.flood > p.leechers,
             }
         })
         .collect();
@@ -500,8 +516,12 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
     }
     for h in 0..n as u32 {
         swarm.after_input(h);
+        if swarm.peers[h as usize].flood {
+            swarm.queue.push(SimTime::ZERO, Ev::Flood { host: h });
+        }
     }
     swarm.queue.push(SimTime::ZERO, Ev::Sample);
+    let burst = (p.flood_rate as f64 * FLOOD_EVERY.as_secs_f64()).ceil() as u32;
 
     let dist = p.distribution();
     let (t_min, _) = dist.p2p_lower_bound();
@@ -593,6 +613,36 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
                     .core
                     .closed(now_i, conn, "closed by peer");
                 host
+            }
+            Ev::Flood { host } => {
+                // Messages a core must take in its stride: none is invalid, each one
+                // costs it a little state or work, and they never stop.
+                let links: Vec<(u32, ConnId)> =
+                    swarm.peers[host as usize].links.values().copied().collect();
+                for (to, their) in links {
+                    let at = at + swarm.net.one_way(HostId(host), HostId(to));
+                    for k in 0..burst {
+                        let msg = match k % 5 {
+                            0 => Message::Choke,
+                            1 => Message::Unchoke,
+                            2 => Message::Interested,
+                            3 => Message::NotInterested,
+                            _ => Message::Have {
+                                piece: k % geo.piece_count,
+                            },
+                        };
+                        swarm.queue.push(
+                            at,
+                            Ev::Deliver {
+                                to,
+                                conn: their,
+                                msg,
+                            },
+                        );
+                    }
+                }
+                swarm.queue.push(at + FLOOD_EVERY, Ev::Flood { host });
+                continue;
             }
             Ev::Wake { host } => {
                 let p = &mut swarm.peers[host as usize];

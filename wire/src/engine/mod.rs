@@ -296,6 +296,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// A peer counts as new (favoured for the optimistic slot) for this long.
 const NEW_PEER: Duration = Duration::from_secs(60);
 const MAX_ALLOWED_FAST: usize = 64;
+/// Requests a peer may reject while it says it unchokes us (and sends no block) before it
+/// counts as snubbing us: otherwise each reject frees a block we ask it for again at once,
+/// and the blocks it keeps bouncing are lost to the peers that would send them.
+const MAX_REJECTS_UNCHOKED: u32 = 8;
 const MAX_SUGGESTED: usize = 16;
 /// A peer's blocks in flight that have not moved for this long no longer count against
 /// [`Config::max_uploads_in_flight_total`].
@@ -721,8 +725,14 @@ impl Engine {
                 if peer.take_outstanding(b).is_some() {
                     if peer.peer_choking {
                         peer.allowed_fast.retain(|&p| p != b.piece);
+                    } else if !peer.allowed_fast.contains(&b.piece) {
+                        peer.rejects_unchoked += 1;
                     }
                     self.picker.release(b);
+                    let peer = self.peer_mut(slot).expect("checked");
+                    if peer.rejects_unchoked >= MAX_REJECTS_UNCHOKED && !peer.snubbed {
+                        self.snub(slot);
+                    }
                     self.fill_requests(now, slot);
                 }
             }
@@ -857,6 +867,7 @@ impl Engine {
         let peer = self.peer_mut(slot).expect("checked");
         peer.last_block_at = Some(now);
         peer.snubbed = false;
+        peer.rejects_unchoked = 0;
         peer.down.add(now, len);
         peer.round_down += len;
         if requested.is_none() {
@@ -1046,18 +1057,25 @@ impl Engine {
             // Snubbed, it still gets one request at a time as a probe; a probe that sits
             // as long is withdrawn too, so the block can go to a peer that sends.
             if quiet >= snub_timeout {
-                p.snubbed = true;
-                let dropped: Vec<_> = p.outstanding.drain(..).collect();
-                for o in &dropped {
-                    p.note_cancelled(o.block);
-                }
-                for o in dropped {
-                    self.picker.release(o.block);
-                    self.send(slot, Message::Cancel(o.block));
-                }
-                self.picker.disown(slot);
+                self.snub(slot);
             }
         }
+    }
+
+    /// The peer sits on (or bounces) our requests: they go to other peers, and it gets
+    /// one at a time until it sends a block.
+    fn snub(&mut self, slot: PeerSlot) {
+        let Some(p) = self.peer_mut(slot) else { return };
+        p.snubbed = true;
+        let dropped: Vec<_> = p.outstanding.drain(..).collect();
+        for o in &dropped {
+            p.note_cancelled(o.block);
+        }
+        for o in dropped {
+            self.picker.release(o.block);
+            self.send(slot, Message::Cancel(o.block));
+        }
+        self.picker.disown(slot);
     }
 
     // ---- requesting -----------------------------------------------------------------

@@ -61,6 +61,8 @@ pub struct Peer {
     pub last_block_at: Option<Instant>,
     pub snubbed: bool,
     pub unwanted_blocks: u32,
+    /// Requests it rejected while saying it unchokes us, since its last block.
+    pub rejects_unchoked: u32,
     /// Requests we withdrew recently (cancel, snub, a choke without Fast): their blocks
     /// may still arrive, late but in good faith. Bounded.
     pub cancelled: VecDeque<Block>,
@@ -99,6 +101,7 @@ impl Peer {
             last_block_at: None,
             snubbed: false,
             unwanted_blocks: 0,
+            rejects_unchoked: 0,
             cancelled: VecDeque::new(),
             strikes: 0,
             slow_start_target: cfg.min_pipeline,

@@ -1058,3 +1058,72 @@ fn stuck_or_departed_peers_do_not_hold_up_uploads() {
     h.e.block_sent(h.now, peers[0]);
     assert!(reads(&h.drain()).is_empty());
 }
+
+/// A peer that has everything, unchokes us again and again and never sends a block must
+/// not hold the download: its requests move to the peer that sends.
+#[test]
+fn an_unchoke_flood_from_a_peer_that_never_sends_does_not_stall_the_download() {
+    let mut h = Harness::leecher(16, 4 * B, Config::default());
+    let good = h.connect(1, true);
+    let flooder = h.connect(2, true);
+    h.msg(flooder, Message::HaveAll);
+    h.msg(flooder, Message::Unchoke);
+    h.msg(good, Message::HaveAll);
+    h.msg(good, Message::Unchoke);
+    let mut done_at = None;
+    for step in 0..1200u32 {
+        // Every 50 ms: the flooder unchokes us 20 times more; the good peer answers
+        // two requests (the verifications pass at once).
+        h.advance(Duration::from_millis(50));
+        for _ in 0..20 {
+            h.msg(flooder, Message::Unchoke);
+        }
+        h.answer(good, 2);
+        let verify: Vec<u32> = h
+            .log
+            .drain(..)
+            .filter_map(|a| match a {
+                Action::VerifyPiece { piece } => Some(piece),
+                _ => None,
+            })
+            .collect();
+        for p in verify {
+            h.e.piece_verified(h.now, p, true);
+        }
+        h.drain();
+        if h.e.is_complete() {
+            done_at = Some(step);
+            break;
+        }
+    }
+    // 64 blocks at 40 a second take under 2 s; the flooder may cost a snub timeout or two.
+    let done_at = done_at.expect("complete within a minute");
+    assert!(done_at * 50 < 20_000, "complete after {} ms", done_at * 50);
+}
+
+/// A peer that says it unchokes us but rejects every request is snubbed: the blocks it
+/// bounces go to other peers instead of back to it at once.
+#[test]
+fn a_peer_that_unchokes_but_rejects_every_request_is_snubbed() {
+    let mut h = Harness::leecher(8, 4 * B, Config::default());
+    let liar = h.connect(1, true);
+    h.msg(liar, Message::HaveAll);
+    let mut acts = h.msg(liar, Message::Unchoke);
+    let mut rejected = 0;
+    for _ in 0..100 {
+        let r = requests(&acts, liar);
+        if r.is_empty() || h.e.peer_stats(liar).unwrap().snubbed {
+            break;
+        }
+        acts = Vec::new();
+        for b in r {
+            rejected += 1;
+            acts.extend(h.msg(liar, Message::RejectRequest(b)));
+        }
+    }
+    let st = h.e.peer_stats(liar).unwrap();
+    assert!(st.snubbed, "not snubbed after {rejected} rejects");
+    // One batch of requests at most, then one probe at a time.
+    assert!(rejected <= 32, "{rejected} rejects before it was snubbed");
+    assert!(st.requests_out <= 1, "{st:?}");
+}
