@@ -50,7 +50,7 @@ impl Geometry {
         if Self::pieces_in(total_length, piece_length) > 1 << 31 {
             return Err(GeometryError::TooManyPieces);
         }
-        Ok(Self::of_stream(total_length, piece_length as u32).expect("within a stream's bounds"))
+        Self::of_stream(total_length, piece_length as u32).ok_or(GeometryError::TooManyPieces)
     }
 
     /// The geometry of an info dictionary (never an error for a parsed one).
