@@ -871,6 +871,7 @@ impl Dht {
         };
         if n4 {
             r.nodes = pick(&self.pool4, &self.table4);
+            r.with_nodes = true;
         }
         if n6 {
             r.nodes6 = pick(&self.pool6, &self.table6);

@@ -128,6 +128,10 @@ impl QueryKind {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Response {
     pub id: Id,
+    /// `nodes` is in the message even when empty: the reply to a find_node, get_peers or
+    /// sample_infohashes for IPv4 nodes (BEP 5 wants the key; a node that knows nobody
+    /// yet answers with an empty list).
+    pub with_nodes: bool,
     pub nodes: Vec<NodeInfo>,
     pub nodes6: Vec<NodeInfo>,
     pub values: Vec<SocketAddr>,
@@ -364,6 +368,7 @@ fn decode_response(dict: &Dict<'_>) -> Result<Response, DecodeError> {
         .get_dict(b"r")
         .ok_or(DecodeError::Invalid("response without r"))?;
     let id = get_id(r, b"id").ok_or(DecodeError::Invalid("response without a valid id"))?;
+    let with_nodes = r.get_bytes(b"nodes").is_some();
     let nodes = r
         .get_bytes(b"nodes")
         .map(|b| decode_nodes(b, 26))
@@ -391,6 +396,7 @@ fn decode_response(dict: &Dict<'_>) -> Result<Response, DecodeError> {
     });
     Ok(Response {
         id,
+        with_nodes,
         nodes,
         nodes6,
         values,
@@ -524,7 +530,7 @@ fn encode_response(e: &mut Encoder<'_>, r: &Response) {
     // find_node and get_peers reply).
     let v4 = || r.nodes.iter().filter(|n| is_v4(&n.addr));
     let count = v4().count();
-    if count > 0 {
+    if count > 0 || r.with_nodes {
         e.key(b"nodes")
             .bytes_with(count * 26, |out| push_nodes(out, v4()));
     }
@@ -681,6 +687,7 @@ mod tests {
             ro: true,
             body: Body::Response(Response {
                 id: Id([3; 20]),
+                with_nodes: true,
                 nodes: vec![n4],
                 nodes6: vec![n6],
                 values: vec!["[::1]:80".parse().unwrap(), "127.0.0.2:1".parse().unwrap()],

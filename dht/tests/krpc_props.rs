@@ -91,6 +91,8 @@ fn body() -> impl Strategy<Value = Body> {
             |(id, nodes, nodes6, values, token, samples, interval, num)| {
                 Body::Response(Response {
                     id,
+                    // Decoding reports the key as present exactly when there were nodes.
+                    with_nodes: !nodes.is_empty(),
                     nodes,
                     nodes6,
                     values,

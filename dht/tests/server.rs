@@ -747,3 +747,51 @@ fn a_sparse_bucket_fills_from_one_find_node_and_pings() {
         "a lookup takes over: {lookup:?}"
     );
 }
+
+/// BEP 5: find_node and get_peers replies carry `nodes` even from a node that knows
+/// nobody yet (an empty string), and get_peers a token; a bare ping reply has no `nodes`.
+#[test]
+fn a_node_that_knows_nobody_still_answers_with_an_empty_nodes_key() {
+    let (mut d, now) = core(|_| {});
+    let from = addr("127.0.0.9:7000");
+    let raw_replies = |d: &mut Dht| {
+        std::iter::from_fn(|| d.poll_transmit())
+            .filter(|t| t.to == from)
+            .filter(|t| {
+                matches!(
+                    Message::decode(&t.data).map(|m| m.body),
+                    Ok(Body::Response(_))
+                )
+            })
+            .map(|t| t.data)
+            .collect::<Vec<_>>()
+    };
+    let cases = [
+        (
+            &b"fn"[..],
+            QueryKind::FindNode {
+                target: Id([0x33; 20]),
+            },
+        ),
+        (
+            &b"gp"[..],
+            QueryKind::GetPeers {
+                info_hash: Id([0x44; 20]),
+            },
+        ),
+    ];
+    for (t, kind) in cases {
+        d.handle_datagram(now, from, &query(t, Id([0x22; 20]), kind));
+        let replies = raw_replies(&mut d);
+        assert_eq!(replies.len(), 1, "one reply");
+        let bytes = &replies[0];
+        assert!(
+            bytes.windows(8).any(|w| w == b"5:nodes0"),
+            "an empty nodes key: {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    d.handle_datagram(now, from, &query(b"pn", Id([0x22; 20]), QueryKind::Ping));
+    let replies = raw_replies(&mut d);
+    assert!(!replies[0].windows(7).any(|w| w == b"5:nodes"));
+}

@@ -296,6 +296,7 @@ impl Harness {
                         .collect();
                     Body::Response(Response {
                         id: self.id(u)?,
+                        with_nodes: true,
                         nodes: self
                             .nodes(u)?
                             .into_iter()
