@@ -35,31 +35,42 @@ fn s(x: impl ToString) -> String {
     x.to_string()
 }
 
-/// A libtorrent peer (on a fresh loopback IP) fetching `magnet` into `out_dir` through the
-/// DHT of `boot`, with its event lines.
+/// A libtorrent peer on a fresh loopback IP, joined to the DHT of `boot`, running lt_peer.py
+/// `mode` for at most `timeout` seconds; with its event lines.
+fn lt_peer(
+    python: &str,
+    boot: std::net::SocketAddr,
+    timeout: u32,
+    mode: &[String],
+) -> (tests::Reaper, std::sync::mpsc::Receiver<String>) {
+    let lt_ip = next_loopback_ip();
+    let mut args = vec![
+        s("--listen"),
+        format!("{lt_ip}:{}", free_port(lt_ip)),
+        s("--bootstrap"),
+        s(boot),
+        s("--timeout"),
+        s(timeout),
+    ];
+    args.extend_from_slice(mode);
+    tests::spawn_lt_peer(python, &args)
+}
+
+/// A libtorrent peer fetching `magnet` into `out_dir` through the DHT of `boot`.
 fn lt_get(
     python: &str,
     boot: std::net::SocketAddr,
     magnet: String,
     out_dir: &std::path::Path,
 ) -> (tests::Reaper, std::sync::mpsc::Receiver<String>) {
-    let lt_ip = next_loopback_ip();
-    tests::spawn_lt_peer(
-        python,
-        &[
-            s("--listen"),
-            format!("{lt_ip}:{}", free_port(lt_ip)),
-            s("--bootstrap"),
-            s(boot),
-            s("--timeout"),
-            s(100),
-            s("get"),
-            s("--magnet"),
-            magnet,
-            s("--save"),
-            out_dir.display().to_string(),
-        ],
-    )
+    let mode = [
+        s("get"),
+        s("--magnet"),
+        magnet,
+        s("--save"),
+        out_dir.display().to_string(),
+    ];
+    lt_peer(python, boot, 100, &mode)
 }
 
 #[test]
@@ -265,23 +276,14 @@ fn one_swarm_seed_process_serves_two_torrents_to_libtorrent_on_one_port() {
     let lookups: Vec<_> = hashes
         .iter()
         .map(|h| {
-            let lt_ip = next_loopback_ip();
-            tests::spawn_lt_peer(
-                python,
-                &[
-                    s("--listen"),
-                    format!("{lt_ip}:{}", free_port(lt_ip)),
-                    s("--bootstrap"),
-                    s(boot.addr),
-                    s("--timeout"),
-                    s(60),
-                    s("dht-get-peers"),
-                    s("--info-hash"),
-                    h.clone(),
-                    s("--want"),
-                    s(100),
-                ],
-            )
+            let mode = [
+                s("dht-get-peers"),
+                s("--info-hash"),
+                h.clone(),
+                s("--want"),
+                s(100),
+            ];
+            lt_peer(python, boot.addr, 60, &mode)
         })
         .collect();
     for ((_lt, lines), h) in lookups.iter().zip(&hashes) {

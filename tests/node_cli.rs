@@ -71,6 +71,11 @@ fn s(x: impl ToString) -> String {
     x.to_string()
 }
 
+/// `--bind IP --port PORT --no-dht`: a node reached only by hints.
+fn without_dht(ip: impl ToString, port: u16) -> [String; 5] {
+    [s("--bind"), s(ip), s("--port"), s(port), s("--no-dht")]
+}
+
 #[test]
 fn get_by_magnet_through_the_dht_only() {
     let boot = tests::InProcessBootstrap::start();
@@ -128,13 +133,7 @@ fn get_without_dht_from_a_peer_hint() {
     let seed_port = free_port(seed_ip);
     let (_seeder, magnet) = start_seeder(
         &file,
-        &[
-            s("--bind"),
-            s(seed_ip),
-            s("--port"),
-            s(seed_port),
-            s("--no-dht"),
-        ],
+        &without_dht(seed_ip, seed_port),
         &dir.path().join("state-seed"),
     );
     let with_hint = format!("{magnet}&x.pe={seed_ip}:{seed_port}");
@@ -175,13 +174,7 @@ fn get_two_torrents_at_once_from_one_seed_process() {
     let seed_port = free_port(seed_ip);
     let (_seeder, magnets) = start_seeder_of(
         &[&fa, &fb],
-        &[
-            s("--bind"),
-            s(seed_ip),
-            s("--port"),
-            s(seed_port),
-            s("--no-dht"),
-        ],
+        &without_dht(seed_ip, seed_port),
         &dir.path().join("state-seed"),
     );
     assert_ne!(magnets[0], magnets[1]);

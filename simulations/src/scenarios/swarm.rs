@@ -267,6 +267,21 @@ impl Swarm {
         self.addrs[h as usize]
     }
 
+    /// Host `h`'s connection `conn` reaches `to`'s `theirs`: the handshake is done at `h`.
+    fn connected(
+        &mut self,
+        now: std::time::Instant,
+        h: u32,
+        conn: ConnId,
+        to: u32,
+        theirs: ConnId,
+    ) {
+        let p = &mut self.peers[h as usize];
+        p.links.insert(conn, (to, theirs));
+        p.core
+            .handshake_done(now, conn, peer_id(to), Reserved::OURS);
+    }
+
     fn after_input(&mut self, h: u32) {
         let now = self.now;
         let now_i = self.clock.instant(now);
@@ -569,13 +584,7 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
                 let accepted = swarm.peers[to as usize].core.accept(now_i, addr).ok();
                 let back = at + swarm.net.one_way(HostId(to), HostId(from));
                 if let Some(theirs) = accepted {
-                    swarm.peers[to as usize].links.insert(theirs, (from, conn));
-                    swarm.peers[to as usize].core.handshake_done(
-                        now_i,
-                        theirs,
-                        peer_id(from),
-                        Reserved::OURS,
-                    );
+                    swarm.connected(now_i, to, theirs, from, conn);
                 }
                 swarm.queue.push(
                     back,
@@ -592,18 +601,11 @@ pub fn run(p: &SwarmParams) -> SwarmReport {
                 conn,
                 accepted,
             } => {
-                let core = &mut swarm.peers[host as usize].core;
                 match accepted {
-                    Some((to, theirs)) => {
-                        swarm.peers[host as usize].links.insert(conn, (to, theirs));
-                        swarm.peers[host as usize].core.handshake_done(
-                            now_i,
-                            conn,
-                            peer_id(to),
-                            Reserved::OURS,
-                        );
-                    }
-                    None => core.closed(now_i, conn, "refused"),
+                    Some((to, theirs)) => swarm.connected(now_i, host, conn, to, theirs),
+                    None => swarm.peers[host as usize]
+                        .core
+                        .closed(now_i, conn, "refused"),
                 }
                 host
             }
