@@ -4,7 +4,7 @@
 //! 3-bit random `r` mixed in; the last byte of the id is `r`. Nodes on local networks are
 //! exempt (their ids cannot be checked against a public address).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rand::RngCore;
@@ -94,43 +94,80 @@ pub fn is_valid_id(id: &Id, ip: IpAddr) -> bool {
         && (id.0[2] & 0xf8) == ((crc >> 8) as u8 & 0xf8)
 }
 
-/// Counts what other nodes say our address is (the `ip` field of their replies) and
-/// settles on one once enough distinct voters agree.
+/// Counts what other nodes say our address is (the `ip` field of their replies to our
+/// queries) and settles on one once enough distinct networks agree.
+///
+/// One vote per network: a /24 for IPv4, a /48 for IPv6 (many addresses there cost an
+/// attacker nothing), the whole address for private and loopback voters (a LAN or a test
+/// on 127.0.0.0/8, where there is no one else to ask). A network voting again replaces its
+/// earlier vote, and the oldest vote leaves when the window is full, so a real change of
+/// address wins over time. Deciding first takes [`Self::QUORUM`] networks and a majority;
+/// moving off a decided address takes [`Self::FLIP_QUORUM`] networks and twice the votes
+/// the current one has, so a few addresses cannot flip it back and forth.
 #[derive(Debug, Default)]
 pub struct ExternalIpVoter {
-    votes: HashMap<IpAddr, u32>,
-    voters: Vec<IpAddr>,
+    /// (voter's network, claimed address), oldest first.
+    votes: VecDeque<(VoterNet, IpAddr)>,
     decided: Option<IpAddr>,
 }
 
-impl ExternalIpVoter {
-    /// Distinct voters needed before a decision.
-    pub const QUORUM: u32 = 4;
-    /// Votes remembered before the round restarts (bounds memory).
-    const MAX_VOTERS: usize = 32;
+/// The network a vote counts for (see [`ExternalIpVoter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum VoterNet {
+    V4([u8; 3]),
+    V6([u8; 6]),
+    Exact(IpAddr),
+}
 
-    /// Records a vote from `voter` that we are `claimed`. Returns the new external IP when
-    /// the decision changes.
+impl VoterNet {
+    fn of(ip: IpAddr) -> VoterNet {
+        if is_exempt(ip) {
+            return VoterNet::Exact(ip);
+        }
+        match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                VoterNet::V4([o[0], o[1], o[2]])
+            }
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                VoterNet::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
+            }
+        }
+    }
+}
+
+impl ExternalIpVoter {
+    /// Networks that must agree before a first decision.
+    pub const QUORUM: usize = 4;
+    /// Networks that must agree to move off a decided address.
+    pub const FLIP_QUORUM: usize = 8;
+    /// Votes kept (one per network).
+    const WINDOW: usize = 64;
+
+    /// Records that `voter`, a node that answered one of our queries, saw us as `claimed`.
+    /// Returns the address when this vote decides it (first decision or a change).
     pub fn vote(&mut self, voter: IpAddr, claimed: IpAddr) -> Option<IpAddr> {
-        if self.voters.contains(&voter) || claimed.is_unspecified() {
+        if claimed.is_unspecified() {
             return None;
         }
-        if self.voters.len() >= Self::MAX_VOTERS {
-            self.voters.clear();
-            self.votes.clear();
+        let net = VoterNet::of(voter);
+        if let Some(i) = self.votes.iter().position(|(n, _)| *n == net) {
+            self.votes.remove(i);
+        } else if self.votes.len() >= Self::WINDOW {
+            self.votes.pop_front();
         }
-        self.voters.push(voter);
-        let n = self.votes.entry(claimed).or_insert(0);
-        *n += 1;
-        let total: u32 = self.votes.values().sum();
-        let (best, count) = self
-            .votes
-            .iter()
-            .max_by_key(|(ip, n)| (**n, **ip))
-            .map(|(ip, n)| (*ip, *n))?;
-        if count >= Self::QUORUM && count * 2 > total && self.decided != Some(best) {
-            self.decided = Some(best);
-            return Some(best);
+        self.votes.push_back((net, claimed));
+        let count = |ip: IpAddr| self.votes.iter().filter(|(_, c)| *c == ip).count();
+        let leader = count(claimed);
+        let decided = match self.decided {
+            None => leader >= Self::QUORUM && leader * 2 > self.votes.len(),
+            Some(current) if current == claimed => false,
+            Some(current) => leader >= Self::FLIP_QUORUM && leader > 2 * count(current),
+        };
+        if decided {
+            self.decided = Some(claimed);
+            return Some(claimed);
         }
         None
     }
@@ -140,7 +177,6 @@ impl ExternalIpVoter {
     }
 }
 
-/// Unspecified addresses for each family, handy in tests and defaults.
 pub const UNSPECIFIED_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const UNSPECIFIED_V6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
@@ -238,18 +274,101 @@ mod tests {
         assert!(!is_exempt("8.8.8.8".parse().unwrap()));
     }
 
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    /// Votes for `claimed` from `n` distinct /24s starting at 1.`first`.0.0.
+    fn votes_from_networks(
+        v: &mut ExternalIpVoter,
+        first: u8,
+        n: u8,
+        claimed: IpAddr,
+    ) -> Option<IpAddr> {
+        let mut decided = None;
+        for i in 0..n {
+            decided = decided.or(v.vote(v4(1, first + i, 0, 1), claimed));
+        }
+        decided
+    }
+
     #[test]
-    fn voter_needs_distinct_quorum() {
+    fn voter_needs_a_quorum_of_distinct_networks() {
         let mut v = ExternalIpVoter::default();
-        let me: IpAddr = "9.9.9.9".parse().unwrap();
-        let voter: IpAddr = "1.1.1.1".parse().unwrap();
+        let me = v4(9, 9, 9, 9);
         for _ in 0..10 {
-            assert_eq!(v.vote(voter, me), None, "one voter repeating counts once");
+            assert_eq!(
+                v.vote(v4(1, 1, 1, 1), me),
+                None,
+                "one voter repeating counts once"
+            );
         }
-        for i in 2..(ExternalIpVoter::QUORUM as u8) {
-            assert_eq!(v.vote(IpAddr::V4(Ipv4Addr::new(1, 1, 1, i)), me), None);
+        for i in 2..100 {
+            assert_eq!(v.vote(v4(1, 1, 1, i), me), None, "one /24 counts once: {i}");
         }
-        assert_eq!(v.vote("1.1.1.99".parse().unwrap(), me), Some(me));
+        assert_eq!(votes_from_networks(&mut v, 2, 2, me), None);
+        assert_eq!(
+            v.vote(v4(1, 200, 0, 1), me),
+            Some(me),
+            "the fourth network decides"
+        );
         assert_eq!(v.external_ip(), Some(me));
+    }
+
+    #[test]
+    fn ipv6_voters_count_per_48() {
+        let mut v = ExternalIpVoter::default();
+        let me: IpAddr = "2001:db8:1::1".parse().unwrap();
+        for i in 0..50u16 {
+            let voter = IpAddr::V6(Ipv6Addr::new(0x2a00, 0x1, 0x2, i, 0, 0, 0, 1));
+            assert_eq!(v.vote(voter, me), None, "one /48 counts once");
+        }
+        for i in 1..4u16 {
+            let voter = IpAddr::V6(Ipv6Addr::new(0x2a00, 0x1, 0x2 + i, 0, 0, 0, 0, 1));
+            let want = (i == 3).then_some(me);
+            assert_eq!(v.vote(voter, me), want);
+        }
+    }
+
+    #[test]
+    fn a_few_networks_cannot_flip_a_decided_address_back_and_forth() {
+        let mut v = ExternalIpVoter::default();
+        let me = v4(9, 9, 9, 9);
+        let lie = v4(6, 6, 6, 6);
+        assert_eq!(votes_from_networks(&mut v, 1, 10, me), Some(me));
+        // Seven attacker networks, each voting again and again: never enough.
+        for _ in 0..20 {
+            assert_eq!(votes_from_networks(&mut v, 100, 7, lie), None);
+        }
+        assert_eq!(v.external_ip(), Some(me));
+        // Honest votes keep coming; the attackers alternate claims: still no flip.
+        for round in 0..20u8 {
+            let claim = if round % 2 == 0 { lie } else { v4(5, 5, 5, 5) };
+            assert_eq!(votes_from_networks(&mut v, 100, 7, claim), None);
+            assert_eq!(votes_from_networks(&mut v, 1, 10, me), None);
+        }
+        assert_eq!(v.external_ip(), Some(me));
+    }
+
+    #[test]
+    fn a_real_change_of_address_wins_as_new_votes_arrive() {
+        let mut v = ExternalIpVoter::default();
+        let old = v4(9, 9, 9, 9);
+        let new = v4(8, 8, 8, 8);
+        assert_eq!(votes_from_networks(&mut v, 1, 40, old), Some(old));
+        // Everyone now sees the new address; the old votes age out of the window.
+        assert_eq!(votes_from_networks(&mut v, 100, 60, new), Some(new));
+        assert_eq!(v.external_ip(), Some(new));
+    }
+
+    #[test]
+    fn loopback_voters_count_per_address() {
+        let mut v = ExternalIpVoter::default();
+        let me = v4(127, 0, 0, 1);
+        let mut decided = None;
+        for i in 2..6 {
+            decided = decided.or(v.vote(v4(127, 0, 0, i), me));
+        }
+        assert_eq!(decided, Some(me));
     }
 }

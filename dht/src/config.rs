@@ -62,6 +62,9 @@ pub struct Config {
     pub max_torrents: usize,
     pub max_peers_per_torrent: usize,
     pub max_peers_total: usize,
+    /// Ports stored per IP in one swarm (a NAT or one host running a few clients is
+    /// normal; a thousand ports behind one token is not). Unlimited on loopback.
+    pub max_ports_per_ip: usize,
     /// How long an announced peer is kept without re-announcing.
     pub peer_ttl: Duration,
     /// The token secret rotates this often; tokens of the previous secret stay valid.
@@ -129,6 +132,7 @@ impl Default for Config {
             max_torrents: 2_000,
             max_peers_per_torrent: 200,
             max_peers_total: 20_000,
+            max_ports_per_ip: 8,
             peer_ttl: Duration::from_secs(40 * 60),
             token_rotation: Duration::from_secs(5 * 60),
             inbound_rate: 20,
@@ -162,6 +166,7 @@ impl Config {
         Config {
             bootstrap,
             restrict_ips: false,
+            max_ports_per_ip: usize::MAX,
             inbound_rate: 1_000,
             inbound_burst: 2_000,
             ..Config::default()

@@ -105,6 +105,39 @@ pub struct Stats {
     pub pool_nodes: usize,
 }
 
+/// The seed of a core's random choices (ids, transaction ids, token secrets, sampling).
+/// A real node seeds with 256 bits from the OS, so that nothing it draws can be predicted
+/// from a guessable 64-bit seed; simulations pass a `u64` to replay a run exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RngSeed(Seed);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seed {
+    Small(u64),
+    Full([u8; 32]),
+}
+
+impl RngSeed {
+    fn rng(self) -> ChaCha8Rng {
+        match self.0 {
+            Seed::Small(s) => ChaCha8Rng::seed_from_u64(s),
+            Seed::Full(bytes) => ChaCha8Rng::from_seed(bytes),
+        }
+    }
+}
+
+impl From<u64> for RngSeed {
+    fn from(s: u64) -> RngSeed {
+        RngSeed(Seed::Small(s))
+    }
+}
+
+impl From<[u8; 32]> for RngSeed {
+    fn from(bytes: [u8; 32]) -> RngSeed {
+        RngSeed(Seed::Full(bytes))
+    }
+}
+
 /// What a transaction was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TxKind {
@@ -154,8 +187,10 @@ const PING_REPEAT: Duration = Duration::from_secs(60);
 const IDLE_TICK_MAX: Duration = Duration::from_secs(60);
 /// Values in a get_peers reply to a source that never answered us (anti-amplification).
 const UNVERIFIED_VALUES: usize = 8;
-/// BEP 51 samples per reply.
+/// BEP 51 samples per reply, and per reply to a source that never answered us (20 bytes
+/// each: the full 20 would make a spoofed query a 7x amplifier).
 const MAX_SAMPLES: usize = 20;
+const UNVERIFIED_SAMPLES: usize = 4;
 const SAMPLE_INTERVAL: i64 = 300;
 /// A querying node not in the pool is pinged (to verify it) at most once in this long.
 const PROBE_REPEAT: Duration = Duration::from_secs(10 * 60);
@@ -190,13 +225,12 @@ pub struct Dht {
     seed_nodes: Vec<NodeInfo>,
     lookups: BTreeMap<LookupId, Lookup>,
     next_lookup: u64,
-    transactions: HashMap<u16, Tx>,
+    transactions: HashMap<u32, Tx>,
     /// Round trips of replies, for the short timeout.
     rtt: RttEstimator,
     /// Send times in order, for the short and the long timeout.
-    slow_checks: VecDeque<(Instant, u16)>,
-    deadlines: VecDeque<(Instant, u16)>,
-    next_tid: u16,
+    slow_checks: VecDeque<(Instant, u32)>,
+    deadlines: VecDeque<(Instant, u32)>,
     queue: VecDeque<PendingQuery>,
     transmits: VecDeque<Transmit>,
     /// Buffers of sent datagrams handed back by the driver, reused for replies.
@@ -214,9 +248,10 @@ pub struct Dht {
 }
 
 impl Dht {
-    /// A new core. `rng_seed` makes all its random choices reproducible.
-    pub fn new(config: Config, now: Instant, rng_seed: u64) -> Dht {
-        let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
+    /// A new core. `rng_seed` makes all its random choices reproducible: a `u64` for
+    /// simulations and tests, 32 random bytes for a real node (see [`RngSeed`]).
+    pub fn new(config: Config, now: Instant, rng_seed: impl Into<RngSeed>) -> Dht {
+        let mut rng = rng_seed.into().rng();
         let id = config.id.unwrap_or_else(|| Id::random(&mut rng));
         let table = |on: bool| {
             on.then(|| {
@@ -255,7 +290,8 @@ impl Dht {
             config.max_peers_per_torrent,
             config.max_peers_total,
             config.peer_ttl,
-        );
+        )
+        .with_max_ports_per_ip(config.max_ports_per_ip);
         let inbound = InboundLimiter::new(
             config.inbound_rate,
             config.inbound_burst,
@@ -265,7 +301,6 @@ impl Dht {
         );
         let outbound = TokenBucket::new(config.outbound_rate, config.outbound_burst, now);
         let replies = TokenBucket::new(config.max_replies_per_sec, config.max_replies_per_sec, now);
-        let next_tid = rng.next_u32() as u16;
         Dht {
             id,
             rng,
@@ -287,7 +322,6 @@ impl Dht {
             rtt: RttEstimator::new(config.short_timeout_min, config.short_timeout),
             slow_checks: VecDeque::new(),
             deadlines: VecDeque::new(),
-            next_tid,
             queue: VecDeque::new(),
             transmits: VecDeque::new(),
             spare: Vec::new(),
@@ -308,7 +342,7 @@ impl Dht {
     pub fn with_saved_state(
         mut config: Config,
         now: Instant,
-        rng_seed: u64,
+        rng_seed: impl Into<RngSeed>,
         state: SavedState,
     ) -> Dht {
         if config.id.is_none() {
@@ -568,9 +602,9 @@ impl Dht {
     pub fn approx_heap_bytes(&self) -> usize {
         use std::mem::size_of;
         let tables: usize = self.tables().map(RoutingTable::heap_bytes).sum();
-        let tx = self.transactions.capacity() * (size_of::<(u16, Tx)>() + 1);
+        let tx = self.transactions.capacity() * (size_of::<(u32, Tx)>() + 1);
         let deques = (self.slow_checks.capacity() + self.deadlines.capacity())
-            * size_of::<(Instant, u16)>()
+            * size_of::<(Instant, u32)>()
             + self.queue.capacity() * size_of::<PendingQuery>()
             + self.transmits.capacity() * size_of::<Transmit>()
             + self
@@ -716,7 +750,7 @@ impl Dht {
 
     fn apply_outcome(&mut self, addr: SocketAddr, outcome: InsertOutcome) {
         match outcome {
-            InsertOutcome::Poisoned { .. } => {
+            InsertOutcome::Poisoned { .. } | InsertOutcome::Contested { .. } => {
                 self.enqueue(addr, QueryKind::Ping, TxKind::Ping, None);
             }
             InsertOutcome::Cached { ping: Some(n) } => {
@@ -823,8 +857,13 @@ impl Dht {
                 }
             }
             QueryKind::SampleInfohashes { target } => {
+                let max = if confirmed {
+                    MAX_SAMPLES
+                } else {
+                    UNVERIFIED_SAMPLES
+                };
                 r.samples = Some(if self.config.store_announces {
-                    self.store.sample(MAX_SAMPLES, &mut self.rng)
+                    self.store.sample(max, &mut self.rng)
                 } else {
                     Vec::new()
                 });
@@ -900,7 +939,7 @@ impl Dht {
     // internals: client side
 
     fn take_tx(&mut self, from: SocketAddr, t: &[u8]) -> Option<Tx> {
-        let tid = u16::from_be_bytes(<[u8; 2]>::try_from(t).ok()?);
+        let tid = u32::from_be_bytes(<[u8; 4]>::try_from(t).ok()?);
         let tx = match self.transactions.get(&tid) {
             Some(tx) if tx.addr == from => self.transactions.remove(&tid),
             _ => None,
@@ -914,7 +953,7 @@ impl Dht {
     /// (otherwise every answered query would cost the driver two useless wake-ups).
     fn drop_settled_timers(&mut self) {
         let transactions = &self.transactions;
-        let live = |&(sent, tid): &(Instant, u16)| {
+        let live = |&(sent, tid): &(Instant, u32)| {
             transactions.get(&tid).is_some_and(|tx| tx.sent == sent)
         };
         while self.slow_checks.front().is_some_and(|c| !live(c)) {
@@ -932,12 +971,20 @@ impl Dht {
         t: &[u8],
         ip: Option<SocketAddr>,
         ro: bool,
-        r: Response,
+        mut r: Response,
     ) {
         let Some(tx) = self.take_tx(from, t) else {
             self.stats.unexpected_responses += 1;
             return;
         };
+        if !bep42::is_exempt(from.ip()) {
+            // A node on the internet has no business sending us into loopback or private
+            // networks (a way to make us probe our own LAN): drop such referrals and peers.
+            let public = |a: &SocketAddr| !bep42::is_exempt(a.ip());
+            r.nodes.retain(|n| public(&n.addr));
+            r.nodes6.retain(|n| public(&n.addr));
+            r.values.retain(public);
+        }
         self.stats.responses_received += 1;
         self.rtt.sample(now.saturating_duration_since(tx.sent));
         if r.id == self.id {
@@ -1436,10 +1483,12 @@ impl Dht {
         }
     }
 
-    fn alloc_tid(&mut self) -> u16 {
+    /// A fresh transaction id: 4 random bytes, so that a node we queried (which sees one
+    /// of our ids) cannot guess the ids of our queries to others and forge their replies.
+    /// A reply must also come from the address queried (see `take_tx`).
+    fn alloc_tid(&mut self) -> u32 {
         loop {
-            let tid = self.next_tid;
-            self.next_tid = self.next_tid.wrapping_add(1);
+            let tid = self.rng.next_u32();
             if !self.transactions.contains_key(&tid) {
                 return tid;
             }

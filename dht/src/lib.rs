@@ -38,7 +38,7 @@ pub mod storage;
 pub mod token;
 
 pub use crate::config::{Config, DEFAULT_ROUTERS};
-pub use crate::core::{Dht, Event, Stats, Transmit};
+pub use crate::core::{Dht, Event, RngSeed, Stats, Transmit};
 pub use crate::id::Id;
 pub use crate::krpc::NodeInfo;
 pub use crate::lookup::{LookupId, LookupKind};

@@ -20,7 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::core::{Dht, Event, Stats, Transmit};
+use crate::core::{Dht, Event, RngSeed, Stats, Transmit};
 use crate::id::Id;
 use crate::lookup::LookupId;
 use crate::mmsg::{self, RecvBatch};
@@ -131,7 +131,11 @@ impl Node {
     pub async fn bind(cfg: NodeConfig) -> io::Result<Node> {
         let socket = make_socket(&cfg)?;
         let local_addr = socket.local_addr()?;
-        let seed = cfg.rng_seed.unwrap_or_else(rand::random);
+        // A fixed seed (tests) or 256 bits from the OS.
+        let seed: RngSeed = match cfg.rng_seed {
+            Some(s) => s.into(),
+            None => rand::random::<[u8; 32]>().into(),
+        };
         let now = Instant::now();
         let saved = cfg.state_file.as_deref().and_then(load_state);
         let mut dht = match saved {

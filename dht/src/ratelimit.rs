@@ -117,7 +117,10 @@ impl InboundLimiter {
         self.sources.len()
     }
 
+    /// Admits or refuses one query from `ip`. IPv6 sources count per /64: one host (one
+    /// customer) is routinely given a whole /64 and could rotate through it at will.
     pub fn check(&mut self, ip: IpAddr, now: Instant) -> Admit {
+        let ip = source_key(ip);
         if !self.sources.contains_key(&ip) && self.sources.len() >= self.max_sources {
             self.sweep(now);
             if self.sources.len() >= self.max_sources {
@@ -161,6 +164,17 @@ impl InboundLimiter {
     }
 }
 
+/// The unit that shares one rate: an IPv4 address, an IPv6 /64.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +209,25 @@ mod tests {
         assert_eq!(l.check(ip, t0 + Duration::from_secs(299)), Admit::Banned);
         assert_eq!(l.check(other, t0), Admit::Yes, "other sources unaffected");
         assert_eq!(l.check(ip, t0 + Duration::from_secs(300)), Admit::Yes);
+    }
+
+    #[test]
+    fn ipv6_sources_share_one_rate_per_64() {
+        let t0 = Instant::now();
+        let mut l = InboundLimiter::new(10, 10, 1_000, Duration::from_secs(300), 100);
+        let admitted = (0..100u16)
+            .filter(|&i| {
+                let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, i, i, i, 1);
+                l.check(IpAddr::V6(ip), t0) == Admit::Yes
+            })
+            .count();
+        assert_eq!(
+            admitted, 10,
+            "100 addresses of one /64 got {admitted} answers"
+        );
+        assert_eq!(l.tracked(), 1);
+        let next_64 = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1);
+        assert_eq!(l.check(IpAddr::V6(next_64), t0), Admit::Yes);
     }
 
     #[test]

@@ -198,6 +198,10 @@ pub enum InsertOutcome {
     /// This address was in the table with another id: the old entry is gone and the
     /// caller should ping the address to learn which id is real.
     Poisoned { evicted: NodeInfo },
+    /// A query claimed a confirmed node's address with another id. A query's source can be
+    /// spoofed, so the entry stays; the caller should ping the address, and only a reply
+    /// from the new id (which needs our random transaction id) replaces it.
+    Contested { addr: SocketAddr },
     /// Not taken (own id, known id at a new address, IP limits, full and unconfirmed).
     Ignored,
 }
@@ -525,6 +529,9 @@ impl RoutingTable {
         // Poisoning rules.
         if let Some((bi, ni)) = self.find_addr(&addr) {
             let e = &mut self.buckets[bi].nodes[ni];
+            if e.id != id && !answered && e.confirmed {
+                return InsertOutcome::Contested { addr };
+            }
             if e.id != id {
                 let evicted = e.info();
                 self.remove_at(bi, ni);
@@ -1503,6 +1510,27 @@ mod tests {
             t.on_response(b, addr(1, 1), true, now),
             InsertOutcome::Added
         );
+    }
+
+    #[test]
+    fn a_query_alone_never_evicts_a_confirmed_entry() {
+        let (mut t, now, mut rng) = table(false);
+        let (a, b) = (Id::random(&mut rng), Id::random(&mut rng));
+        t.on_response(a, addr(1, 1), true, now);
+        for _ in 0..10 {
+            assert_eq!(
+                t.on_query(b, addr(1, 1), true, now),
+                InsertOutcome::Contested { addr: addr(1, 1) }
+            );
+        }
+        assert_eq!(t.get(&a).map(|e| e.addr), Some(addr(1, 1)));
+        // An unconfirmed entry is fair game: nothing was known about it anyway.
+        let (c, d) = (Id::random(&mut rng), Id::random(&mut rng));
+        t.on_query(c, addr(2, 2), true, now);
+        assert!(matches!(
+            t.on_query(d, addr(2, 2), true, now),
+            InsertOutcome::Poisoned { .. }
+        ));
     }
 
     #[test]

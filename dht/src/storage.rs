@@ -25,6 +25,9 @@ pub struct PeerStore {
     max_torrents: usize,
     max_per_torrent: usize,
     max_total: usize,
+    /// Ports kept per IP in one swarm: one token (bound to an IP) could otherwise fill a
+    /// swarm with one host's made-up ports. A few are normal (NAT, several clients).
+    max_ports_per_ip: usize,
     ttl: Duration,
 }
 
@@ -41,8 +44,15 @@ impl PeerStore {
             max_torrents,
             max_per_torrent: max_per_torrent.max(1),
             max_total: max_total.max(1),
+            max_ports_per_ip: usize::MAX,
             ttl,
         }
+    }
+
+    /// At most `n` ports per IP in one swarm; a further port replaces that IP's oldest.
+    pub fn with_max_ports_per_ip(mut self, n: usize) -> PeerStore {
+        self.max_ports_per_ip = n.max(1);
+        self
     }
 
     /// Heap bytes held (approximate).
@@ -75,6 +85,17 @@ impl PeerStore {
         swarm.last_announce = Some(now);
         if let Some(pos) = swarm.peers.iter().position(|(a, _)| *a == peer) {
             swarm.peers.remove(pos);
+            swarm.peers.push((peer, now));
+            return;
+        }
+        let same_ip = swarm.peers.iter().filter(|(a, _)| a.ip() == peer.ip());
+        if same_ip.count() >= self.max_ports_per_ip {
+            let oldest = swarm
+                .peers
+                .iter()
+                .position(|(a, _)| a.ip() == peer.ip())
+                .expect("counted above");
+            swarm.peers.remove(oldest);
             swarm.peers.push((peer, now));
             return;
         }
@@ -172,6 +193,28 @@ impl PeerStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_ip_keeps_a_few_ports_per_swarm_and_its_newest_win() {
+        let t0 = Instant::now();
+        let mut s =
+            PeerStore::new(10, 200, 1_000, Duration::from_secs(1800)).with_max_ports_per_ip(4);
+        let ih = Id([1; 20]);
+        for port in 1..=1_000u16 {
+            s.announce(ih, SocketAddr::from(([44, 0, 0, 1], port)), t0);
+        }
+        s.announce(ih, SocketAddr::from(([44, 0, 0, 2], 7)), t0);
+        let mut rng = rand::rngs::mock::StepRng::new(1, 1);
+        let mut got = s.get(&ih, t0, 100, &mut rng);
+        got.sort();
+        let want: Vec<SocketAddr> = [997, 998, 999, 1000]
+            .iter()
+            .map(|&p| SocketAddr::from(([44, 0, 0, 1], p)))
+            .chain([SocketAddr::from(([44, 0, 0, 2], 7))])
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(s.peer_count(), 5);
+    }
     use rand::SeedableRng;
 
     fn peer(i: u16) -> SocketAddr {

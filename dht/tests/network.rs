@@ -185,7 +185,8 @@ fn dead_nodes_leave_tables_and_lookups_still_converge() {
 fn bep42_ids_follow_the_voted_external_address() {
     // Public-looking addresses: ids get checked and regenerated.
     let mut net = TestNet::empty(10 * MS);
-    let addr = |i: usize| SocketAddr::from(([44, 1, (i / 200) as u8, (i % 200) as u8 + 1], 6881));
+    // One /24 each: the external-address vote counts one vote per /24.
+    let addr = |i: usize| SocketAddr::from(([44, (i % 200) as u8 + 1, (i / 200) as u8, 1], 6881));
     for i in 0..12 {
         let boot = if i == 0 { vec![] } else { vec![addr(0)] };
         let c = Config {

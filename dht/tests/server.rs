@@ -317,6 +317,48 @@ fn response(t: &[u8], id: Id, nodes: Vec<dht::krpc::NodeInfo>) -> Vec<u8> {
 }
 
 #[test]
+fn sample_infohashes_replies_to_unverified_sources_are_bounded() {
+    let (mut d, now) = core(|_| {});
+    for p in 0..60u8 {
+        let from = SocketAddr::from(([127, 2, 0, p + 1], 6000));
+        let ih = Id([p; 20]);
+        let tok = get_token(&mut d, now, from, ih);
+        announce(&mut d, now, from, ih, tok, 6000, false);
+    }
+    for p in 0..30u8 {
+        let id = Id([p.wrapping_mul(7) ^ 0x80; 20]);
+        confirm(
+            &mut d,
+            now,
+            SocketAddr::from(([127, 3, 0, p + 1], 6881)),
+            id,
+        );
+    }
+    drain(&mut d);
+    let samples = |d: &mut Dht, from: SocketAddr, id: Id| {
+        let q = query(
+            b"sa",
+            id,
+            QueryKind::SampleInfohashes {
+                target: Id([9; 20]),
+            },
+        );
+        d.handle_datagram(now, from, &q);
+        let r = replies_to(d, from);
+        let size = r[0].to_bytes().len();
+        let Body::Response(r) = &r[0].body else {
+            panic!("{r:?}")
+        };
+        (r.samples.clone().unwrap().len(), size, q.len())
+    };
+    let (n, size, q) = samples(&mut d, addr("127.0.0.200:1"), Id([0x66; 20]));
+    assert!(n <= 4, "{n} samples to a stranger");
+    assert!(size <= 5 * q, "reply {size} bytes to a {q}-byte query");
+    let (n, _, _) = samples(&mut d, addr("127.3.0.1:6881"), Id([0x80; 20]));
+    assert_eq!(n, 20, "a node that answered us gets the full sample");
+}
+
+#[test]
 fn replies_to_unverified_sources_are_not_much_larger_than_the_query() {
     let (mut d, now) = core(|_| {});
     let ih = Id([0x55; 20]);
@@ -361,27 +403,31 @@ fn replies_to_unverified_sources_are_not_much_larger_than_the_query() {
 }
 
 #[test]
-fn poisoning_known_address_with_new_id_is_evicted_and_repinged() {
+fn a_new_id_at_a_known_address_is_checked_and_only_a_reply_replaces_it() {
     let (mut d, now) = core(|_| {});
     let peer = addr("127.0.0.77:6881");
     confirm(&mut d, now, peer, Id([0x70; 20]));
-    assert!(d
-        .routing_table_snapshot()
-        .iter()
-        .any(|n| n.addr == peer && n.id == Id([0x70; 20])));
-    // Same address, new id.
+    let has = |d: &Dht, id: Id| {
+        d.routing_table_snapshot()
+            .iter()
+            .any(|n| n.addr == peer && n.id == id)
+    };
+    assert!(has(&d, Id([0x70; 20])));
+    // Same address, new id, in a query (whose source anyone can spoof): the entry stays,
+    // and the address is pinged to find out which id is real.
     d.handle_datagram(now, peer, &query(b"q1", Id([0x71; 20]), QueryKind::Ping));
     let sent = drain(&mut d);
     assert!(
-        !d.routing_table_snapshot().iter().any(|n| n.addr == peer),
-        "evicted"
+        has(&d, Id([0x70; 20])),
+        "a query alone evicted a confirmed node"
     );
-    assert!(
-        sent.iter()
-            .any(|(a, m)| *a == peer
-                && matches!(&m.body, Body::Query(q) if q.kind == QueryKind::Ping)),
-        "re-pinged"
-    );
+    let (_, ping) = sent
+        .iter()
+        .find(|(a, m)| *a == peer && matches!(&m.body, Body::Query(q) if q.kind == QueryKind::Ping))
+        .expect("re-pinged");
+    // The reply comes from the new id: now the old entry goes.
+    d.handle_datagram(now, peer, &response(&ping.t, Id([0x71; 20]), Vec::new()));
+    assert!(!has(&d, Id([0x70; 20])), "evicted after the reply");
     // A known id from a new address is ignored.
     let other = addr("127.0.0.78:6881");
     confirm(&mut d, now, other, Id([0x72; 20]));

@@ -41,8 +41,12 @@ impl NetConfig {
     /// The DHT core settings for this node: private networks (loopback or private
     /// addresses, as in `swarm demo` and tests) lift the one-node-per-IP restrictions that
     /// protect a node on the public DHT.
+    /// An empty bootstrap list says nothing about the network: a node on a public address
+    /// whose routers did not resolve keeps the public rules.
     pub fn dht_core_config(&self) -> dht::Config {
-        if is_private(self.bind_ip) || self.bootstrap.iter().all(|a| is_private(a.ip())) {
+        let private_bootstrap =
+            !self.bootstrap.is_empty() && self.bootstrap.iter().all(|a| is_private(a.ip()));
+        if is_private(self.bind_ip) || private_bootstrap {
             dht::Config::loopback(self.bootstrap.clone())
         } else {
             dht::Config {
@@ -354,4 +358,47 @@ pub fn contributions_report(s: &TorrentStats) -> Vec<String> {
 pub enum Outcome {
     Complete,
     Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(bind: &str, bootstrap: &[&str]) -> NetConfig {
+        NetConfig {
+            bind_ip: bind.parse().unwrap(),
+            port: 0,
+            bootstrap: bootstrap.iter().map(|a| a.parse().unwrap()).collect(),
+            no_dht: false,
+            dht_state: None,
+            max_peers: 50,
+            resume_dir: None,
+            full_recheck: false,
+            limit_down: 0,
+            limit_up: 0,
+        }
+    }
+
+    #[test]
+    fn public_rules_hold_unless_the_network_is_known_to_be_private() {
+        // Routers that did not resolve leave the list empty: still the public DHT.
+        assert!(net("0.0.0.0", &[]).dht_core_config().restrict_ips);
+        assert!(
+            net("0.0.0.0", &["44.0.0.1:6881"])
+                .dht_core_config()
+                .restrict_ips
+        );
+        assert!(
+            net("0.0.0.0", &["127.0.0.1:6881", "44.0.0.1:6881"])
+                .dht_core_config()
+                .restrict_ips
+        );
+        // A private bind address, or a bootstrap list entirely on private addresses.
+        assert!(!net("127.0.0.5", &[]).dht_core_config().restrict_ips);
+        assert!(
+            !net("0.0.0.0", &["127.0.0.1:6881"])
+                .dht_core_config()
+                .restrict_ips
+        );
+    }
 }

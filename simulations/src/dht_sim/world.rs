@@ -197,7 +197,7 @@ impl DhtWorld {
     /// asks it to bootstrap.
     pub fn spawn(&mut self, h: HostId) {
         let now = self.sim.instant();
-        let seed = self.rng.gen();
+        let seed: u64 = self.rng.gen();
         let mut config = self.config.dht.clone();
         if self.is_bootstrap(h) {
             let me = self.addr(h);
