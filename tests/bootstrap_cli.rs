@@ -164,15 +164,11 @@ fn answer_ping(sock: &UdpSocket, from: std::net::SocketAddr, id: &[u8; 20]) {
         if src != from || !contains(d, b"1:y1:q") || !contains(d, b"4:ping") {
             continue;
         }
-        let at = d
-            .windows(5)
-            .position(|w| w == b"1:t2:")
-            .expect("2-byte tid")
-            + 5;
+        let tid = string_after(d, b"1:t").expect("a transaction id");
         let mut r = b"d1:rd2:id20:".to_vec();
         r.extend_from_slice(id);
-        r.extend_from_slice(b"e1:t2:");
-        r.extend_from_slice(&d[at..at + 2]);
+        r.extend_from_slice(format!("e1:t{}:", tid.len()).as_bytes());
+        r.extend_from_slice(&tid);
         r.extend_from_slice(b"1:y1:re");
         sock.send_to(&r, from).unwrap();
         return;
@@ -257,13 +253,13 @@ fn pool_survives_a_restart(ip: IpAddr, client_ip: impl Fn() -> IpAddr) {
     assert!(
         wait_until(Duration::from_secs(10), || boot
             .stderr()
-            .contains("pool 10,")),
+            .contains("pool 10 ")),
         "pool never reached 10; stderr:\n{}",
         boot.stderr()
     );
     assert!(boot.interrupt(Duration::from_secs(10)).success());
     let saved = std::fs::read(state.path().join("bootstrap-dht.pool")).expect("pool saved");
-    assert_eq!(dht::pool::decode_pool_file(&saved).unwrap().len(), 10);
+    assert_eq!(dht::pool::decode_pool_file(&saved).unwrap().nodes.len(), 10);
 
     // Restarted, it answers find_node from the reloaded pool at once (its routing table
     // starts empty: the saved nodes are only lookup seeds there).

@@ -17,7 +17,7 @@ use crate::krpc::{
     Response, Want, MAX_DATAGRAM,
 };
 use crate::lookup::{Lookup, LookupId, LookupKind, Phase};
-use crate::pool::{decode_pool_file, encode_pool_file, Pool};
+use crate::pool::{decode_pool_file, encode_pool_file, Pool, PoolFile};
 use crate::ratelimit::{Admit, InboundLimiter, TokenBucket};
 use crate::routing::{InsertOutcome, RoutingTable};
 use crate::rtt::RttEstimator;
@@ -101,8 +101,10 @@ pub struct Stats {
     pub announces_stored: u64,
     pub bad_tokens: u64,
     pub external_ip: Option<IpAddr>,
-    /// Verified nodes in the bootstrap pool (both families).
+    /// Nodes in the bootstrap pool verified since the start (both families).
     pub pool_nodes: usize,
+    /// Saved pool nodes not checked yet since the start.
+    pub pool_saved: usize,
 }
 
 /// The seed of a core's random choices (ids, transaction ids, token secrets, sampling).
@@ -555,37 +557,60 @@ impl Dht {
         s.peers = self.store.peer_count();
         s.external_ip = self.voter.external_ip();
         s.pool_nodes = self.pools().map(Pool::len).sum();
+        s.pool_saved = self.pools().map(Pool::saved_len).sum();
         s
     }
 
-    /// The bootstrap pool's nodes as a pool file (see [`crate::pool`]); empty without a
-    /// pool.
-    pub fn export_pool(&self) -> Vec<u8> {
-        let nodes: Vec<NodeInfo> = self.pools().flat_map(Pool::nodes).collect();
-        encode_pool_file(&nodes)
+    /// The bootstrap pool as a pool file (see [`crate::pool`]), stamped `unix_now` (seconds
+    /// since the epoch: the core has no clock). Saved nodes not heard from since the start
+    /// are kept as hints only.
+    pub fn export_pool(&self, unix_now: u64) -> Vec<u8> {
+        encode_pool_file(&PoolFile {
+            nodes: self.pools().flat_map(Pool::nodes).collect(),
+            hints: self.pools().flat_map(Pool::saved_nodes).collect(),
+            saved_at: Some(unix_now),
+        })
     }
 
-    /// Loads a pool file saved by [`Dht::export_pool`]: its nodes are handed out at once
-    /// and re-verified first. Returns how many were taken.
-    pub fn import_pool(&mut self, now: Instant, bytes: &[u8]) -> Result<usize, StateError> {
-        let nodes = decode_pool_file(bytes)?;
+    /// Loads a pool file saved by [`Dht::export_pool`]. Its nodes are checked first, at
+    /// `pool_saved_checks_per_tick`; until they answer, replies prefer nodes verified since
+    /// the start and use saved ones only to fill up, and only if the file is younger than
+    /// `pool_saved_usable_for` at `unix_now` (an older file, or its hints, only say whom
+    /// to ping). Returns how many nodes were taken.
+    pub fn import_pool(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        unix_now: u64,
+    ) -> Result<usize, StateError> {
+        let file = decode_pool_file(bytes)?;
+        let age = file.saved_at.map(|t| unix_now.saturating_sub(t));
+        let usable = age.is_some_and(|a| a <= self.config.pool_saved_usable_for.as_secs());
         let bep42 = self.config.bep42;
         let own = self.id;
         let secure = |n: &NodeInfo| !bep42 || bep42::is_valid_id(&n.id, n.addr.ip());
-        let (v4, v6): (Vec<NodeInfo>, Vec<NodeInfo>) = nodes
-            .into_iter()
-            .map(|n| NodeInfo {
-                id: n.id,
-                addr: canonical_addr(n.addr),
-            })
-            .filter(|n| n.id != own && !n.addr.ip().is_unspecified())
-            .partition(|n| n.addr.is_ipv4());
+        let split = |nodes: Vec<NodeInfo>| -> (Vec<NodeInfo>, Vec<NodeInfo>) {
+            nodes
+                .into_iter()
+                .map(|n| NodeInfo {
+                    id: n.id,
+                    addr: canonical_addr(n.addr),
+                })
+                .filter(|n| n.id != own && !n.addr.ip().is_unspecified())
+                .partition(|n| n.addr.is_ipv4())
+        };
+        let (v4, v6) = split(file.nodes);
+        let (h4, h6) = split(file.hints);
         let mut taken = 0;
-        if let Some(p) = self.pool4.as_mut() {
-            taken += p.load(now, v4, secure);
-        }
-        if let Some(p) = self.pool6.as_mut() {
-            taken += p.load(now, v6, secure);
+        for (pool, nodes, hints) in [(self.pool4.as_mut(), v4, h4), (self.pool6.as_mut(), v6, h6)] {
+            if let Some(p) = pool {
+                // A recent file's nodes are enough to go on; its hints (nodes the last run
+                // never heard from) are worth pinging only when all is hints anyway.
+                taken += p.load_saved(now, nodes, secure, usable);
+                if !usable {
+                    taken += p.load_saved(now, hints, secure, false);
+                }
+            }
         }
         Ok(taken)
     }
@@ -904,7 +929,7 @@ impl Dht {
         let k = self.config.k;
         // A bootstrap node answers from its pool once that holds k nodes.
         let pick = |pool: &Option<Pool>, table: &Option<RoutingTable>| match (pool, table) {
-            (Some(p), _) if p.len() >= k => p.closest(target, k),
+            (Some(p), _) if p.answerable() >= k => p.closest(target, k),
             (_, Some(t)) => t.closest(target, k, true),
             _ => Vec::new(),
         };
@@ -1570,10 +1595,20 @@ impl Dht {
     /// has room for more urgent queries.
     fn check_pool(&mut self, now: Instant) {
         let room = (self.config.max_queued_queries / 2).saturating_sub(self.queue.len());
-        let max = self.config.pool_checks_per_tick.min(room);
+        // Saved nodes first, at the higher restart rate: until they answer, replies lean
+        // on the few nodes verified since the start.
+        let max_saved = self.config.pool_saved_checks_per_tick.min(room);
         let mut due = Vec::new();
         for p in self.pool4.iter_mut().chain(self.pool6.iter_mut()) {
-            due.extend(p.due_for_check(now, max.saturating_sub(due.len())));
+            due.extend(p.saved_due_for_check(now, max_saved.saturating_sub(due.len())));
+        }
+        let max = self
+            .config
+            .pool_checks_per_tick
+            .min(room.saturating_sub(due.len()));
+        let saved = due.len();
+        for p in self.pool4.iter_mut().chain(self.pool6.iter_mut()) {
+            due.extend(p.due_for_check(now, max.saturating_sub(due.len() - saved)));
         }
         for n in due {
             self.enqueue(n.addr, QueryKind::Ping, TxKind::Ping, None);

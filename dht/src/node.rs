@@ -155,6 +155,7 @@ impl Node {
             state_file: cfg.state_file.clone(),
             pool_file: cfg.pool_file.clone(),
             save_every: cfg.save_every,
+            saving: None,
         };
         let task = tokio::spawn(driver.run());
         let node = Node {
@@ -276,10 +277,17 @@ fn load_pool(dht: &mut Dht, now: Instant, path: &Path) {
             return;
         }
     };
-    match dht.import_pool(now, &bytes) {
+    match dht.import_pool(now, &bytes, unix_now()) {
         Ok(n) => tracing::info!("dht: {n} pool nodes loaded from {}", path.display()),
         Err(e) => tracing::warn!("ignoring DHT pool {}: {e}", path.display()),
     }
+}
+
+/// Seconds since the Unix epoch (the pool file's stamp; the core has no clock).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn load_state(path: &Path) -> Option<SavedState> {
@@ -342,6 +350,9 @@ struct Driver {
     state_file: Option<PathBuf>,
     pool_file: Option<PathBuf>,
     save_every: Duration,
+    /// The last save, written on a blocking thread: a 100,000-node pool and its fsyncs
+    /// must not stall answering. Saves run one after another (they share temp names).
+    saving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Driver {
@@ -367,7 +378,10 @@ impl Driver {
                 c = self.commands.recv() => {
                     match c {
                         Some(Command::Shutdown(done)) => {
-                            self.save();
+                            self.start_save(None);
+                            if let Some(save) = self.saving.take() {
+                                let _ = save.await;
+                            }
                             let _ = done.send(());
                             return;
                         }
@@ -381,7 +395,7 @@ impl Driver {
                     self.dht.handle_timeout(now);
                     if tokio::time::Instant::now() >= next_save {
                         next_save = tokio::time::Instant::now() + self.save_every;
-                        self.save();
+                        self.save_in_background();
                     }
                 }
             }
@@ -525,28 +539,54 @@ impl Driver {
             Command::Stats(reply) => {
                 let _ = reply.send(self.dht.stats());
             }
-            Command::SaveState(reply) => {
-                let _ = reply.send(self.save_result());
-            }
+            Command::SaveState(reply) => self.start_save(Some(reply)),
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
 
-    fn save_result(&mut self) -> io::Result<()> {
+    /// Encodes what is to be saved (quick, here) and writes it on a blocking thread,
+    /// after any save still running; the outcome goes to `reply`, or to the log.
+    fn start_save(&mut self, reply: Option<oneshot::Sender<io::Result<()>>>) {
+        let mut files = Vec::new();
         if let Some(path) = &self.pool_file {
-            write_atomically(path, &self.dht.export_pool())?;
+            files.push((path.clone(), self.dht.export_pool(unix_now())));
         }
-        let Some(path) = &self.state_file else {
-            return Ok(());
-        };
-        let state = self.dht.export_state(Instant::now());
-        write_atomically(path, &state.to_bytes())
+        if let Some(path) = &self.state_file {
+            let state = self.dht.export_state(Instant::now());
+            files.push((path.clone(), state.to_bytes()));
+        }
+        let previous = self.saving.take();
+        self.saving = Some(tokio::spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            let written = tokio::task::spawn_blocking(move || {
+                files
+                    .iter()
+                    .try_for_each(|(path, bytes)| write_atomically(path, bytes))
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            match reply {
+                Some(r) => {
+                    let _ = r.send(written);
+                }
+                None => {
+                    if let Err(e) = written {
+                        tracing::warn!("cannot save DHT state: {e}");
+                    }
+                }
+            }
+        }));
     }
 
-    fn save(&mut self) {
-        if let Err(e) = self.save_result() {
-            tracing::warn!("cannot save DHT state: {e}");
+    /// A periodic save; skipped while the last one is still being written.
+    fn save_in_background(&mut self) {
+        if self.saving.as_ref().is_some_and(|s| !s.is_finished()) {
+            tracing::debug!("dht: the last save is still being written; skipping one");
+            return;
         }
+        self.start_save(None);
     }
 }
 

@@ -59,6 +59,12 @@ pub struct Pool {
     by_check: BTreeSet<(Instant, Id)>,
     /// Eviction order of nodes without a valid BEP 42 id: (verified, id), oldest first.
     insecure: BTreeSet<(Instant, Id)>,
+    /// Nodes of a saved pool not heard from since the start (see [`Pool::load_saved`]):
+    /// checked first, at the caller's restart rate; they move into the pool when they
+    /// answer and are dropped at their first silence. Replies use them only to fill up,
+    /// and only when the file was recent (`saved_usable`); an old file is only a hint.
+    saved: Option<Box<Pool>>,
+    saved_usable: bool,
 }
 
 impl Pool {
@@ -71,11 +77,30 @@ impl Pool {
             by_slot: HashMap::new(),
             by_check: BTreeSet::new(),
             insecure: BTreeSet::new(),
+            saved: None,
+            saved_usable: false,
         }
     }
 
+    /// Nodes verified since the start.
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Saved nodes not yet checked since the start.
+    pub fn saved_len(&self) -> usize {
+        self.saved.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Nodes replies can come from: the verified ones, and the saved ones while they may
+    /// fill up replies.
+    pub fn answerable(&self) -> usize {
+        self.len()
+            + if self.saved_usable {
+                self.saved_len()
+            } else {
+                0
+            }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,11 +119,13 @@ impl Pool {
         }
     }
 
-    /// Whether node `id` is in the pool at exactly `addr`.
+    /// Whether node `id` is in the pool (or among the saved nodes still to check) at
+    /// exactly `addr`.
     pub fn contains(&self, id: &Id, addr: &SocketAddr) -> bool {
         self.by_id
             .get(&Key::of(id))
             .is_some_and(|e| e.addr == *addr)
+            || self.saved.as_ref().is_some_and(|s| s.contains(id, addr))
     }
 
     /// Whether some node in the pool has exactly this address.
@@ -139,6 +166,13 @@ impl Pool {
         if self.capacity == 0 || info.addr.port() == 0 {
             return PoolInsert::Rejected;
         }
+        if let Some(saved) = self.saved.as_mut() {
+            // A saved node answered: it leaves the saved set either way.
+            saved.remove(&info.id);
+            if let Some(old) = saved.by_slot.get(&saved.slot(info.addr)).copied() {
+                saved.remove(&old);
+            }
+        }
         let slot = self.slot(info.addr);
         // Another id at this address (the node restarted with a new id): it answered as
         // `info.id`, so the old one is gone.
@@ -172,8 +206,17 @@ impl Pool {
         }
     }
 
-    /// A query to `addr` got no answer. Returns true if the node was dropped.
+    /// A query to `addr` got no answer. Returns true if the node was dropped. A saved node
+    /// not heard from since the start is dropped at once.
     pub fn on_failure(&mut self, now: Instant, addr: &SocketAddr) -> bool {
+        if let Some(saved) = self.saved.as_mut() {
+            let slot = saved.slot(*addr);
+            let id = saved.by_slot.get(&slot).copied();
+            if let Some(id) = id.filter(|id| saved.contains(id, addr)) {
+                saved.remove(&id);
+                return true;
+            }
+        }
         let Some(id) = self.by_slot.get(&self.slot(*addr)).copied() else {
             return false;
         };
@@ -215,6 +258,15 @@ impl Pool {
         out
     }
 
+    /// Up to `max` saved nodes not yet checked since the start, in id order. They count
+    /// as checked (answers and silence are reported as for [`Pool::due_for_check`]).
+    pub fn saved_due_for_check(&mut self, now: Instant, max: usize) -> Vec<NodeInfo> {
+        match self.saved.as_mut() {
+            Some(saved) => saved.due_for_check(now, max),
+            None => Vec::new(),
+        }
+    }
+
     /// When the next node becomes due for a check.
     pub fn next_check(&self) -> Option<Instant> {
         self.by_check
@@ -222,7 +274,28 @@ impl Pool {
             .map(|&(checked, _)| checked + self.reverify_after)
     }
 
-    /// The `count` nodes closest to `target` by XOR, nearest first.
+    /// The `count` nodes closest to `target` by XOR, nearest first: nodes verified since
+    /// the start, filled up with usable saved ones when there are too few of those.
+    pub fn closest(&self, target: &Id, count: usize) -> Vec<NodeInfo> {
+        let mut out = self.closest_verified(target, count);
+        let Some(saved) = self.saved.as_ref().filter(|_| self.saved_usable) else {
+            return out;
+        };
+        if out.len() < count {
+            let more = saved.closest_verified(target, count);
+            let need = count - out.len();
+            let fill = more
+                .into_iter()
+                .filter(|n| !out.iter().any(|o| o.id == n.id || o.addr == n.addr))
+                .take(need)
+                .collect::<Vec<_>>();
+            out.extend(fill);
+            out.sort_by_key(|n| n.id.distance(target));
+        }
+        out
+    }
+
+    /// The `count` verified nodes closest to `target` by XOR, nearest first.
     ///
     /// Ids sharing a p-bit prefix with the target are one contiguous range of the sorted
     /// ids, R(p), and every id in it is closer than any id outside it: if R(p) holds at
@@ -232,7 +305,7 @@ impl Pool {
     /// those few by distance. If no such p exists (a cluster of ids much larger than
     /// `CANDIDATES` around the target), [`Pool::closest_descent`] finds the answer exactly
     /// by splitting R(p) bit by bit.
-    pub fn closest(&self, target: &Id, count: usize) -> Vec<NodeInfo> {
+    fn closest_verified(&self, target: &Id, count: usize) -> Vec<NodeInfo> {
         let n = self.by_id.len();
         if count == 0 || n == 0 {
             return Vec::new();
@@ -326,7 +399,7 @@ impl Pool {
         out
     }
 
-    /// Every node, in id order.
+    /// Every node verified since the start, in id order.
     pub fn nodes(&self) -> impl Iterator<Item = NodeInfo> + '_ {
         self.by_id.iter().map(|(k, e)| NodeInfo {
             id: k.id(),
@@ -334,29 +407,44 @@ impl Pool {
         })
     }
 
-    /// Nodes from a saved pool: they answered before the restart, so they are handed out,
-    /// and they are due for a check at once (oldest first, at the caller's rate).
-    /// `secure` tells whether an id is BEP 42-valid for its address.
-    pub fn load(
+    /// The saved nodes not heard from since the start, in id order.
+    pub fn saved_nodes(&self) -> impl Iterator<Item = NodeInfo> + '_ {
+        self.saved.iter().flat_map(|s| s.nodes())
+    }
+
+    /// Nodes from a saved pool (see the `saved` field): due for a check at once, handed
+    /// out to fill up replies only if `usable` (the file is recent). `secure` tells
+    /// whether an id is BEP 42-valid for its address. Returns how many were taken.
+    pub fn load_saved(
         &mut self,
         now: Instant,
         nodes: impl IntoIterator<Item = NodeInfo>,
         secure: impl Fn(&NodeInfo) -> bool,
+        usable: bool,
     ) -> usize {
+        let mut saved = self.saved.take().unwrap_or_else(|| {
+            Box::new(Pool::new(
+                self.capacity,
+                self.one_per_ip,
+                self.reverify_after,
+            ))
+        });
         let due = now.checked_sub(self.reverify_after).unwrap_or(now);
         let mut added = 0;
         for n in nodes {
-            if self.by_id.len() >= self.capacity {
+            if saved.by_id.len() >= saved.capacity {
                 break;
             }
             if n.addr.port() == 0
                 || self.by_id.contains_key(&Key::of(&n.id))
                 || self.by_slot.contains_key(&self.slot(n.addr))
+                || saved.by_id.contains_key(&Key::of(&n.id))
+                || saved.by_slot.contains_key(&saved.slot(n.addr))
             {
                 continue;
             }
             let s = secure(&n);
-            self.put(
+            saved.put(
                 n.id,
                 Entry {
                     addr: n.addr,
@@ -368,6 +456,8 @@ impl Pool {
             );
             added += 1;
         }
+        self.saved = Some(saved);
+        self.saved_usable = usable;
         added
     }
 
@@ -377,6 +467,7 @@ impl Pool {
         self.by_id.len() * (size_of::<(Key, Entry)>() + 16)
             + self.by_slot.capacity() * (size_of::<(SocketAddr, Id)>() + 1)
             + (self.by_check.len() + self.insecure.len()) * (size_of::<(Instant, Id)>() + 8)
+            + self.saved.as_ref().map_or(0, |s| s.heap_bytes())
     }
 }
 
@@ -439,39 +530,68 @@ fn flip_bit(t: &Key, p: u32) -> Key {
 /// Largest pool file read.
 const MAX_POOL_FILE: usize = 16 << 20;
 
-/// The pool file: a bencoded dictionary with `nodes` (compact IPv4 node infos) and
-/// `nodes6` (compact IPv6 node infos).
-pub fn encode_pool_file<'n>(nodes: impl IntoIterator<Item = &'n NodeInfo>) -> Vec<u8> {
-    let (v4, v6): (Vec<&NodeInfo>, Vec<&NodeInfo>) = nodes
-        .into_iter()
-        .partition(|n| crate::krpc::canonical_ip(n.addr.ip()).is_ipv4());
+/// What a pool file holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolFile {
+    /// Nodes verified during the run that saved the file.
+    pub nodes: Vec<NodeInfo>,
+    /// Nodes that run had loaded and not heard from (only ever hints after a restart).
+    pub hints: Vec<NodeInfo>,
+    /// When the file was saved, in seconds since the Unix epoch (absent in old files).
+    pub saved_at: Option<u64>,
+}
+
+/// The pool file: a bencoded dictionary with `nodes` and `nodes6` (compact IPv4 / IPv6
+/// node infos), `hints` and `hints6` (the same for [`PoolFile::hints`]) and `saved`
+/// (Unix seconds).
+pub fn encode_pool_file(file: &PoolFile) -> Vec<u8> {
+    let split = |nodes: &[NodeInfo]| -> (Vec<u8>, Vec<u8>) {
+        let (v4, v6): (Vec<&NodeInfo>, Vec<&NodeInfo>) = nodes
+            .iter()
+            .partition(|n| crate::krpc::canonical_ip(n.addr.ip()).is_ipv4());
+        (encode_nodes(v4), encode_nodes(v6))
+    };
+    let (n4, n6) = split(&file.nodes);
+    let (h4, h6) = split(&file.hints);
     let mut out = Vec::new();
     let mut e = Encoder::new(&mut out);
     e.begin_dict();
-    e.key(b"nodes").bytes(&encode_nodes(v4));
-    e.key(b"nodes6").bytes(&encode_nodes(v6));
+    e.key(b"hints").bytes(&h4);
+    e.key(b"hints6").bytes(&h6);
+    e.key(b"nodes").bytes(&n4);
+    e.key(b"nodes6").bytes(&n6);
+    if let Some(t) = file.saved_at {
+        e.key(b"saved").int(t.min(i64::MAX as u64) as i64);
+    }
     e.end();
     out
 }
 
 /// Reads a pool file (bounded; never trusts more than its shape).
-pub fn decode_pool_file(b: &[u8]) -> Result<Vec<NodeInfo>, StateError> {
+pub fn decode_pool_file(b: &[u8]) -> Result<PoolFile, StateError> {
     let limits = Limits {
         max_depth: 2,
         max_len: MAX_POOL_FILE,
     };
     let v = bencode::decode_with(b, limits)?;
     let d = v.as_dict().ok_or(StateError::Invalid("not a dictionary"))?;
-    let mut nodes = d
-        .get_bytes(b"nodes")
-        .map(|b| decode_nodes(b, 26))
-        .unwrap_or_default();
-    nodes.extend(
-        d.get_bytes(b"nodes6")
-            .map(|b| decode_nodes(b, 38))
-            .unwrap_or_default(),
-    );
-    Ok(nodes)
+    let list = |k4: &[u8], k6: &[u8]| {
+        let mut nodes = d
+            .get_bytes(k4)
+            .map(|b| decode_nodes(b, 26))
+            .unwrap_or_default();
+        nodes.extend(
+            d.get_bytes(k6)
+                .map(|b| decode_nodes(b, 38))
+                .unwrap_or_default(),
+        );
+        nodes
+    };
+    Ok(PoolFile {
+        nodes: list(b"nodes", b"nodes6"),
+        hints: list(b"hints", b"hints6"),
+        saved_at: d.get_int(b"saved").and_then(|t| u64::try_from(t).ok()),
+    })
 }
 
 #[cfg(test)]
@@ -732,25 +852,43 @@ mod tests {
             id: Id([7; 20]),
             addr: "[::1]:6881".parse().unwrap(),
         };
-        let saved: Vec<NodeInfo> = pool.nodes().chain([v6]).collect();
-        let bytes = encode_pool_file(&saved);
-        let back = decode_pool_file(&bytes).unwrap();
-        assert_eq!(back.len(), 501);
+        let hint = node(Id([8; 20]), 9_999);
+        let file = PoolFile {
+            nodes: pool.nodes().chain([v6]).collect(),
+            hints: vec![hint],
+            saved_at: Some(1_800_000_000),
+        };
+        let back = decode_pool_file(&encode_pool_file(&file)).unwrap();
+        assert_eq!(back.nodes.len(), 501);
+        assert_eq!(back.hints, vec![hint]);
+        assert_eq!(back.saved_at, Some(1_800_000_000));
         let mut again = Pool::new(1000, false, HOUR);
-        let v4: Vec<NodeInfo> = back.iter().copied().filter(|n| n.addr.is_ipv4()).collect();
-        assert_eq!(again.load(t0, v4, |_| true), 500);
+        let v4: Vec<NodeInfo> = back
+            .nodes
+            .iter()
+            .copied()
+            .filter(|n| n.addr.is_ipv4())
+            .collect();
+        assert_eq!(again.load_saved(t0, v4, |_| true, true), 500);
         let a: Vec<NodeInfo> = pool.nodes().collect();
-        let b: Vec<NodeInfo> = again.nodes().collect();
+        let b: Vec<NodeInfo> = again.saved_nodes().collect();
         assert_eq!(a, b);
+        assert_eq!(
+            (again.len(), again.saved_len(), again.answerable()),
+            (0, 500, 500)
+        );
         // Loaded nodes are due for a check at once.
-        assert_eq!(again.due_for_check(t0, 10).len(), 10);
+        assert_eq!(again.saved_due_for_check(t0, 10).len(), 10);
         // Loading is bounded by the capacity.
         let mut small = Pool::new(10, false, HOUR);
-        assert_eq!(small.load(t0, back, |_| true), 10);
-        assert_eq!(small.len(), 10);
+        assert_eq!(small.load_saved(t0, back.nodes, |_| true, false), 10);
+        assert_eq!((small.saved_len(), small.answerable()), (10, 0));
         assert!(decode_pool_file(b"garbage").is_err());
         assert!(decode_pool_file(b"le").is_err());
-        assert_eq!(decode_pool_file(b"d5:nodes3:abce").unwrap(), vec![]);
+        assert_eq!(
+            decode_pool_file(b"d5:nodes3:abce").unwrap(),
+            PoolFile::default()
+        );
     }
 
     proptest! {

@@ -181,22 +181,145 @@ fn silent_nodes_leave_the_pool() {
     assert_eq!(d.stats().pool_nodes, 0, "silent nodes dropped");
 }
 
+/// Unix time of the saves below (the core has no clock; the driver passes it).
+const SAVED_AT: u64 = 1_800_000_000;
+const HOUR: u64 = 3600;
+
+/// Answers the pings `sent` to nodes in `alive` (as they would, from their addresses).
+fn answer_pings(d: &mut Dht, now: Instant, sent: &[(SocketAddr, Message)], alive: &[NodeInfo]) {
+    for (to, m) in sent {
+        if let (Some(n), Body::Query(q)) = (alive.iter().find(|n| n.addr == *to), &m.body) {
+            if q.kind == QueryKind::Ping {
+                let r = Body::Response(Response {
+                    id: n.id,
+                    ..Response::default()
+                });
+                d.handle_datagram(now, *to, &msg(&m.t, r));
+            }
+        }
+    }
+}
+
+fn pings(sent: &[(SocketAddr, Message)]) -> Vec<SocketAddr> {
+    sent.iter()
+        .filter(|(_, m)| matches!(&m.body, Body::Query(q) if q.kind == QueryKind::Ping))
+        .map(|(a, _)| *a)
+        .collect()
+}
+
 #[test]
 fn the_pool_survives_a_restart() {
     let (mut d, now) = core();
     let nodes: Vec<NodeInfo> = (0..100).map(node).collect();
     join(&mut d, now, &nodes, |_| true);
-    let saved = d.export_pool();
+    let saved = d.export_pool(SAVED_AT);
     let mut again = Dht::new(config(), now, 6);
-    assert_eq!(again.import_pool(now, &saved).unwrap(), 100);
-    assert_eq!(again.stats().pool_nodes, 100);
+    // Restarted a minute later: the saved nodes fill replies until they are checked.
+    assert_eq!(again.import_pool(now, &saved, SAVED_AT + 60).unwrap(), 100);
+    assert_eq!(again.stats().pool_nodes, 0);
+    assert_eq!(again.stats().pool_saved, 100);
     let asker = SocketAddr::from(([127, 0, 9, 9], 9000));
     let t = Id([0x42; 20]);
     assert_eq!(find_node(&mut again, now, asker, t), brute(&nodes, &t, 8));
-    assert!(again.import_pool(now, b"not a pool").is_err());
+    assert!(again.import_pool(now, b"not a pool", SAVED_AT).is_err());
     // Without a pool, nothing is taken.
     let mut plain = Dht::new(Config::loopback(vec![]), now, 7);
-    assert_eq!(plain.import_pool(now, &saved).unwrap(), 0);
+    assert_eq!(plain.import_pool(now, &saved, SAVED_AT).unwrap(), 0);
+}
+
+#[test]
+fn after_a_restart_saved_nodes_are_checked_at_once_and_the_dead_dropped_at_their_first_silence() {
+    let (mut d, now) = core();
+    let nodes: Vec<NodeInfo> = (0..300).map(node).collect();
+    join(&mut d, now, &nodes, |_| true);
+    let saved = d.export_pool(SAVED_AT);
+    let mut again = Dht::new(config(), now, 6);
+    again.import_pool(now, &saved, SAVED_AT + 60).unwrap();
+    again.handle_timeout(now);
+    let sent = drain(&mut again);
+    let pinged = pings(&sent);
+    assert_eq!(
+        pinged.len(),
+        300,
+        "every saved node checked in the first pass"
+    );
+    // Half of them are still there.
+    let alive: Vec<NodeInfo> = nodes.iter().copied().filter(even).collect();
+    answer_pings(&mut again, now, &sent, &alive);
+    let s = again.stats();
+    assert_eq!(s.pool_nodes, alive.len());
+    let later = now + Duration::from_secs(10);
+    again.handle_timeout(later);
+    drain(&mut again);
+    let s = again.stats();
+    assert_eq!((s.pool_nodes, s.pool_saved), (alive.len(), 0), "{s:?}");
+    let asker = SocketAddr::from(([127, 0, 9, 9], 9000));
+    let t = Id([0x42; 20]);
+    assert_eq!(find_node(&mut again, later, asker, t), brute(&alive, &t, 8));
+    // The next save keeps only what answered.
+    let file = dht::pool::decode_pool_file(&again.export_pool(SAVED_AT + 120)).unwrap();
+    assert_eq!(file.nodes.len(), alive.len());
+    assert!(file.hints.is_empty());
+}
+
+#[test]
+fn replies_prefer_nodes_verified_since_the_restart() {
+    let (mut d, now) = core();
+    let old: Vec<NodeInfo> = (0..100).map(node).collect();
+    join(&mut d, now, &old, |_| true);
+    let saved = d.export_pool(SAVED_AT);
+    let mut again = Dht::new(config(), now, 6);
+    again.import_pool(now, &saved, SAVED_AT + 60).unwrap();
+    // Three newcomers query and answer the node's ping before any saved node answered.
+    let fresh: Vec<NodeInfo> = (1000..1003).map(node).collect();
+    join(&mut again, now, &fresh, |_| true);
+    let asker = SocketAddr::from(([127, 0, 9, 9], 9000));
+    let t = Id([0x42; 20]);
+    let got = find_node(&mut again, now, asker, t);
+    assert_eq!(got.len(), 8);
+    for f in &fresh {
+        assert!(
+            got.contains(f),
+            "a node verified since the restart is missing: {got:?}"
+        );
+    }
+    // With k of them, saved nodes no longer appear at all.
+    let more: Vec<NodeInfo> = (1003..1008).map(node).collect();
+    join(&mut again, now, &more, |_| true);
+    let verified: Vec<NodeInfo> = fresh.iter().chain(&more).copied().collect();
+    assert_eq!(
+        find_node(&mut again, now, asker, t),
+        brute(&verified, &t, 8)
+    );
+}
+
+#[test]
+fn an_old_pool_is_only_a_list_of_nodes_to_ping() {
+    let (mut d, now) = core();
+    let old: Vec<NodeInfo> = (0..100).map(node).collect();
+    join(&mut d, now, &old, |_| true);
+    let saved = d.export_pool(SAVED_AT);
+    let mut again = Dht::new(config(), now, 6);
+    again.import_pool(now, &saved, SAVED_AT + 5 * HOUR).unwrap();
+    let asker = SocketAddr::from(([127, 0, 9, 9], 9000));
+    assert!(
+        find_node(&mut again, now, asker, Id([0x42; 20])).is_empty(),
+        "handed out nodes of a five-hour-old pool"
+    );
+    again.handle_timeout(now);
+    let pinged = pings(&drain(&mut again));
+    let checked = old.iter().filter(|n| pinged.contains(&n.addr)).count();
+    assert_eq!(checked, 100, "but they are checked");
+    // A file without a date (an older version's) is as old.
+    let undated = dht::pool::encode_pool_file(&dht::pool::PoolFile {
+        nodes: old.clone(),
+        hints: Vec::new(),
+        saved_at: None,
+    });
+    let mut again = Dht::new(config(), now, 6);
+    again.import_pool(now, &undated, SAVED_AT).unwrap();
+    let asker = SocketAddr::from(([127, 0, 9, 9], 9000));
+    assert!(find_node(&mut again, now, asker, Id([0x42; 20])).is_empty());
 }
 
 #[test]

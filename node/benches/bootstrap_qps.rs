@@ -346,6 +346,14 @@ fn echo_server(stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHandle<Op
 /// The bootstrap node (settings of `swarm bootstrap`) with `peers` ordinary nodes joined,
 /// so that find_node/get_peers replies carry nodes. Runs until `stop`.
 /// A pool file of `n` made-up nodes on 127.0.0.0/8 (as a restarted node loads).
+/// Seconds since the epoch: a pool file stamped now is one saved just before a restart,
+/// whose nodes answer at once (a stale one would only be pinged).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn pool_file(n: usize) -> Vec<u8> {
     let mut rng = Rng(0x5151_7777_0101_3333);
     let nodes: Vec<dht::NodeInfo> = (0..n)
@@ -362,7 +370,11 @@ fn pool_file(n: usize) -> Vec<u8> {
             )),
         })
         .collect();
-    dht::pool::encode_pool_file(&nodes)
+    dht::pool::encode_pool_file(&dht::pool::PoolFile {
+        nodes,
+        hints: Vec::new(),
+        saved_at: Some(unix_now()),
+    })
 }
 
 fn bootstrap_server(
@@ -426,7 +438,7 @@ fn core_only(secs: f64, pool: usize) -> (f64, u64) {
     s.rate_limit = Some(10_000_000);
     let cfg = s.node_config().core;
     let mut d = dht::Dht::new(cfg, now, 7);
-    d.import_pool(now, &pool_file(pool)).unwrap();
+    d.import_pool(now, &pool_file(pool), unix_now()).unwrap();
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let ids: Vec<[u8; 20]> = (0..4).map(|_| rng.id()).collect();
     let targets: Vec<[u8; 20]> = (0..1024).map(|_| rng.id()).collect();

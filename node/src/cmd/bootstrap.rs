@@ -30,6 +30,8 @@ works. On a public or unspecified address (0.0.0.0) the Mainline rules apply. \
 
 Every node that queries it is pinged once; those that answer join a pool of verified nodes (--pool-size per address family), which find_node and get_peers are answered from. Pool nodes are pinged again every 15 minutes, oldest first, and dropped when they stop answering.
 
+After a restart the saved pool is checked first, at up to 1,000 pings a second: saved nodes that answer rejoin the pool, silent ones are dropped at once. Until then replies prefer nodes verified since the start and use saved ones only to fill up, and only if the pool file is less than 3 hours old (an older one only says whom to ping).
+
 Ctrl-C (or SIGTERM) saves the pool to STATE_DIR/bootstrap-dht.pool (and the id and routing table to STATE_DIR/bootstrap-dht.state) and exits 0; both are reloaded at start.")]
 pub struct Args {
     /// UDP port to listen on.
@@ -245,10 +247,11 @@ fn stats_line(s: &dht::Stats, prev: &dht::Stats, dt: Duration) -> String {
     let secs = dt.as_secs_f64().max(1e-3);
     let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
     format!(
-        "bootstrap stats: pool {}, table {} (+{} replacements), queries {} ({:.0}/s), replies {} ({:.0}/s), \
+        "bootstrap stats: pool {} (+{} saved to check), table {} (+{} replacements), queries {} ({:.0}/s), replies {} ({:.0}/s), \
          errors sent {}, rate limited {}, banned drops {}, invalid {}, torrents {}, peers {}, \
          announces {}, own queries {}, timeouts {}",
         s.pool_nodes,
+        s.pool_saved,
         s.nodes4 + s.nodes6,
         s.replacements,
         s.queries_received,
