@@ -417,3 +417,50 @@ fn kill_9_mid_download_then_restart_completes_with_verified_data() {
     );
     assert_eq!(std::fs::read(&target).unwrap(), data);
 }
+
+/// Routers that do not resolve (gone, or DNS not up yet): the progress line says so and
+/// that it retries, instead of "0 DHT nodes" and nothing else.
+#[test]
+fn unresolvable_routers_are_reported_and_retried() {
+    let ip = tests::next_loopback_ip();
+    let port = tests::free_port(ip);
+    let state = tempfile::tempdir().unwrap();
+    let mut child = swarm_command(swarm_bin!())
+        .arg("get")
+        .arg(format!("magnet:?xt=urn:btih:{}", "ab".repeat(20)))
+        .args(["--bind", &ip.to_string(), "--port", &port.to_string()])
+        .args(["--bootstrap", "no-such-router.invalid:6881"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("-o")
+        .arg(state.path().join("out"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn swarm get");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut found = false;
+    while !found && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            found = l.contains("0 DHT nodes (no bootstrap node resolves; retrying in");
+            seen.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no note about the routers:\n{}", seen.join("\n"));
+}

@@ -7,12 +7,17 @@ use std::time::Duration;
 use crate::id::Id;
 
 /// The public routers a node contacts when it has nothing better. Resolved by the tokio
-/// node (the core only takes socket addresses); tests never use them.
-pub const DEFAULT_ROUTERS: [&str; 4] = [
-    "router.bittorrent.com:6881",
-    "dht.transmissionbt.com:6881",
-    "router.utorrent.com:6881",
+/// node (the core only takes socket addresses); tests never use them. Several, so that
+/// no one of them is needed: router.bittorrent.com and router.utorrent.com stopped
+/// answering in 2024 (qBittorrent and Transmission trackers); the first three answered in
+/// May 2026 (qBittorrent PR 24296), and the rest cost one ping each if they are gone.
+pub const DEFAULT_ROUTERS: [&str; 6] = [
     "dht.libtorrent.org:25401",
+    "dht.transmissionbt.com:6881",
+    "router.bt.ouinet.work:6881",
+    "dht.anacrolix.link:42069",
+    "router.silotis.us:6881",
+    "router.bittorrent.com:6881",
 ];
 
 #[derive(Clone, Debug)]

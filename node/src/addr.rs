@@ -2,6 +2,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// The longest a name lookup may take.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Resolves `HOST:PORT` (a literal address, `[v6]:port`, or a DNS name) to addresses.
 /// A name that does not resolve is an error naming it.
 pub async fn resolve(spec: &str) -> anyhow::Result<Vec<SocketAddr>> {
@@ -14,8 +17,11 @@ pub async fn resolve(spec: &str) -> anyhow::Result<Vec<SocketAddr>> {
     if host.is_empty() || port.parse::<u16>().is_err() {
         anyhow::bail!("{spec:?} is not HOST:PORT");
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec)
+    // A resolver that does not answer must not hold up the start (nor a retry) for long.
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(spec))
         .await
+        .map_err(|_| anyhow::anyhow!("cannot resolve {spec}: no answer in {RESOLVE_TIMEOUT:?}"))?;
+    let addrs: Vec<SocketAddr> = lookup
         .map_err(|e| anyhow::anyhow!("cannot resolve {spec}: {e}"))?
         .collect();
     if addrs.is_empty() {

@@ -13,6 +13,7 @@ use wire::session::{Session, SessionConfig, Source, Torrent, TorrentStats};
 
 use crate::addr::is_private;
 use crate::progress::{Progress, Snapshot};
+use crate::rejoin::Rejoin;
 
 /// Network settings of one node (a torrent session plus its DHT node).
 #[derive(Clone, Debug)]
@@ -23,6 +24,9 @@ pub struct NetConfig {
     pub port: u16,
     /// DHT bootstrap nodes (resolved). Empty with no saved state: the DHT cannot join.
     pub bootstrap: Vec<SocketAddr>,
+    /// The bootstrap `HOST:PORT` names, resolved again (with backoff) while the DHT has no
+    /// node: routers go away, and DNS may not work yet when we start.
+    pub bootstrap_names: Vec<String>,
     /// Run without the DHT: peers come only from hints.
     pub no_dht: bool,
     /// Where the DHT state file lives (none: nothing saved).
@@ -78,6 +82,9 @@ pub struct Client {
     pub dht: Option<dht::Node>,
     /// The TCP address peers reach us at.
     pub listen: SocketAddr,
+    /// Re-resolving the bootstrap names while the DHT is empty, and a resolution running.
+    rejoin: Option<Rejoin>,
+    resolving: Option<tokio::task::JoinHandle<anyhow::Result<Vec<SocketAddr>>>>,
 }
 
 /// How often to look up and announce again when the swarm is healthy / thin.
@@ -159,11 +166,20 @@ impl Client {
                 .context("cannot start the DHT node")?;
             Some(node)
         };
+        let rejoin = dht.is_some().then(|| {
+            Rejoin::new(
+                net.bootstrap_names.clone(),
+                net.bootstrap.len(),
+                Instant::now(),
+            )
+        });
         Ok(Client {
             session,
             torrents,
             dht,
             listen,
+            rejoin,
+            resolving: None,
         })
     }
 
@@ -237,6 +253,33 @@ impl Client {
         false
     }
 
+    /// While the DHT has no node: resolves the bootstrap names again when due (in the
+    /// background) and pings what they resolve to. Call it with the current node count.
+    pub async fn rejoin_step(&mut self, dht_nodes: usize) {
+        let (Some(dht), Some(rejoin)) = (&self.dht, &mut self.rejoin) else {
+            return;
+        };
+        let now = Instant::now();
+        if self.resolving.as_ref().is_some_and(|h| h.is_finished()) {
+            let handle = self.resolving.take().expect("checked");
+            // Finished: this does not wait.
+            if let Ok(result) = handle.await {
+                rejoin.resolved(now, &result);
+                if let Ok(addrs) = result {
+                    for a in addrs {
+                        dht.add_node(a);
+                    }
+                    dht.bootstrap();
+                }
+            }
+        } else if self.resolving.is_none() && rejoin.due(now, dht_nodes) {
+            let names = rejoin.names().to_vec();
+            self.resolving = Some(tokio::spawn(async move {
+                crate::addr::resolve_all(&names).await
+            }));
+        }
+    }
+
     /// A progress snapshot over every torrent (DHT node count from the last call to
     /// [`Client::dht_nodes`]).
     pub fn snapshot(&self, all: &[TorrentStats], dht_nodes: usize) -> Snapshot {
@@ -251,6 +294,10 @@ impl Client {
             up_rate: all.iter().map(|s| s.upload_rate).sum(),
             peers: all.iter().map(|s| s.peers.len()).sum(),
             dht_nodes,
+            dht_note: match &self.rejoin {
+                None => Some("DHT off".to_string()),
+                Some(r) => r.note(Instant::now(), dht_nodes),
+            },
             state: if !known {
                 "metadata"
             } else if all.iter().all(|s| s.complete) {
@@ -304,6 +351,7 @@ impl Client {
             }
             if Instant::now() >= next_nodes {
                 nodes = self.dht_nodes().await;
+                self.rejoin_step(nodes).await;
                 next_nodes = Instant::now() + Duration::from_millis(500);
             }
             progress.update(&self.snapshot(&all, nodes));
@@ -369,6 +417,7 @@ mod tests {
             bind_ip: bind.parse().unwrap(),
             port: 0,
             bootstrap: bootstrap.iter().map(|a| a.parse().unwrap()).collect(),
+            bootstrap_names: Vec::new(),
             no_dht: false,
             dht_state: None,
             max_peers: 50,

@@ -8,6 +8,7 @@ pub mod addr;
 pub mod client;
 pub mod cmd;
 pub mod progress;
+pub mod rejoin;
 pub mod state;
 
 use clap::{Parser, Subcommand};

@@ -14,6 +14,8 @@ pub struct Snapshot {
     pub up_rate: f64,
     pub peers: usize,
     pub dht_nodes: usize,
+    /// Why there are no DHT nodes (no router resolves, none answers, the DHT is off).
+    pub dht_note: Option<String>,
     /// A short state word: "metadata", "downloading", "seeding", ...
     pub state: &'static str,
 }
@@ -67,13 +69,16 @@ impl Progress {
         if self.silent {
             return;
         }
+        let dht = match &s.dht_note {
+            Some(note) => format!("{} DHT nodes ({note})", s.dht_nodes),
+            None => format!("{} DHT nodes", s.dht_nodes),
+        };
         let msg = format!(
-            "{} | down {}/s up {}/s | {} peers | {} DHT nodes",
+            "{} | down {}/s up {}/s | {} peers | {dht}",
             s.state,
             human_bytes(s.down_rate as u64),
             human_bytes(s.up_rate as u64),
             s.peers,
-            s.dht_nodes
         );
         if let Some(bar) = &self.bar {
             bar.set_length(s.total_bytes.unwrap_or(0));

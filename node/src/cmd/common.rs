@@ -75,6 +75,16 @@ impl NetArgs {
             bind_ip: self.bind,
             port: self.port,
             bootstrap,
+            // Names (not literal addresses) are worth resolving again later.
+            bootstrap_names: if self.no_dht {
+                Vec::new()
+            } else {
+                specs
+                    .iter()
+                    .filter(|s| s.parse::<std::net::SocketAddr>().is_err())
+                    .cloned()
+                    .collect()
+            },
             no_dht: self.no_dht,
             dht_state: Some(state.join(format!("dht-{}.state", self.port))),
             max_peers: self.max_peers,

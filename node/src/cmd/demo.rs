@@ -92,6 +92,7 @@ fn net(ip: IpAddr, bootstrap: SocketAddr, limit_up: u64) -> NetConfig {
         bind_ip: ip,
         port: 0,
         bootstrap: vec![bootstrap],
+        bootstrap_names: Vec::new(),
         no_dht: false,
         dht_state: None,
         max_peers: 200,
