@@ -67,6 +67,8 @@ pub struct Config {
     pub max_torrents: usize,
     pub max_peers_per_torrent: usize,
     pub max_peers_total: usize,
+    /// BEP 44 items stored for others (0: none; puts are refused).
+    pub max_items: usize,
     /// Ports stored per IP in one swarm (a NAT or one host running a few clients is
     /// normal; a thousand ports behind one token is not). Unlimited on loopback.
     pub max_ports_per_ip: usize,
@@ -144,6 +146,7 @@ impl Default for Config {
             max_peers_per_torrent: 200,
             max_peers_total: 20_000,
             max_ports_per_ip: 8,
+            max_items: 2_000,
             peer_ttl: Duration::from_secs(40 * 60),
             token_rotation: Duration::from_secs(5 * 60),
             inbound_rate: 20,

@@ -12,6 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::bep42::{self, ExternalIpVoter};
 use crate::config::Config;
 use crate::id::Id;
+use crate::item::Item;
+use crate::item_store::{ItemStore, ITEM_TTL};
 use crate::krpc::{
     canonical_addr, error_code, Body, DecodeError, KrpcError, Message, NodeInfo, Query, QueryKind,
     Response, Want, MAX_DATAGRAM,
@@ -60,6 +62,15 @@ pub enum Event {
         sent: usize,
         acked: usize,
     },
+    /// A BEP 44 get found a verified item (a mutable one: a newer version than before).
+    ItemFound { lookup: LookupId, item: Item },
+    /// The put phase of [`Dht::put_item`] finished: `acked` of `sent` nodes stored it.
+    PutDone {
+        lookup: LookupId,
+        target: Id,
+        sent: usize,
+        acked: usize,
+    },
     /// A bootstrap lookup finished with `nodes` in the routing table(s).
     Bootstrapped { lookup: LookupId, nodes: usize },
     /// A node answered an application ping.
@@ -99,12 +110,53 @@ pub struct Stats {
     pub banned_drops: u64,
     pub queries_dropped: u64,
     pub announces_stored: u64,
+    /// BEP 44 puts accepted, and items held now.
+    pub items_stored: u64,
+    pub items: usize,
     pub bad_tokens: u64,
     pub external_ip: Option<IpAddr>,
     /// Nodes in the bootstrap pool verified since the start (both families).
     pub pool_nodes: usize,
     /// Saved pool nodes not checked yet since the start.
     pub pool_saved: usize,
+}
+
+/// The item in a get reply, if it is one this lookup wants and it checks out: an
+/// immutable value whose hash is the target (reported once), or a mutable one whose key
+/// and salt hash to the target, whose signature is valid and which is newer than any
+/// reported so far.
+fn verified_item(state: &mut ItemLookup, target: &Id, r: &Response) -> Option<Item> {
+    let value = r.value.as_ref()?;
+    let item = match (&state.salt, r.key, r.seq, r.sig) {
+        (None, _, _, _) => {
+            if state.found_immutable || crate::item::immutable_target(value) != *target {
+                return None;
+            }
+            state.found_immutable = true;
+            Item::Immutable(value.clone())
+        }
+        (Some(salt), Some(key), Some(seq), Some(sig)) => {
+            if state.newer_than.is_some_and(|s| seq <= s) {
+                return None;
+            }
+            let m = crate::item::MutableItem {
+                key,
+                salt: salt.clone(),
+                seq,
+                value: value.clone(),
+                sig,
+            };
+            let item = Item::Mutable(m);
+            if item.target() != *target || item.validate().is_err() {
+                return None;
+            }
+            state.newer_than = Some(seq);
+            item
+        }
+        _ => return None,
+    };
+    crate::item::validate_value(item.value()).ok()?;
+    Some(item)
 }
 
 /// The seed of a core's random choices (ids, transaction ids, token secrets, sampling).
@@ -173,6 +225,18 @@ struct PendingQuery {
     lookup: Option<LookupId>,
 }
 
+/// What a BEP 44 lookup needs besides its target.
+#[derive(Clone, Debug)]
+struct ItemLookup {
+    /// The salt a mutable item's key is hashed with (`None`: an immutable item).
+    salt: Option<Vec<u8>>,
+    /// Only versions newer than this are wanted (and then reported).
+    newer_than: Option<i64>,
+    found_immutable: bool,
+    /// For a put: the item and the `cas` to send.
+    put: Option<(Item, Option<i64>)>,
+}
+
 /// Outstanding transactions at once; further queries wait in the queue.
 const MAX_TRANSACTIONS: usize = 4_096;
 /// Backoff between automatic bootstraps while the table has fewer than k nodes: starts
@@ -217,6 +281,8 @@ pub struct Dht {
     probed: lru::LruCache<SocketAddr, Instant>,
     tokens: Tokens,
     store: PeerStore,
+    /// BEP 44 items stored for others.
+    items: ItemStore,
     inbound: InboundLimiter,
     outbound: TokenBucket,
     /// All replies together (a flood from many spoofed sources cannot turn us into a
@@ -226,6 +292,8 @@ pub struct Dht {
     /// Extra lookup seeds with known ids (a saved state's nodes).
     seed_nodes: Vec<NodeInfo>,
     lookups: BTreeMap<LookupId, Lookup>,
+    /// BEP 44 lookups' own state (salt, best version, the item to put).
+    item_lookups: HashMap<LookupId, ItemLookup>,
     next_lookup: u64,
     transactions: HashMap<u32, Tx>,
     /// Round trips of replies, for the short timeout.
@@ -313,12 +381,14 @@ impl Dht {
             probed: lru::LruCache::new(std::num::NonZeroUsize::new(probed_cap).expect("non-zero")),
             tokens,
             store,
+            items: ItemStore::new(config.max_items, ITEM_TTL),
             inbound,
             outbound,
             replies,
             voter: ExternalIpVoter::default(),
             seed_nodes: Vec::new(),
             lookups: BTreeMap::new(),
+            item_lookups: HashMap::new(),
             next_lookup: 1,
             transactions: HashMap::new(),
             rtt: RttEstimator::new(config.short_timeout_min, config.short_timeout),
@@ -498,6 +568,80 @@ impl Dht {
         self.start_lookup(now, LookupKind::Announce { port }, info_hash.into())
     }
 
+    /// BEP 44: looks up the immutable item stored under `target`; it arrives as
+    /// [`Event::ItemFound`] once its hash is checked.
+    pub fn get_immutable(&mut self, now: Instant, target: Id) -> LookupId {
+        self.start_item_lookup(
+            now,
+            target,
+            ItemLookup {
+                salt: None,
+                newer_than: None,
+                found_immutable: false,
+                put: None,
+            },
+            LookupKind::GetItem,
+        )
+    }
+
+    /// BEP 44: looks up the mutable item of public key `key` under `salt`, newer than
+    /// `newer_than`; each verified newer version arrives as [`Event::ItemFound`].
+    pub fn get_mutable(
+        &mut self,
+        now: Instant,
+        key: [u8; 32],
+        salt: &[u8],
+        newer_than: Option<i64>,
+    ) -> LookupId {
+        let target = crate::item::mutable_target(&key, salt);
+        self.start_item_lookup(
+            now,
+            target,
+            ItemLookup {
+                salt: Some(salt.to_vec()),
+                newer_than,
+                found_immutable: false,
+                put: None,
+            },
+            LookupKind::GetItem,
+        )
+    }
+
+    /// BEP 44: stores `item` on the k nodes closest to its target (a get lookup for their
+    /// tokens, then puts). Items found on the way arrive as [`Event::ItemFound`]; the puts
+    /// end with [`Event::PutDone`]. `cas`: the sequence number a mutable put replaces.
+    pub fn put_item(&mut self, now: Instant, item: Item, cas: Option<i64>) -> LookupId {
+        let target = item.target();
+        let salt = match &item {
+            Item::Immutable(_) => None,
+            Item::Mutable(m) => Some(m.salt.clone()),
+        };
+        self.start_item_lookup(
+            now,
+            target,
+            ItemLookup {
+                salt,
+                newer_than: None,
+                found_immutable: false,
+                put: Some((item, cas)),
+            },
+            LookupKind::PutItem,
+        )
+    }
+
+    fn start_item_lookup(
+        &mut self,
+        now: Instant,
+        target: Id,
+        state: ItemLookup,
+        kind: LookupKind,
+    ) -> LookupId {
+        // The id `start_lookup` hands out next: the state must be there before it runs
+        // (a refused lookup finishes inside it).
+        self.item_lookups.insert(LookupId(self.next_lookup), state);
+        self.start_lookup(now, kind, target)
+    }
+
     /// Finds the nodes closest to `target`.
     pub fn find_node(&mut self, now: Instant, target: impl Into<Id>) -> LookupId {
         self.start_lookup(now, LookupKind::FindNode, target.into())
@@ -555,6 +699,7 @@ impl Dht {
         s.queued_queries = self.queue.len();
         s.torrents = self.store.torrent_count();
         s.peers = self.store.peer_count();
+        s.items = self.items.len();
         s.external_ip = self.voter.external_ip();
         s.pool_nodes = self.pools().map(Pool::len).sum();
         s.pool_saved = self.pools().map(Pool::saved_len).sum();
@@ -896,6 +1041,42 @@ impl Dht {
                 r.interval = Some(SAMPLE_INTERVAL);
                 self.fill_nodes(&mut r, &target, from, q.want, confirmed);
             }
+            QueryKind::Get { target, seq } => {
+                r.token = Some(self.tokens.issue(from.ip()).to_vec());
+                match self.items.get(now, &target) {
+                    Some(Item::Immutable(v)) => r.value = Some(v.clone()),
+                    Some(Item::Mutable(m)) => {
+                        r.seq = Some(m.seq);
+                        // BEP 44: not newer than the asker has: the sequence number alone.
+                        if seq.is_none_or(|s| m.seq > s) {
+                            r.key = Some(m.key);
+                            r.sig = Some(m.sig);
+                            r.value = Some(m.value.clone());
+                        }
+                    }
+                    None => {}
+                }
+                self.fill_nodes(&mut r, &target, from, q.want, confirmed);
+            }
+            QueryKind::Put { token, item, cas } => {
+                if !self.tokens.check(from.ip(), &token) {
+                    self.stats.bad_tokens += 1;
+                    self.send_error(from, t, error_code::PROTOCOL, b"bad token");
+                    return;
+                }
+                if self.config.max_items == 0 {
+                    self.send_error(from, t, error_code::GENERIC, b"items are not stored here");
+                    return;
+                }
+                if let Err(e) = item
+                    .validate()
+                    .and_then(|()| self.items.put(now, item, cas))
+                {
+                    self.send_error(from, t, e.code(), e.to_string().as_bytes());
+                    return;
+                }
+                self.stats.items_stored += 1;
+            }
         }
         let reply = Message {
             t,
@@ -1099,7 +1280,22 @@ impl Dht {
         let Some(l) = self.lookups.get_mut(&lid) else {
             return;
         };
-        l.on_response(&from, r.id, r.token);
+        l.on_response(&from, r.id, r.token.clone());
+        let target = l.target;
+        let item = if matches!(l.kind, LookupKind::GetItem | LookupKind::PutItem) {
+            self.item_lookups
+                .get_mut(&lid)
+                .and_then(|state| verified_item(state, &target, &r))
+        } else {
+            None
+        };
+        if let Some(item) = item {
+            self.events
+                .push_back(Event::ItemFound { lookup: lid, item });
+        }
+        let Some(l) = self.lookups.get_mut(&lid) else {
+            return;
+        };
         let nodes = r
             .nodes
             .iter()
@@ -1333,6 +1529,10 @@ impl Dht {
                 LookupKind::GetPeers | LookupKind::Announce { .. } => {
                     QueryKind::GetPeers { info_hash: target }
                 }
+                LookupKind::GetItem | LookupKind::PutItem => QueryKind::Get {
+                    target,
+                    seq: self.item_lookups.get(&lid).and_then(|s| s.newer_than),
+                },
                 _ => QueryKind::FindNode { target },
             };
             let mut refused = Vec::new();
@@ -1372,6 +1572,42 @@ impl Dht {
                 self.events
                     .push_back(Event::Bootstrapped { lookup: lid, nodes });
                 self.refresh_after_bootstrap(now);
+            }
+            LookupKind::GetItem => {
+                self.item_lookups.remove(&lid);
+            }
+            LookupKind::PutItem => {
+                let put = self.item_lookups.get(&lid).and_then(|s| s.put.clone());
+                let targets = l.announce_targets();
+                let mut sent = 0;
+                if let Some((item, cas)) = put {
+                    for (addr, _, token) in targets {
+                        let kind = QueryKind::Put {
+                            token,
+                            item: item.clone(),
+                            cas,
+                        };
+                        if self.enqueue(addr, kind, TxKind::Announce, Some(lid)) {
+                            sent += 1;
+                        }
+                    }
+                }
+                if sent == 0 {
+                    self.item_lookups.remove(&lid);
+                    self.events.push_back(Event::PutDone {
+                        lookup: lid,
+                        target: l.target,
+                        sent: 0,
+                        acked: 0,
+                    });
+                    return;
+                }
+                l.phase = Phase::Announcing {
+                    sent,
+                    pending: sent,
+                    acked: 0,
+                };
+                self.lookups.insert(lid, l);
             }
             LookupKind::Announce { port } => {
                 let targets = l.announce_targets();
@@ -1451,14 +1687,24 @@ impl Dht {
             acked,
         };
         if pending == 0 {
-            let info_hash = l.target;
+            let (target, kind) = (l.target, l.kind);
             self.lookups.remove(&lid);
-            self.events.push_back(Event::AnnounceDone {
-                lookup: lid,
-                info_hash,
-                sent,
-                acked,
-            });
+            if kind == LookupKind::PutItem {
+                self.item_lookups.remove(&lid);
+                self.events.push_back(Event::PutDone {
+                    lookup: lid,
+                    target,
+                    sent,
+                    acked,
+                });
+            } else {
+                self.events.push_back(Event::AnnounceDone {
+                    lookup: lid,
+                    info_hash: target,
+                    sent,
+                    acked,
+                });
+            }
         }
     }
 
@@ -1643,6 +1889,7 @@ impl Dht {
         self.next_tick = now + self.config.tick;
         self.tokens.maybe_rotate(now, &mut self.rng);
         self.store.expire(now);
+        self.items.expire(now);
         self.inbound.sweep(now);
         self.shrink_buffers();
         self.check_pool(now);

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use bencode::{Dict, Encoder, Limits, Value};
 
 use crate::id::Id;
+use crate::item::{Item, MutableItem};
 
 /// Largest datagram we decode (UDP payloads cannot be larger).
 pub const MAX_DATAGRAM: usize = 65_535;
@@ -103,6 +104,17 @@ pub enum QueryKind {
     SampleInfohashes {
         target: Id,
     },
+    /// BEP 44: the item stored at `target` (for a mutable one, only if newer than `seq`).
+    Get {
+        target: Id,
+        seq: Option<i64>,
+    },
+    /// BEP 44: store `item` (`cas`: the sequence number it is meant to replace).
+    Put {
+        token: Vec<u8>,
+        item: Item,
+        cas: Option<i64>,
+    },
     /// A method we do not know that names a `target` or `info_hash`: answered like
     /// find_node, as BEP 5 nodes do for forward compatibility.
     Other {
@@ -119,6 +131,8 @@ impl QueryKind {
             QueryKind::GetPeers { .. } => b"get_peers",
             QueryKind::AnnouncePeer { .. } => b"announce_peer",
             QueryKind::SampleInfohashes { .. } => b"sample_infohashes",
+            QueryKind::Get { .. } => b"get",
+            QueryKind::Put { .. } => b"put",
             QueryKind::Other { method, .. } => method,
         }
     }
@@ -140,6 +154,12 @@ pub struct Response {
     pub samples: Option<Vec<Id>>,
     pub interval: Option<i64>,
     pub num: Option<i64>,
+    /// BEP 44 `get` replies: the value (bencoded, verbatim), and for a mutable item its
+    /// key, sequence number and signature (`seq` alone when it is not newer than asked).
+    pub value: Option<Vec<u8>>,
+    pub key: Option<[u8; 32]>,
+    pub seq: Option<i64>,
+    pub sig: Option<[u8; 64]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -347,6 +367,11 @@ fn decode_query(dict: &Dict<'_>) -> Result<Query, &'static str> {
         b"sample_infohashes" => QueryKind::SampleInfohashes {
             target: need(b"target", "missing or malformed target")?,
         },
+        b"get" => QueryKind::Get {
+            target: need(b"target", "missing or malformed target")?,
+            seq: args.get_int(b"seq"),
+        },
+        b"put" => decode_put(args)?,
         other => {
             if other.len() > 64 {
                 return Err("method name too long");
@@ -361,6 +386,59 @@ fn decode_query(dict: &Dict<'_>) -> Result<Query, &'static str> {
         }
     };
     Ok(Query { id, want, kind })
+}
+
+/// The exact bencoding of a decoded value: lists and dicts keep their input bytes, and
+/// integers and strings re-encode to what the (canonical-only) decoder read.
+pub fn raw_value(v: &Value<'_>) -> Vec<u8> {
+    match v {
+        Value::List(l) => l.raw.to_vec(),
+        Value::Dict(d) => d.raw.to_vec(),
+        other => {
+            let mut out = Vec::new();
+            Encoder::new(&mut out).value(other);
+            out
+        }
+    }
+}
+
+fn decode_put(args: &Dict<'_>) -> Result<QueryKind, &'static str> {
+    let token = args.get_bytes(b"token").ok_or("missing token")?;
+    if token.len() > MAX_TOKEN_LEN {
+        return Err("token too long");
+    }
+    let v = args.get(b"v").ok_or("missing v")?;
+    let value = raw_value(v);
+    let item = match args.get_bytes(b"k") {
+        None => Item::Immutable(value),
+        Some(k) => {
+            let key: [u8; 32] = k.try_into().map_err(|_| "k is not 32 bytes")?;
+            let sig: [u8; 64] = args
+                .get_bytes(b"sig")
+                .ok_or("missing sig")?
+                .try_into()
+                .map_err(|_| "sig is not 64 bytes")?;
+            let seq = args.get_int(b"seq").ok_or("missing seq")?;
+            // Longer salts are refused with BEP 44's own error (207) by the core; this
+            // only bounds what is kept.
+            let salt = args.get_bytes(b"salt").unwrap_or_default();
+            if salt.len() > 4 * crate::item::MAX_SALT_LEN {
+                return Err("salt too long");
+            }
+            Item::Mutable(MutableItem {
+                key,
+                salt: salt.to_vec(),
+                seq,
+                value,
+                sig,
+            })
+        }
+    };
+    Ok(QueryKind::Put {
+        token: token.to_vec(),
+        item,
+        cas: args.get_int(b"cas"),
+    })
 }
 
 fn decode_response(dict: &Dict<'_>) -> Result<Response, DecodeError> {
@@ -404,6 +482,13 @@ fn decode_response(dict: &Dict<'_>) -> Result<Response, DecodeError> {
         samples,
         interval: r.get_int(b"interval"),
         num: r.get_int(b"num"),
+        value: r
+            .get(b"v")
+            .map(raw_value)
+            .filter(|v| v.len() <= crate::item::MAX_VALUE_LEN),
+        key: r.get_bytes(b"k").and_then(|k| k.try_into().ok()),
+        seq: r.get_int(b"seq"),
+        sig: r.get_bytes(b"sig").and_then(|k| k.try_into().ok()),
     })
 }
 
@@ -482,8 +567,30 @@ impl Message {
 
 fn encode_query_args(e: &mut Encoder<'_>, q: &Query) {
     e.begin_dict();
+    // Keys sorted: a put's `cas`, `id`, `k`, `salt`, `seq`, `sig`, `token`, `v`.
+    if let QueryKind::Put { cas: Some(cas), .. } = &q.kind {
+        e.key(b"cas").int(*cas);
+    }
     e.key(b"id").bytes(&q.id.0);
     match &q.kind {
+        QueryKind::Get { target, seq } => {
+            if let Some(seq) = seq {
+                e.key(b"seq").int(*seq);
+            }
+            e.key(b"target").bytes(&target.0);
+        }
+        QueryKind::Put { token, item, .. } => {
+            if let Item::Mutable(m) = item {
+                e.key(b"k").bytes(&m.key);
+                if !m.salt.is_empty() {
+                    e.key(b"salt").bytes(&m.salt);
+                }
+                e.key(b"seq").int(m.seq);
+                e.key(b"sig").bytes(&m.sig);
+            }
+            e.key(b"token").bytes(token);
+            e.key(b"v").raw(item.value());
+        }
         QueryKind::Ping => {}
         QueryKind::FindNode { target }
         | QueryKind::SampleInfohashes { target }
@@ -526,6 +633,9 @@ fn encode_response(e: &mut Encoder<'_>, r: &Response) {
     if let Some(interval) = r.interval {
         e.key(b"interval").int(interval);
     }
+    if let Some(k) = &r.key {
+        e.key(b"k").bytes(k);
+    }
     // Compact node lists go straight into the datagram (this is the hot path of every
     // find_node and get_peers reply).
     let v4 = || r.nodes.iter().filter(|n| is_v4(&n.addr));
@@ -550,8 +660,17 @@ fn encode_response(e: &mut Encoder<'_>, r: &Response) {
         }
         e.key(b"samples").bytes(&b);
     }
+    if let Some(seq) = r.seq {
+        e.key(b"seq").int(seq);
+    }
+    if let Some(sig) = &r.sig {
+        e.key(b"sig").bytes(sig);
+    }
     if let Some(token) = &r.token {
         e.key(b"token").bytes(token);
+    }
+    if let Some(v) = &r.value {
+        e.key(b"v").raw(v);
     }
     if !r.values.is_empty() {
         e.key(b"values").begin_list();
@@ -695,13 +814,17 @@ mod tests {
                 samples: Some(vec![Id([4; 20]), Id([5; 20])]),
                 interval: Some(21600),
                 num: Some(2),
+                value: Some(b"d1:ai1ee".to_vec()),
+                key: Some([6; 32]),
+                seq: Some(7),
+                sig: Some([8; 64]),
             }),
         };
         let bytes = m.to_bytes();
         assert_eq!(Message::decode(&bytes).unwrap(), m);
         // Keys appear in sorted order at the top level.
         let text = String::from_utf8_lossy(&bytes);
-        let order: Vec<usize> = ["2:ip", "1:r", "2:ro", "1:t", "1:v", "1:y"]
+        let order: Vec<usize> = ["2:ip", "1:r", "2:ro", "1:t", "1:v4:", "1:y"]
             .iter()
             .map(|k| text.find(k).unwrap())
             .collect();
@@ -720,7 +843,7 @@ mod tests {
     #[test]
     fn unknown_method_with_target_is_like_find_node() {
         let m = Message::decode(
-            b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz123456e1:q3:get1:t2:aa1:y1:qe",
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz123456e1:q4:vote1:t2:aa1:y1:qe",
         )
         .unwrap();
         let Body::Query(Query {
@@ -732,7 +855,7 @@ mod tests {
         };
         assert_eq!(
             (&method[..], target),
-            (&b"get"[..], id(b"mnopqrstuvwxyz123456"))
+            (&b"vote"[..], id(b"mnopqrstuvwxyz123456"))
         );
     }
 

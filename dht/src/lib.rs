@@ -25,6 +25,8 @@ pub mod bep42;
 pub mod config;
 mod core;
 pub mod id;
+pub mod item;
+pub mod item_store;
 pub mod krpc;
 pub mod lookup;
 mod mmsg;

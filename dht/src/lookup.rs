@@ -40,6 +40,11 @@ pub enum LookupKind {
     Bootstrap,
     /// find_node for a random id in a stale bucket.
     Refresh,
+    /// BEP 44 get, reporting each verified item (a mutable one each time a newer version
+    /// turns up).
+    GetItem,
+    /// BEP 44 get, then put to the k closest that gave a token.
+    PutItem,
 }
 
 impl LookupKind {

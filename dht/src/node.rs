@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::core::{Dht, Event, RngSeed, Stats, Transmit};
 use crate::id::Id;
+use crate::item::Item;
 use crate::lookup::LookupId;
 use crate::mmsg::{self, RecvBatch};
 use crate::state::SavedState;
@@ -71,11 +72,50 @@ enum Command {
         announce: Option<Option<u16>>,
         peers: mpsc::UnboundedSender<SocketAddr>,
     },
+    Item {
+        request: ItemRequest,
+        updates: mpsc::UnboundedSender<ItemUpdate>,
+    },
     Bootstrap,
     AddNode(SocketAddr),
     Stats(oneshot::Sender<Stats>),
     SaveState(oneshot::Sender<io::Result<()>>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A BEP 44 request (see [`Node::get_immutable`], [`Node::get_mutable`],
+/// [`Node::put_item`]).
+enum ItemRequest {
+    Immutable(Id),
+    Mutable {
+        key: [u8; 32],
+        salt: Vec<u8>,
+        newer_than: Option<i64>,
+    },
+    Put {
+        item: Item,
+        cas: Option<i64>,
+    },
+}
+
+/// What a BEP 44 request reports, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ItemUpdate {
+    /// A verified item (for a mutable one: each newer version found).
+    Found(Item),
+    /// A put is done: `acked` of the `sent` closest nodes stored the item.
+    Stored { sent: usize, acked: usize },
+}
+
+/// The updates of one BEP 44 request; ends when the lookup (or the put) is done.
+pub struct ItemStream {
+    rx: mpsc::UnboundedReceiver<ItemUpdate>,
+}
+
+impl ItemStream {
+    pub async fn next(&mut self) -> Option<ItemUpdate> {
+        self.rx.recv().await
+    }
 }
 
 /// A running DHT node. Dropping it stops the task (without saving; use
@@ -152,6 +192,7 @@ impl Node {
             socket,
             commands: rx,
             subscribers: HashMap::new(),
+            item_subscribers: HashMap::new(),
             state_file: cfg.state_file.clone(),
             pool_file: cfg.pool_file.clone(),
             save_every: cfg.save_every,
@@ -198,6 +239,36 @@ impl Node {
             peers: tx,
         });
         PeerStream { rx }
+    }
+
+    /// BEP 44: the immutable item stored under `target`.
+    pub fn get_immutable(&self, target: Id) -> ItemStream {
+        self.item(ItemRequest::Immutable(target))
+    }
+
+    /// BEP 44: versions of the mutable item of `key` under `salt`, newer than
+    /// `newer_than`, as they are found.
+    pub fn get_mutable(&self, key: [u8; 32], salt: &[u8], newer_than: Option<i64>) -> ItemStream {
+        self.item(ItemRequest::Mutable {
+            key,
+            salt: salt.to_vec(),
+            newer_than,
+        })
+    }
+
+    /// BEP 44: stores `item` on the nodes closest to its target; ends with
+    /// [`ItemUpdate::Stored`].
+    pub fn put_item(&self, item: Item, cas: Option<i64>) -> ItemStream {
+        self.item(ItemRequest::Put { item, cas })
+    }
+
+    fn item(&self, request: ItemRequest) -> ItemStream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.send(Command::Item {
+            request,
+            updates: tx,
+        });
+        ItemStream { rx }
     }
 
     /// Starts a bootstrap (the node also re-bootstraps by itself when its table empties).
@@ -347,6 +418,8 @@ struct Driver {
     socket: UdpSocket,
     commands: mpsc::UnboundedReceiver<Command>,
     subscribers: HashMap<LookupId, Subscriber>,
+    /// BEP 44 requests, and whether each is a put (which ends at `PutDone`).
+    item_subscribers: HashMap<LookupId, (mpsc::UnboundedSender<ItemUpdate>, bool)>,
     state_file: Option<PathBuf>,
     pool_file: Option<PathBuf>,
     save_every: Duration,
@@ -503,6 +576,26 @@ impl Driver {
                 Event::AnnounceDone { lookup, .. } => {
                     self.subscribers.remove(&lookup);
                 }
+                Event::ItemFound { lookup, item } => {
+                    if let Some((tx, _)) = self.item_subscribers.get(&lookup) {
+                        let _ = tx.send(ItemUpdate::Found(item));
+                    }
+                }
+                Event::PutDone {
+                    lookup,
+                    sent,
+                    acked,
+                    ..
+                } => {
+                    if let Some((tx, _)) = self.item_subscribers.remove(&lookup) {
+                        let _ = tx.send(ItemUpdate::Stored { sent, acked });
+                    }
+                }
+                Event::LookupDone { lookup, .. }
+                    if self.item_subscribers.get(&lookup).is_some_and(|s| !s.1) =>
+                {
+                    self.item_subscribers.remove(&lookup);
+                }
                 Event::IdChanged { id } => tracing::info!("dht: new node id {id:?} (BEP 42)"),
                 Event::ExternalAddress { ip } => tracing::info!("dht: external address {ip}"),
                 _ => {}
@@ -510,6 +603,7 @@ impl Driver {
         }
         // Forget lookups whose stream the caller dropped.
         self.subscribers.retain(|_, s| !s.peers.is_closed());
+        self.item_subscribers.retain(|_, s| !s.0.is_closed());
     }
 
     fn command(&mut self, c: Command) {
@@ -531,6 +625,20 @@ impl Driver {
                         is_announce: announce.is_some(),
                     },
                 );
+            }
+            Command::Item { request, updates } => {
+                let (id, is_put) = match request {
+                    ItemRequest::Immutable(target) => (self.dht.get_immutable(now, target), false),
+                    ItemRequest::Mutable {
+                        key,
+                        salt,
+                        newer_than,
+                    } => (self.dht.get_mutable(now, key, &salt, newer_than), false),
+                    ItemRequest::Put { item, cas } => (self.dht.put_item(now, item, cas), true),
+                };
+                self.item_subscribers.insert(id, (updates, is_put));
+                // A lookup refused at once has already finished: report that now.
+                self.dispatch_events();
             }
             Command::Bootstrap => {
                 self.dht.bootstrap(now);

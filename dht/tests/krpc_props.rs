@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
+use dht::item::{Item, MutableItem};
 use dht::krpc::{Body, KrpcError, Message, NodeInfo, Query, QueryKind, Response, Want};
 use dht::{Config, Dht, Id, SavedState};
 use proptest::prelude::*;
@@ -32,6 +33,57 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..=max)
 }
 
+/// A bencoded value: strings, integers, lists and dicts, a few levels deep.
+fn bencoded() -> impl Strategy<Value = Vec<u8>> {
+    let leaf = prop_oneof![
+        bytes(30).prop_map(|b| {
+            let mut out = format!("{}:", b.len()).into_bytes();
+            out.extend(b);
+            out
+        }),
+        any::<i64>().prop_map(|i| format!("i{i}e").into_bytes()),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|items| {
+                let mut out = b"l".to_vec();
+                items.into_iter().for_each(|i| out.extend(i));
+                out.push(b'e');
+                out
+            }),
+            prop::collection::btree_map("[a-z]{1,6}", inner, 0..4).prop_map(|m| {
+                let mut out = b"d".to_vec();
+                for (k, v) in m {
+                    out.extend(format!("{}:{k}", k.len()).into_bytes());
+                    out.extend(v);
+                }
+                out.push(b'e');
+                out
+            }),
+        ]
+    })
+}
+
+fn item() -> impl Strategy<Value = Item> {
+    prop_oneof![
+        bencoded().prop_map(Item::Immutable),
+        (
+            any::<[u8; 32]>(),
+            bytes(64),
+            any::<i64>(),
+            bencoded(),
+            prop::collection::vec(any::<u8>(), 64)
+        )
+            .prop_map(|(key, salt, seq, value, sig)| Item::Mutable(MutableItem {
+                key,
+                salt,
+                seq,
+                value,
+                sig: sig.try_into().unwrap(),
+            })),
+    ]
+}
+
 fn query_kind() -> impl Strategy<Value = QueryKind> {
     prop_oneof![
         Just(QueryKind::Ping),
@@ -48,6 +100,10 @@ fn query_kind() -> impl Strategy<Value = QueryKind> {
             }
         ),
         id().prop_map(|target| QueryKind::SampleInfohashes { target }),
+        (id(), prop::option::of(any::<i64>()))
+            .prop_map(|(target, seq)| QueryKind::Get { target, seq }),
+        (bytes(40), item(), prop::option::of(any::<i64>()))
+            .prop_map(|(token, item, cas)| QueryKind::Put { token, item, cas }),
         (id(), "[a-z_]{1,20}")
             .prop_filter("not a known method", |(_, m)| {
                 ![
@@ -56,6 +112,8 @@ fn query_kind() -> impl Strategy<Value = QueryKind> {
                     "get_peers",
                     "announce_peer",
                     "sample_infohashes",
+                    "get",
+                    "put",
                 ]
                 .contains(&m.as_str())
             })
@@ -86,9 +144,15 @@ fn body() -> impl Strategy<Value = Body> {
         prop::option::of(prop::collection::vec(id(), 0..5)),
         prop::option::of(any::<i64>()),
         prop::option::of(any::<i64>()),
+        (
+            prop::option::of(bencoded()),
+            prop::option::of(any::<[u8; 32]>()),
+            prop::option::of(any::<i64>()),
+            prop::option::of(prop::collection::vec(any::<u8>(), 64)),
+        ),
     )
         .prop_map(
-            |(id, nodes, nodes6, values, token, samples, interval, num)| {
+            |(id, nodes, nodes6, values, token, samples, interval, num, (value, key, seq, sig))| {
                 Body::Response(Response {
                     id,
                     // Decoding reports the key as present exactly when there were nodes.
@@ -100,6 +164,10 @@ fn body() -> impl Strategy<Value = Body> {
                     samples,
                     interval,
                     num,
+                    value,
+                    key,
+                    seq,
+                    sig: sig.map(|s| s.try_into().unwrap()),
                 })
             },
         );

@@ -35,6 +35,8 @@ enum Command {
     Seed(cmd::seed::Args),
     /// Run a DHT bootstrap node.
     Bootstrap(cmd::bootstrap::Args),
+    /// Store and fetch items in the DHT (BEP 44).
+    Dht(cmd::dht::Args),
     /// Run a whole swarm on loopback (bootstrap node, seeders, a leecher) with no internet.
     Demo(cmd::demo::Args),
 }
@@ -49,6 +51,7 @@ pub fn cli_main() -> ExitCode {
         Command::Seed(a) => cmd::seed::run(a),
         Command::Bootstrap(a) => cmd::bootstrap::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Dht(a) => cmd::dht::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -134,6 +134,7 @@ impl Settings {
         let rate = self.rate_limit.unwrap_or(base.inbound_rate).max(1);
         let core = dht::Config {
             store_announces: !self.router_only,
+            max_items: if self.router_only { 0 } else { 20_000 },
             // Bounded, but roomier than an ordinary node: many peers announce here.
             max_torrents: 20_000,
             max_peers_per_torrent: 500,

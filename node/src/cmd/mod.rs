@@ -4,5 +4,6 @@ pub mod bootstrap;
 pub mod common;
 pub mod create;
 pub mod demo;
+pub mod dht;
 pub mod get;
 pub mod seed;

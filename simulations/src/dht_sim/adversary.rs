@@ -121,10 +121,12 @@ impl SybilNode {
             return;
         };
         let target = match q.kind {
-            QueryKind::FindNode { target } | QueryKind::SampleInfohashes { target } => target,
+            QueryKind::FindNode { target }
+            | QueryKind::SampleInfohashes { target }
+            | QueryKind::Get { target, .. } => target,
             QueryKind::GetPeers { info_hash } => info_hash,
             QueryKind::Other { target, .. } => target,
-            QueryKind::Ping | QueryKind::AnnouncePeer { .. } => self.id,
+            QueryKind::Ping | QueryKind::AnnouncePeer { .. } | QueryKind::Put { .. } => self.id,
         };
         let mut nodes: Vec<NodeInfo> = self
             .ring

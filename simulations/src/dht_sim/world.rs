@@ -83,6 +83,8 @@ impl LookupCosts {
             dht::LookupKind::Announce { .. } => "announce",
             dht::LookupKind::Bootstrap => "bootstrap",
             dht::LookupKind::Refresh => "refresh",
+            dht::LookupKind::GetItem => "get",
+            dht::LookupKind::PutItem => "put",
         };
         match self.kinds.iter_mut().find(|k| k.0 == name) {
             Some(k) => {
