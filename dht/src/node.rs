@@ -116,6 +116,17 @@ impl ItemStream {
     pub async fn next(&mut self) -> Option<ItemUpdate> {
         self.rx.recv().await
     }
+
+    /// The next update if one is ready, without waiting: `Ok(None)` while the request
+    /// goes on, `Err(())` once it is over and every update was taken.
+    #[allow(clippy::result_unit_err)]
+    pub fn poll_now(&mut self) -> Result<Option<ItemUpdate>, ()> {
+        match self.rx.try_recv() {
+            Ok(u) => Ok(Some(u)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        }
+    }
 }
 
 /// A running DHT node. Dropping it stops the task (without saving; use

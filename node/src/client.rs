@@ -85,6 +85,8 @@ pub struct Client {
     /// Re-resolving the bootstrap names while the DHT is empty, and a resolution running.
     rejoin: Option<Rejoin>,
     resolving: Option<tokio::task::JoinHandle<anyhow::Result<Vec<SocketAddr>>>>,
+    /// BEP 46: a mutable item kept pointing at the torrent we seed.
+    publisher: Option<crate::bep46::Publisher>,
 }
 
 /// How often to look up and announce again when the swarm is healthy / thin.
@@ -180,7 +182,13 @@ impl Client {
             listen,
             rejoin,
             resolving: None,
+            publisher: None,
         })
+    }
+
+    /// Keeps a BEP 46 mutable item pointing at a torrent (put now and every hour).
+    pub fn publish(&mut self, p: crate::bep46::Publisher) {
+        self.publisher = Some(p);
     }
 
     /// The first torrent (the only one for `swarm demo`).
@@ -193,6 +201,9 @@ impl Client {
     pub fn tick(&mut self) {
         let Some(dht) = &self.dht else { return };
         let now = Instant::now();
+        if let Some(p) = &mut self.publisher {
+            p.step(now, dht);
+        }
         for t in &mut self.torrents {
             // Every connected peer with a DHT node is a way into the DHT (BEP 5 PORT).
             for node in t.torrent.take_dht_nodes() {

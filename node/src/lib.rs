@@ -5,6 +5,7 @@
 //! (`main.rs`) and the integration tests' copy of it both call [`cli_main`].
 
 pub mod addr;
+pub mod bep46;
 pub mod client;
 pub mod cmd;
 pub mod progress;

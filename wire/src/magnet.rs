@@ -30,6 +30,18 @@ pub struct Magnet {
     pub exact_length: Option<u64>,
     /// `so` (BEP 53): inclusive ranges of file indices to download.
     pub select_only: Vec<(u32, u32)>,
+    /// BEP 46 `xs=urn:btpk:<key>` (and `s=<salt>`): the torrent is whatever the newest
+    /// version of that mutable DHT item names. With no `btih`, `info_hash` is zero until
+    /// the caller resolves it.
+    pub mutable: Option<MutableSource>,
+}
+
+/// A BEP 46 source: the ed25519 public key (and salt) of a mutable DHT item whose value
+/// is `{"ih": <info-hash>}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MutableSource {
+    pub public_key: [u8; 32],
+    pub salt: Vec<u8>,
 }
 
 /// A peer address from `x.pe`: an IP literal, or a host name to resolve later.
@@ -77,6 +89,10 @@ pub enum MagnetError {
     BadLength(String),
     #[error("bad file selection {0:?} in magnet `so`")]
     BadSelection(String),
+    #[error("bad public key {0:?} in magnet `xs=urn:btpk:` (expected 64 hex digits)")]
+    BadPublicKey(String),
+    #[error("bad salt {0:?} in magnet `s` (expected at most 64 bytes, in hex)")]
+    BadSalt(String),
 }
 
 impl Magnet {
@@ -89,7 +105,13 @@ impl Magnet {
             peers: Vec::new(),
             exact_length: None,
             select_only: Vec::new(),
+            mutable: None,
         }
+    }
+
+    /// Whether the info-hash is still to be looked up (a BEP 46 magnet without `btih`).
+    pub fn needs_resolving(&self) -> bool {
+        self.mutable.is_some() && self.info_hash == InfoHash::default()
     }
 
     /// Parses a magnet URI.
@@ -105,6 +127,8 @@ impl Magnet {
 
         let mut info_hash: Option<InfoHash> = None;
         let mut saw_btmh = false;
+        let mut public_key: Option<[u8; 32]> = None;
+        let mut salt: Vec<u8> = Vec::new();
         let mut m = Magnet::new(InfoHash::default());
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
@@ -126,6 +150,22 @@ impl Magnet {
                         saw_btmh = true;
                     }
                 }
+                _ if is_param(key, "xs") => {
+                    let v = text()?;
+                    if let Some(k) = strip_prefix_ignore_case(&v, "urn:btpk:") {
+                        public_key = Some(
+                            parse_hex(k)
+                                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                                .ok_or_else(|| MagnetError::BadPublicKey(k.into()))?,
+                        );
+                    }
+                }
+                "s" => {
+                    let v = text()?;
+                    salt = parse_hex(&v)
+                        .filter(|b| b.len() <= 64)
+                        .ok_or(MagnetError::BadSalt(v))?;
+                }
                 "dn" => m.display_name = Some(text()?),
                 _ if is_param(key, "tr") => m.trackers.push(text()?),
                 "x.pe" => m.peers.push(parse_peer(&text()?)?),
@@ -142,8 +182,10 @@ impl Magnet {
                 _ => {} // unknown parameters are ignored
             }
         }
+        m.mutable = public_key.map(|public_key| MutableSource { public_key, salt });
         m.info_hash = match info_hash {
             Some(h) => h,
+            None if m.mutable.is_some() => InfoHash::default(),
             None if saw_btmh => return Err(MagnetError::V2Only),
             None => return Err(MagnetError::NoInfoHash),
         };
@@ -162,7 +204,19 @@ impl fmt::Display for Magnet {
     /// `magnet:?xt=urn:btih:<40 lower-case hex>&dn=..&xl=..&tr=..&x.pe=..&so=..`, every value
     /// percent-encoded except RFC 3986 unreserved characters (and `:[]` in peer addresses).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "magnet:?xt=urn:btih:{}", self.info_hash.to_hex())?;
+        f.write_str("magnet:?")?;
+        if !self.needs_resolving() {
+            write!(f, "xt=urn:btih:{}", self.info_hash.to_hex())?;
+        }
+        if let Some(src) = &self.mutable {
+            if !self.needs_resolving() {
+                f.write_str("&")?;
+            }
+            write!(f, "xs=urn:btpk:{}", to_hex(&src.public_key))?;
+            if !src.salt.is_empty() {
+                write!(f, "&s={}", to_hex(&src.salt))?;
+            }
+        }
         if let Some(dn) = &self.display_name {
             write!(f, "&dn={}", PercentEncoded(dn, b""))?;
         }
@@ -191,6 +245,21 @@ impl fmt::Display for Magnet {
         }
         Ok(())
     }
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Hex digits (either case) to bytes.
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// `xt`, or numbered forms like `xt.1` that some clients write for several topics.
@@ -476,5 +545,43 @@ mod tests {
                  &x.pe=127.0.0.1:1&x.pe=[::1]:2"
             )
         );
+    }
+
+    #[test]
+    fn bep46_mutable_sources() {
+        let pk = "8543d3e6115f0f98c944077a4493dcd543e49c739fd998550a1f614ab36ed63e";
+        let m = Magnet::parse(&format!("magnet:?xs=urn:btpk:{pk}&s=6e&dn=dump")).unwrap();
+        let src = m.mutable.clone().unwrap();
+        assert_eq!(src.salt, vec![0x6e]);
+        assert_eq!(to_hex(&src.public_key), pk);
+        assert!(m.needs_resolving());
+        assert_eq!(
+            m.to_string(),
+            format!("magnet:?xs=urn:btpk:{pk}&s=6e&dn=dump")
+        );
+        // With a btih too: that one is known, the key still says where updates come from.
+        let both = Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}&xs=urn:btpk:{pk}")).unwrap();
+        assert!(!both.needs_resolving());
+        assert_eq!(
+            both.to_string(),
+            format!("magnet:?xt=urn:btih:{HEX}&xs=urn:btpk:{pk}")
+        );
+        assert!(matches!(
+            Magnet::parse("magnet:?xs=urn:btpk:abcd"),
+            Err(MagnetError::BadPublicKey(_))
+        ));
+        assert!(matches!(
+            Magnet::parse(&format!("magnet:?xs=urn:btpk:{pk}&s=zz")),
+            Err(MagnetError::BadSalt(_))
+        ));
+        assert!(matches!(
+            Magnet::parse(&format!("magnet:?xs=urn:btpk:{pk}&s={}", "00".repeat(65))),
+            Err(MagnetError::BadSalt(_))
+        ));
+        // Other `xs` sources are ignored, as before.
+        assert!(matches!(
+            Magnet::parse("magnet:?xs=http://example.invalid/x.torrent"),
+            Err(MagnetError::NoInfoHash)
+        ));
     }
 }

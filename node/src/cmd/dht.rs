@@ -126,7 +126,7 @@ fn keygen(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_key(file: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+pub fn read_key(file: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     let bytes =
         std::fs::read(file).with_context(|| format!("cannot read key file {}", file.display()))?;
     let seed = item::parse_key_file(&bytes).with_context(|| {
@@ -159,13 +159,20 @@ async fn join(net: &DhtNetArgs) -> anyhow::Result<dht::Node> {
         limit_down: 0,
         limit_up: 0,
     };
-    let node = dht::Node::bind(dht::NodeConfig::new(
-        SocketAddr::new(net.bind, net.port),
+    join_node(&cfg, Duration::from_secs(net.timeout.min(20))).await
+}
+
+/// A DHT node for `cfg`'s address and bootstrap nodes, once at least one node answered.
+pub async fn join_node(cfg: &NetConfig, limit: Duration) -> anyhow::Result<dht::Node> {
+    let mut ncfg = dht::NodeConfig::new(
+        SocketAddr::new(cfg.bind_ip, cfg.port),
         cfg.dht_core_config(),
-    ))
-    .await
-    .context("cannot start the DHT node")?;
-    let deadline = Instant::now() + Duration::from_secs(net.timeout.min(20));
+    );
+    ncfg.state_file = cfg.dht_state.clone();
+    let node = dht::Node::bind(ncfg)
+        .await
+        .context("cannot start the DHT node")?;
+    let deadline = Instant::now() + limit;
     loop {
         let s = node.stats().await;
         if s.nodes4 + s.nodes6 > 0 {
@@ -174,9 +181,11 @@ async fn join(net: &DhtNetArgs) -> anyhow::Result<dht::Node> {
             return Ok(node);
         }
         if Instant::now() >= deadline {
+            node.shutdown().await;
+            let list: Vec<String> = cfg.bootstrap.iter().map(|a| a.to_string()).collect();
             bail!(
                 "could not join the DHT: no bootstrap node answered ({})",
-                specs.join(", ")
+                list.join(", ")
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

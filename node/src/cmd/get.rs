@@ -81,6 +81,43 @@ fn parse_info_hash(s: &str) -> Option<InfoHash> {
         .map(|m| m.info_hash)
 }
 
+/// BEP 46: a magnet naming a mutable DHT item (`xs=urn:btpk:`) gets the info-hash of the
+/// item's newest version (a `btih` in the magnet is kept if the lookup finds nothing).
+async fn follow_mutable(net: &crate::client::NetConfig, m: &mut Magnet) -> anyhow::Result<()> {
+    let Some(src) = m.mutable.clone() else {
+        return Ok(());
+    };
+    if net.no_dht {
+        if m.needs_resolving() {
+            bail!("this magnet names its torrent through the DHT (xs=urn:btpk:), which --no-dht turns off");
+        }
+        return Ok(());
+    }
+    eprintln!(
+        "looking up the torrent published under key {} in the DHT ...",
+        wire_hex(&src.public_key)
+    );
+    let node = super::dht::join_node(net, std::time::Duration::from_secs(20)).await?;
+    let found = crate::bep46::resolve(&node, &src, std::time::Duration::from_secs(30)).await;
+    node.shutdown().await;
+    match found {
+        Ok((ih, seq)) => {
+            eprintln!("version {seq} of the item names {}", ih.to_hex());
+            m.info_hash = ih;
+            Ok(())
+        }
+        Err(e) if !m.needs_resolving() => {
+            tracing::warn!("{e:#}; fetching the magnet's own info-hash");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn wire_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Peer hints of a magnet link, host names resolved (failures logged and skipped).
 pub async fn resolve_hints(hints: &[PeerHint]) -> Vec<SocketAddr> {
     let mut out = Vec::new();
@@ -116,7 +153,8 @@ async fn fetch(args: Args, targets: Vec<Target>) -> anyhow::Result<()> {
     for target in targets {
         let mut hints = peers.clone();
         let (source, label) = match target {
-            Target::Magnet(m) => {
+            Target::Magnet(mut m) => {
+                follow_mutable(&net, &mut m).await?;
                 hints.extend(resolve_hints(&m.peers).await);
                 let label = m
                     .display_name

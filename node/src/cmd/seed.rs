@@ -30,6 +30,14 @@ pub struct Args {
     /// Also write the torrent made from PATH to this file.
     #[arg(long, value_name = "FILE.torrent")]
     pub torrent_out: Option<PathBuf>,
+    /// BEP 46: keep the mutable DHT item of this key (from `swarm dht keygen`) pointing at
+    /// PATH's torrent, and print its `xs=urn:btpk:` magnet: whoever fetches that magnet
+    /// gets the latest torrent published under the key.
+    #[arg(long, value_name = "KEYFILE")]
+    pub publish: Option<PathBuf>,
+    /// The salt of the published item (one key, many items).
+    #[arg(long, default_value = "", requires = "publish")]
+    pub publish_salt: String,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -93,6 +101,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.torrent_out.is_some() && args.paths.len() > 1 {
         bail!("--torrent-out takes one PATH");
     }
+    if args.publish.is_some() && args.paths.len() > 1 {
+        bail!("--publish takes one PATH");
+    }
+    if args.publish.is_some() && args.net.no_dht {
+        bail!("--publish needs the DHT");
+    }
+    if args.publish_salt.len() > dht::item::MAX_SALT_LEN {
+        bail!(
+            "--publish-salt is longer than {} bytes",
+            dht::item::MAX_SALT_LEN
+        );
+    }
+    let publish_key = args
+        .publish
+        .as_deref()
+        .map(super::dht::read_key)
+        .transpose()?;
     let mut prepared = Vec::new();
     for path in &args.paths {
         prepared.push(prepare(path, args.data.as_deref(), args.piece_length)?);
@@ -102,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         wire::storage::write_atomic(out, &bytes)
             .with_context(|| format!("cannot write {}", out.display()))?;
     }
-    runtime()?.block_on(serve(args, prepared))
+    runtime()?.block_on(serve(args, prepared, publish_key))
 }
 
 /// A .torrent file for a metainfo: its original info dictionary, nothing else.
@@ -116,7 +141,11 @@ fn torrent_bytes(mi: &Metainfo) -> Vec<u8> {
     out
 }
 
-async fn serve(args: Args, prepared: Vec<Prepared>) -> anyhow::Result<()> {
+async fn serve(
+    args: Args,
+    prepared: Vec<Prepared>,
+    publish_key: Option<ed25519_dalek::SigningKey>,
+) -> anyhow::Result<()> {
     let (net, hints) = args.net.to_config().await?;
     let mut items = Vec::new();
     let mut described = Vec::new();
@@ -134,6 +163,19 @@ async fn serve(args: Args, prepared: Vec<Prepared>) -> anyhow::Result<()> {
     // The magnet links are the lines on stdout, so scripts can capture them.
     for m in &magnets {
         println!("{m}");
+    }
+    if let Some(key) = publish_key {
+        let p = crate::bep46::Publisher::new(
+            key,
+            args.publish_salt.clone().into_bytes(),
+            magnets[0].info_hash,
+            std::time::Instant::now(),
+        );
+        let mut follow = Magnet::new(wire::infohash::InfoHash::default());
+        follow.mutable = Some(p.source());
+        follow.display_name = magnets[0].display_name.clone();
+        println!("{follow}");
+        client.publish(p);
     }
     for (name, dir) in &described {
         eprintln!("seeding {name} from {} on {}", dir.display(), client.listen);
