@@ -542,7 +542,7 @@ fn main() {
         if boot_cap >= 100_000.0 { "met" } else { "NOT met" }
     );
     println!(
-        "server stats: pool {} nodes, table {} nodes, queries received {}, replies {}, rate limited {}, banned drops {}, invalid {}",
-        st.pool_nodes, st.nodes4, st.queries_received, st.responses_sent, st.rate_limited, st.banned_drops, st.invalid_packets
+        "server stats: pool {} nodes verified since start (+{} loaded, still to check), table {} nodes, queries received {}, replies {}, rate limited {}, banned drops {}, invalid {}",
+        st.pool_nodes, st.pool_saved, st.nodes4, st.queries_received, st.responses_sent, st.rate_limited, st.banned_drops, st.invalid_packets
     );
 }
