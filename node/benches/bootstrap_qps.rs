@@ -400,7 +400,11 @@ fn bootstrap_server(
                 std::fs::write(&path, pool_file(pool)).unwrap();
                 s.pool_file = Some(path);
             }
-            let boot = dht::Node::bind(s.node_config()).await.unwrap();
+            let mut cfg = s.node_config();
+            // The loaded pool's addresses are not real nodes: left unchecked, they keep
+            // answering from the pool (as a pool saved a minute before a restart does).
+            cfg.core.pool_saved_checks_per_tick = 0;
+            let boot = dht::Node::bind(cfg).await.unwrap();
             let addr = boot.local_addr();
             // Ordinary nodes on other loopback IPs join through it.
             let mut nodes = Vec::new();
@@ -436,7 +440,8 @@ fn core_only(secs: f64, pool: usize) -> (f64, u64) {
     let now = Instant::now();
     let mut s = node::cmd::bootstrap::Settings::new("127.0.0.1:6881".parse().unwrap());
     s.rate_limit = Some(10_000_000);
-    let cfg = s.node_config().core;
+    let mut cfg = s.node_config().core;
+    cfg.pool_saved_checks_per_tick = 0;
     let mut d = dht::Dht::new(cfg, now, 7);
     d.import_pool(now, &pool_file(pool), unix_now()).unwrap();
     let mut rng = Rng(0x1234_5678_9abc_def1);
