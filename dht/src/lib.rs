@@ -1,4 +1,4 @@
-//! Mainline DHT (BEP 5, 32, 42, 43, 51): a sans-IO Kademlia core and its tokio node.
+//! Mainline DHT (BEP 5, 32, 42, 43, 44, 51): a sans-IO Kademlia core and its tokio node.
 //!
 //! The core, [`Dht`], is a deterministic state machine: it never reads a clock, opens a
 //! socket or uses a global RNG. Drive it like this:
@@ -18,7 +18,8 @@
 //!
 //! Modules, one concept each: [`krpc`] (wire codec), [`id`] (ids and XOR metric),
 //! [`bep42`] (secure ids, external IP vote), [`routing`] (buckets), [`lookup`] (iterative
-//! traversal), [`storage`] (announced peers), [`token`] (announce tokens), [`ratelimit`],
+//! traversal), [`storage`] (announced peers), [`item`] and [`item_store`] (BEP 44 data),
+//! [`token`] (announce tokens), [`ratelimit`],
 //! [`state`] (saved id and nodes), [`node`] (the tokio driver).
 
 pub mod bep42;
