@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,18 @@ pub struct NodeConfig {
     pub dual_stack: bool,
     /// Seed of the core's RNG; `None` draws one from the OS.
     pub rng_seed: Option<u64>,
+    /// Datagrams of another protocol sharing the socket (uTP, BEP 29: its first byte
+    /// carries version 1 in the low nibble, where KRPC starts with `d`) go here instead
+    /// of to the DHT; dropped when the receiver lags (UDP semantics). See
+    /// [`Node::socket`] for sending.
+    pub other_datagrams: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+}
+
+/// Whether a datagram is uTP (BEP 29) rather than KRPC: version 1 in the low nibble and
+/// a packet type 0-4 in the high one. KRPC messages are bencoded dictionaries (`d`,
+/// 0x64: version nibble 4), so the two never collide.
+pub fn is_utp(datagram: &[u8]) -> bool {
+    datagram.len() >= 20 && datagram[0] & 0x0f == 1 && datagram[0] >> 4 <= 4
 }
 
 impl NodeConfig {
@@ -62,6 +75,7 @@ impl NodeConfig {
             send_buffer: 4 << 20,
             dual_stack: false,
             rng_seed: None,
+            other_datagrams: None,
         }
     }
 }
@@ -134,6 +148,8 @@ impl ItemStream {
 pub struct Node {
     commands: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
+    /// The socket, shared with another protocol's driver (see `NodeConfig::other_datagrams`).
+    socket: Arc<UdpSocket>,
     id: Id,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -180,7 +196,7 @@ impl futures_core::Stream for PeerStream {
 impl Node {
     /// Binds the socket, loads saved state (if any), starts the task and bootstraps.
     pub async fn bind(cfg: NodeConfig) -> io::Result<Node> {
-        let socket = make_socket(&cfg)?;
+        let socket = Arc::new(make_socket(&cfg)?);
         let local_addr = socket.local_addr()?;
         // A fixed seed (tests) or 256 bits from the OS.
         let seed: RngSeed = match cfg.rng_seed {
@@ -200,7 +216,8 @@ impl Node {
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = Driver {
             dht,
-            socket,
+            socket: socket.clone(),
+            other: cfg.other_datagrams.clone(),
             commands: rx,
             subscribers: HashMap::new(),
             item_subscribers: HashMap::new(),
@@ -213,11 +230,18 @@ impl Node {
         let node = Node {
             commands: tx,
             local_addr,
+            socket,
             id,
             task: Some(task),
         };
         node.send(Command::Bootstrap);
         Ok(node)
+    }
+
+    /// The UDP socket, for another protocol sharing the port (uTP) to send on; what
+    /// arrives for it comes through `NodeConfig::other_datagrams`.
+    pub fn socket(&self) -> Arc<UdpSocket> {
+        self.socket.clone()
     }
 
     /// The bound UDP address.
@@ -426,7 +450,9 @@ struct Subscriber {
 
 struct Driver {
     dht: Dht,
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
+    /// Where datagrams of another protocol on this socket go (see `NodeConfig`).
+    other: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     commands: mpsc::UnboundedReceiver<Command>,
     subscribers: HashMap<LookupId, Subscriber>,
     /// BEP 44 requests, and whether each is a put (which ends at `PutDone`).
@@ -504,7 +530,12 @@ impl Driver {
             let now = Instant::now();
             for i in 0..n {
                 if let Some((from, data)) = rx.get(i) {
-                    self.dht.handle_datagram(now, from, data);
+                    match &self.other {
+                        Some(other) if is_utp(data) => {
+                            let _ = other.try_send((from, data.to_vec()));
+                        }
+                        _ => self.dht.handle_datagram(now, from, data),
+                    }
                 }
             }
             self.flush().await;
@@ -730,6 +761,60 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         false
+    }
+
+    #[test]
+    fn utp_and_krpc_first_bytes_never_collide() {
+        let mut syn = vec![0x41u8];
+        syn.resize(20, 0);
+        assert!(is_utp(&syn));
+        for first in [0x01u8, 0x11, 0x21, 0x31] {
+            syn[0] = first;
+            assert!(is_utp(&syn), "{first:#x}");
+        }
+        for bad in [0x51u8, 0x42, 0x00] {
+            syn[0] = bad;
+            assert!(!is_utp(&syn), "{bad:#x}");
+        }
+        assert!(!is_utp(&syn[..19]), "shorter than a uTP header");
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        assert!(!is_utp(ping));
+    }
+
+    #[tokio::test]
+    async fn utp_datagrams_go_to_their_own_channel_and_krpc_is_still_answered() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut cfg = loopback(vec![]);
+        cfg.other_datagrams = Some(tx);
+        let node = Node::bind(cfg).await.unwrap();
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut syn = vec![0x41u8, 0, 0x12, 0x34];
+        syn.resize(20, 0);
+        peer.send_to(&syn, node.local_addr()).await.unwrap();
+        let (from, got) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the uTP datagram arrived")
+            .unwrap();
+        assert_eq!((from, got), (peer.local_addr().unwrap(), syn));
+        // The other protocol sends on the same socket (same port).
+        node.socket()
+            .send_to(b"pong", peer.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, src) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], src), (&b"pong"[..], node.local_addr()));
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        peer.send_to(ping, node.local_addr()).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .expect("the ping is answered")
+            .unwrap();
+        assert!(
+            buf[..n].windows(6).any(|w| w == b"1:t2:a"),
+            "not a reply to our ping"
+        );
+        node.shutdown().await;
     }
 
     #[tokio::test]
