@@ -7,6 +7,8 @@
 pub mod addr;
 pub mod client;
 pub mod cmd;
+pub mod daemon;
+pub mod http;
 pub mod progress;
 pub mod state;
 
@@ -36,6 +38,12 @@ enum Command {
     Bootstrap(cmd::bootstrap::Args),
     /// Run a whole swarm on loopback (bootstrap node, seeders, a leecher) with no internet.
     Demo(cmd::demo::Args),
+    /// Run a long-lived node with an HTTP API, a web page, metrics and a Transmission RPC.
+    Daemon(cmd::daemon::Args),
+    /// Add torrents to a running daemon.
+    Add(cmd::remote::AddArgs),
+    /// List a running daemon's torrents.
+    List(cmd::remote::ListArgs),
 }
 
 /// Parses `std::env::args`, runs the subcommand, and returns the process exit code.
@@ -48,6 +56,9 @@ pub fn cli_main() -> ExitCode {
         Command::Seed(a) => cmd::seed::run(a),
         Command::Bootstrap(a) => cmd::bootstrap::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Add(a) => cmd::remote::add(a),
+        Command::List(a) => cmd::remote::list(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

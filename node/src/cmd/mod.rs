@@ -3,6 +3,8 @@
 pub mod bootstrap;
 pub mod common;
 pub mod create;
+pub mod daemon;
 pub mod demo;
 pub mod get;
+pub mod remote;
 pub mod seed;
