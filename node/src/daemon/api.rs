@@ -88,8 +88,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/torrents/{ih}/resume", post(resume))
         .route("/api/dht", get(dht))
         .route("/metrics", get(super::metrics::metrics))
+        // transmission-remote asks for `/transmission/rpc/`, other clients without the slash.
         .route(
             "/transmission/rpc",
+            post(super::transmission::rpc).get(super::transmission::rpc_get),
+        )
+        .route(
+            "/transmission/rpc/",
             post(super::transmission::rpc).get(super::transmission::rpc_get),
         )
         .fallback(not_found)

@@ -240,12 +240,15 @@ fn field(s: &Summary, name: &str) -> Option<Value> {
     let rate_down = if paused { 0.0 } else { st.download_rate };
     let rate_up = if paused { 0.0 } else { st.upload_rate };
     let peers = if paused { Vec::new() } else { st.peers.clone() };
-    let eta = if left == 0 {
+    // Transmission: -1 not available (done), -2 unknown.
+    let eta = if !known {
+        -2
+    } else if left == 0 {
         -1
     } else if rate_down >= 1.0 {
         (left as f64 / rate_down) as i64
     } else {
-        -1 // unknown
+        -2
     };
     let piece_size = s.meta.as_ref().map_or(0, |m| m.info.piece_length);
     let v = match name {
@@ -256,7 +259,8 @@ fn field(s: &Summary, name: &str) -> Option<Value> {
         "status" => json!(status_of(s)),
         "error" => json!(if s.error.is_some() { 3 } else { 0 }),
         "errorString" => json!(s.error.clone().unwrap_or_default()),
-        "isFinished" => json!(st.complete),
+        // Transmission: stopped after reaching a seed ratio or idle limit; never here.
+        "isFinished" => json!(false),
         "isStalled" => json!(false),
         "isPrivate" => json!(s.meta.as_ref().is_some_and(|m| m.info.private)),
         "totalSize" | "sizeWhenDone" => json!(total),
