@@ -62,10 +62,46 @@ pub fn request(
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
+    // Read until the response is whole: some servers keep the connection open anyway.
     let mut raw = Vec::new();
-    s.take(MAX_RESPONSE as u64 + 64 * 1024)
-        .read_to_end(&mut raw)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if complete(&raw) {
+            break;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if raw.len() > MAX_RESPONSE + 64 * 1024 {
+            return Err(bad("response too large"));
+        }
+    }
     parse(&raw)
+}
+
+/// Whether `raw` holds a whole response (headers, and a body of its Content-Length or
+/// chunked to its end); without either, the body runs to the end of the connection.
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    for line in head.split("\r\n").skip(1) {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        match k.trim() {
+            "content-length" => {
+                return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+            }
+            "transfer-encoding" if v.trim() == "chunked" => return dechunk(body).is_ok(),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn bad(m: &str) -> std::io::Error {
