@@ -508,3 +508,101 @@ fn a_non_loopback_api_gets_a_generated_token() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn range_request_reads_the_middle_of_a_file_while_it_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = test_payload(4 * 1024 * 1024 + 1234, 71);
+    let file = write_file(&dir.path().join("seed"), "movie.mp4", &data);
+    let (seed, magnet, _) = tests::start_seed_no_dht_with(
+        swarm_bin!(),
+        &file,
+        &dir.path().join("seed-state"),
+        &["--piece-length", "64K"],
+    );
+    let ih = magnet["magnet:?xt=urn:btih:".len()..][..40].to_string();
+    let out = dir.path().join("out");
+    // 512 KiB/s: the whole file takes about 8 s.
+    let d = DaemonProc::start(
+        swarm_bin!(),
+        &dir.path().join("state"),
+        &out,
+        &["--no-dht", "--limit-down", "512K"],
+    );
+    let (st, v) = d.post_json("/api/torrents", &json!({ "magnet": magnet }));
+    assert_eq!(st, 201, "{v}");
+    d.wait_torrent(&ih, LIMIT, "with metadata", |t| {
+        t["files"].as_array().is_some_and(|f| f.len() == 1)
+    });
+    let path = format!("/api/torrents/{ih}/files/0");
+    let (a, b) = (2_000_000u64, 2_100_000u64);
+    let r = node::http::request(
+        &d.api,
+        "GET",
+        &path,
+        &[("Range", &format!("bytes={a}-{b}"))],
+        b"",
+        LIMIT,
+    )
+    .unwrap();
+    let progress_then = d.torrent(&ih)["progress"].as_f64().unwrap();
+    assert_eq!(r.status, 206, "{}", r.text());
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes {a}-{b}/{}", data.len()).as_str())
+    );
+    assert_eq!(r.header("content-type"), Some("video/mp4"));
+    assert_eq!(r.body.len() as u64, b - a + 1);
+    assert!(
+        r.body == data[a as usize..=b as usize],
+        "the bytes of the range"
+    );
+    eprintln!(
+        "range served at {:.1}% of the download",
+        100.0 * progress_then
+    );
+    // The last bytes, and the whole file, once there.
+    let r = node::http::request(
+        &d.api,
+        "GET",
+        &path,
+        &[("Range", "bytes=-1000")],
+        b"",
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(r.status, 206);
+    assert!(r.body == data[data.len() - 1000..]);
+    let r = node::http::request(&d.api, "GET", &path, &[], b"", LIMIT).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert!(r.body == data, "the whole file");
+    // Out of range, no such file, bad index: 4xx with JSON.
+    let r = node::http::request(
+        &d.api,
+        "GET",
+        &path,
+        &[("Range", &format!("bytes={}-", data.len()))],
+        b"",
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(r.status, 416, "{}", r.text());
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{}", data.len()).as_str())
+    );
+    for (p, want) in [
+        (format!("/api/torrents/{ih}/files/1"), 404),
+        (format!("/api/torrents/{ih}/files/x"), 400),
+        (
+            "/api/torrents/0123456789abcdef0123456789abcdef01234567/files/0".to_string(),
+            404,
+        ),
+    ] {
+        let (st, v) = d.get(&p);
+        assert_eq!(st, want, "{p}: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    drop(seed);
+}

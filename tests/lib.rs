@@ -659,6 +659,16 @@ impl DaemonProc {
 /// Starts `swarm seed PATH --bind IP --port PORT --no-dht --state-dir STATE`; returns it
 /// with the magnet link it prints (with an `x.pe` hint to it added) and its address.
 pub fn start_seed_no_dht(bin: PathBuf, path: &Path, state: &Path) -> (Reaper, String, SocketAddr) {
+    start_seed_no_dht_with(bin, path, state, &[])
+}
+
+/// [`start_seed_no_dht`] with more `swarm seed` flags.
+pub fn start_seed_no_dht_with(
+    bin: PathBuf,
+    path: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> (Reaper, String, SocketAddr) {
     let ip = next_loopback_ip();
     let port = free_port(ip);
     let mut cmd = swarm_command(bin);
@@ -673,6 +683,7 @@ pub fn start_seed_no_dht(bin: PathBuf, path: &Path, state: &Path) -> (Reaper, St
         ])
         .arg("--state-dir")
         .arg(state)
+        .args(extra)
         .stderr(Stdio::inherit());
     let (proc, lines) = spawn_with_lines(cmd);
     let magnet = wait_line(&lines, "magnet:?", Duration::from_secs(60));

@@ -86,6 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/torrents/{ih}", get(detail).delete(remove))
         .route("/api/torrents/{ih}/pause", post(pause))
         .route("/api/torrents/{ih}/resume", post(resume))
+        .route("/api/torrents/{ih}/files/{index}", get(super::stream::file))
         .route("/api/dht", get(dht))
         .route("/metrics", get(super::metrics::metrics))
         // transmission-remote asks for `/transmission/rpc/`, other clients without the slash.

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod stream;
 pub mod transmission;
 
 use std::collections::BTreeMap;
@@ -770,6 +771,14 @@ impl Daemon {
             .into_iter()
             .find(|s| s.info_hash == ih)
             .ok_or_else(|| not_found(ih))
+    }
+
+    /// Whether the torrent is running or about to (so a missing piece may still come).
+    pub fn is_running(&self, ih: InfoHash) -> bool {
+        self.lock()
+            .entries
+            .get(&ih)
+            .is_some_and(|e| matches!(e.run, Run::Running(_) | Run::Starting))
     }
 
     /// The info-hash of the torrent with this RPC id.
