@@ -51,6 +51,22 @@ fn add_fetch_pause_resume_restart_and_remove() {
         data,
         "the file on disk is the seeded one"
     );
+    // The whole file over HTTP, and its last bytes.
+    let path = format!("/api/torrents/{ih}/files/0");
+    let r = node::http::request(&d.api, "GET", &path, &[], b"", LIMIT).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == data, "the whole file over HTTP");
+    let r = node::http::request(
+        &d.api,
+        "GET",
+        &path,
+        &[("Range", "bytes=-1000")],
+        b"",
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(r.status, 206);
+    assert!(r.body == data[data.len() - 1000..]);
     assert_eq!(t["name"], "daemon-payload.bin");
     assert_eq!(t["total_bytes"], data.len() as u64);
     assert_eq!(t["bytes_left"], 0);
@@ -509,33 +525,48 @@ fn a_non_loopback_api_gets_a_generated_token() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// A range in the middle of a file is served while the torrent cannot be complete: the
+/// only seeder has just the pieces under that range (the rest of its copy is zeros), so
+/// the daemon gets those and no more. A range it cannot get yet waits.
 #[test]
-fn range_request_reads_the_middle_of_a_file_while_it_downloads() {
+fn range_request_reads_the_middle_of_a_file_before_it_is_complete() {
     let dir = tempfile::tempdir().unwrap();
+    let piece = 64 * 1024;
     let data = test_payload(4 * 1024 * 1024 + 1234, 71);
-    let file = write_file(&dir.path().join("seed"), "movie.mp4", &data);
-    let (seed, magnet, _) = tests::start_seed_no_dht_with(
+    let seed_dir = dir.path().join("seed");
+    let file = write_file(&seed_dir, "movie.mp4", &data);
+    let opts = wire::create::CreateOptions {
+        piece_length: Some(piece as u64),
+        ..Default::default()
+    };
+    let made = wire::create::create_torrent(&file, &opts, &|_| {}).unwrap();
+    let torrent = dir.path().join("movie.torrent");
+    std::fs::write(&torrent, &made.bytes).unwrap();
+    // The seeder keeps only the pieces under [a, b]: everything else becomes zeros.
+    let (a, b) = (2_000_000usize, 2_100_000usize);
+    let (pa, pb) = (a / piece, b / piece);
+    let mut partial = data.clone();
+    for (i, chunk) in partial.chunks_mut(piece).enumerate() {
+        if i < pa || i > pb {
+            chunk.fill(0);
+        }
+    }
+    std::fs::write(&file, &partial).unwrap();
+    let (_seed, magnet, _) = tests::start_seed_no_dht_with(
         swarm_bin!(),
-        &file,
+        &torrent,
         &dir.path().join("seed-state"),
-        &["--piece-length", "64K"],
+        &["--data", seed_dir.to_str().unwrap()],
     );
-    let ih = magnet["magnet:?xt=urn:btih:".len()..][..40].to_string();
+    let ih = made.metainfo.info_hash.to_hex();
     let out = dir.path().join("out");
-    // 512 KiB/s: the whole file takes about 8 s.
-    let d = DaemonProc::start(
-        swarm_bin!(),
-        &dir.path().join("state"),
-        &out,
-        &["--no-dht", "--limit-down", "512K"],
-    );
+    let d = DaemonProc::start(swarm_bin!(), &dir.path().join("state"), &out, &["--no-dht"]);
     let (st, v) = d.post_json("/api/torrents", &json!({ "magnet": magnet }));
     assert_eq!(st, 201, "{v}");
     d.wait_torrent(&ih, LIMIT, "with metadata", |t| {
         t["files"].as_array().is_some_and(|f| f.len() == 1)
     });
     let path = format!("/api/torrents/{ih}/files/0");
-    let (a, b) = (2_000_000u64, 2_100_000u64);
     let r = node::http::request(
         &d.api,
         "GET",
@@ -545,38 +576,33 @@ fn range_request_reads_the_middle_of_a_file_while_it_downloads() {
         LIMIT,
     )
     .unwrap();
-    let progress_then = d.torrent(&ih)["progress"].as_f64().unwrap();
     assert_eq!(r.status, 206, "{}", r.text());
     assert_eq!(
         r.header("content-range"),
         Some(format!("bytes {a}-{b}/{}", data.len()).as_str())
     );
     assert_eq!(r.header("content-type"), Some("video/mp4"));
-    assert_eq!(r.body.len() as u64, b - a + 1);
-    assert!(
-        r.body == data[a as usize..=b as usize],
-        "the bytes of the range"
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert_eq!(r.body.len(), b - a + 1);
+    assert!(r.body == data[a..=b], "the bytes of the range");
+    let t = d.torrent(&ih);
+    let have = t["pieces_have"].as_u64().unwrap() as usize;
+    assert!(t["progress"].as_f64().unwrap() < 0.1, "{t}");
+    assert_eq!(
+        have,
+        pb - pa + 1,
+        "only the pieces under the range exist: {t}"
     );
-    eprintln!(
-        "range served at {:.1}% of the download",
-        100.0 * progress_then
-    );
-    // The last bytes, and the whole file, once there.
+    // The first bytes are nowhere yet: the answer starts, and its body waits.
     let r = node::http::request(
         &d.api,
         "GET",
         &path,
-        &[("Range", "bytes=-1000")],
+        &[("Range", "bytes=0-999")],
         b"",
-        LIMIT,
-    )
-    .unwrap();
-    assert_eq!(r.status, 206);
-    assert!(r.body == data[data.len() - 1000..]);
-    let r = node::http::request(&d.api, "GET", &path, &[], b"", LIMIT).unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("accept-ranges"), Some("bytes"));
-    assert!(r.body == data, "the whole file");
+        Duration::from_secs(2),
+    );
+    assert!(r.is_err(), "no piece 0 anywhere, yet an answer: {r:?}");
     // Out of range, no such file, bad index: 4xx with JSON.
     let r = node::http::request(
         &d.api,
@@ -604,5 +630,33 @@ fn range_request_reads_the_middle_of_a_file_while_it_downloads() {
         assert_eq!(st, want, "{p}: {v}");
         assert!(v["error"].is_string(), "{v}");
     }
-    drop(seed);
+    // Paused, a missing piece can never come: the body ends short instead of waiting.
+    let (st, _) = d.call(
+        "POST",
+        &format!("/api/torrents/{ih}/pause"),
+        "application/json",
+        b"",
+    );
+    assert_eq!(st, 200);
+    let r = node::http::request(
+        &d.api,
+        "GET",
+        &path,
+        &[("Range", "bytes=0-999")],
+        b"",
+        LIMIT,
+    );
+    assert!(r.is_err(), "a short body is an error for the client: {r:?}");
+    // What is there is still served.
+    let r = node::http::request(
+        &d.api,
+        "GET",
+        &path,
+        &[("Range", &format!("bytes={a}-{b}"))],
+        b"",
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(r.status, 206);
+    assert!(r.body == data[a..=b]);
 }
