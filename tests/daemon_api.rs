@@ -19,7 +19,7 @@ fn torrents(d: &DaemonProc) -> Vec<Value> {
 #[test]
 fn add_fetch_pause_resume_restart_and_remove() {
     let dir = tempfile::tempdir().unwrap();
-    let data = test_payload(2 * 1024 * 1024 + 777, 41);
+    let data = test_payload(3 * 1024 * 1024 + 777, 41);
     let file = write_file(&dir.path().join("seed"), "daemon-payload.bin", &data);
     let (_seed, magnet, seed_addr) =
         tests::start_seed_no_dht(swarm_bin!(), &file, &dir.path().join("seed-state"));
@@ -95,6 +95,12 @@ fn add_fetch_pause_resume_restart_and_remove() {
                 && p["downloaded"].as_u64().is_some()
         ),
         "no connected peer seen while downloading: {seen_peers:?}"
+    );
+    assert!(
+        seen_peers
+            .iter()
+            .any(|p| p["download_rate"].as_f64().is_some_and(|r| r > 0.0)),
+        "no per-peer download rate seen: {seen_peers:?}"
     );
 
     // The list has it; metrics count its bytes.
@@ -178,7 +184,8 @@ fn add_fetch_pause_resume_restart_and_remove() {
         1,
         "metadata kept: {t}"
     );
-    let status = d.terminate(LIMIT);
+    // Ctrl-C saves and exits 0 too.
+    let status = d.interrupt(LIMIT);
     assert!(status.success(), "daemon exit: {status}");
 
     // A running torrent survives a restart running.

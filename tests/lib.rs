@@ -586,15 +586,27 @@ impl DaemonProc {
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
-    pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+    pub fn terminate(self, limit: Duration) -> std::process::ExitStatus {
+        self.signal("-TERM", limit)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits (bounded) for the exit status.
+    pub fn interrupt(self, limit: Duration) -> std::process::ExitStatus {
+        self.signal("-INT", limit)
+    }
+
+    fn signal(mut self, sig: &str, limit: Duration) -> std::process::ExitStatus {
         let pid = self.proc.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill").args([sig, &pid]).status();
         let mut status = None;
         let done = wait_until(limit, || {
             status = self.proc.0.try_wait().expect("try_wait");
             status.is_some()
         });
-        assert!(done, "swarm daemon still running {limit:?} after SIGTERM");
+        assert!(
+            done,
+            "swarm daemon still running {limit:?} after kill {sig}"
+        );
         status.expect("exited")
     }
 

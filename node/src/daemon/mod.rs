@@ -126,12 +126,68 @@ struct Entry {
     last: Option<TorrentStats>,
     /// Peers dialed on every start (the magnet's `x.pe`, `--peer`).
     hints: Vec<SocketAddr>,
+    /// Per-peer rates, measured here from the byte counts of successive snapshots.
+    rates: PeerRates,
+}
+
+/// Per-peer transfer rates from the peers' byte counters, sampled about once a second
+/// (the session's per-peer rates are only refreshed at choking rounds).
+#[derive(Default)]
+struct PeerRates {
+    at: Option<Instant>,
+    prev: std::collections::HashMap<SocketAddr, (u64, u64)>,
+    rate: std::collections::HashMap<SocketAddr, (f64, f64)>,
+}
+
+impl PeerRates {
+    fn sample(&mut self, now: Instant, s: &TorrentStats) {
+        let dt = self.at.map(|t| now.duration_since(t).as_secs_f64());
+        let mut prev = std::collections::HashMap::with_capacity(s.peers.len());
+        let mut rate = std::collections::HashMap::with_capacity(s.peers.len());
+        for p in &s.peers {
+            let Some(addr) = p.addr else { continue };
+            prev.insert(addr, (p.downloaded, p.uploaded));
+            let (Some(dt), Some(&(d0, u0))) = (dt, self.prev.get(&addr)) else {
+                continue;
+            };
+            if dt <= 0.0 {
+                continue;
+            }
+            let now_rate = (
+                p.downloaded.saturating_sub(d0) as f64 / dt,
+                p.uploaded.saturating_sub(u0) as f64 / dt,
+            );
+            // Light smoothing, so one quiet second does not read as a stall.
+            let (od, ou) = self.rate.get(&addr).copied().unwrap_or(now_rate);
+            rate.insert(
+                addr,
+                (0.5 * od + 0.5 * now_rate.0, 0.5 * ou + 0.5 * now_rate.1),
+            );
+        }
+        self.at = Some(now);
+        self.prev = prev;
+        self.rate = rate;
+    }
+
+    /// Puts the measured rates into a snapshot's peers.
+    fn apply(&self, s: &mut TorrentStats) {
+        for p in &mut s.peers {
+            if let Some((d, u)) = p.addr.and_then(|a| self.rate.get(&a)) {
+                p.download_rate = *d;
+                p.upload_rate = *u;
+            }
+        }
+    }
 }
 
 impl Entry {
     fn stats(&self) -> Option<TorrentStats> {
         match &self.run {
-            Run::Running(t) => Some(t.torrent.stats()),
+            Run::Running(t) => {
+                let mut s = t.torrent.stats();
+                self.rates.apply(&mut s);
+                Some(s)
+            }
             _ => self.last.clone(),
         }
     }
@@ -450,6 +506,7 @@ impl Daemon {
                 meta,
                 last: None,
                 hints,
+                rates: PeerRates::default(),
             },
         );
         Ok((!paused).then_some(ih))
@@ -554,6 +611,7 @@ impl Daemon {
                     meta,
                     last: None,
                     hints,
+                    rates: PeerRates::default(),
                 },
             );
             id
@@ -827,14 +885,29 @@ impl Daemon {
         }
     }
 
-    /// The housekeeping loop: runs until the daemon is dropped by everyone else.
+    /// Samples every running torrent's per-peer byte counts (for per-peer rates).
+    fn sample_rates(&self) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        for e in inner.entries.values_mut() {
+            if let Run::Running(t) = &e.run {
+                let s = t.torrent.stats();
+                e.rates.sample(now, &s);
+            }
+        }
+    }
+
+    /// The housekeeping loop (DHT lookups, per-peer rates) until `stop` changes.
     pub async fn run_housekeeping(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut rates = tokio::time::interval(Duration::from_secs(1));
+        rates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut stop = stop;
         loop {
             tokio::select! {
                 _ = ticker.tick() => self.tick(),
+                _ = rates.tick() => self.sample_rates(),
                 _ = stop.changed() => return,
             }
         }
@@ -1030,6 +1103,29 @@ mod tests {
         ] {
             assert!(parse_info_hash(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn peer_rates_come_from_byte_counts() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let snap = |down: u64| TorrentStats {
+            peers: vec![wire::session::PeerSnapshot {
+                addr: Some(addr),
+                downloaded: down,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut r = PeerRates::default();
+        let t0 = Instant::now();
+        r.sample(t0, &snap(0));
+        r.sample(t0 + Duration::from_secs(1), &snap(1000));
+        let mut s = snap(1000);
+        r.apply(&mut s);
+        assert_eq!(s.peers[0].download_rate, 1000.0);
+        r.sample(t0 + Duration::from_secs(2), &snap(1000));
+        r.apply(&mut s);
+        assert_eq!(s.peers[0].download_rate, 500.0, "smoothed");
     }
 
     #[test]
