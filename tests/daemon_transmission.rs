@@ -188,3 +188,43 @@ fn transmission_remote_adds_lists_stops_starts_and_removes() {
     assert!(all.contains("bad magnet link"), "{all}");
     remote(&api, &["-l"]);
 }
+
+/// With an API token, `transmission-remote --auth USER:TOKEN` gets in and nothing else does.
+#[test]
+fn transmission_remote_needs_the_token_when_there_is_one() {
+    if !tests::clients_installed(
+        module_path!(),
+        &["transmission-remote"],
+        "apt-get install -y transmission-cli",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = DaemonProc::start(
+        swarm_bin!(),
+        &dir.path().join("state"),
+        &dir.path().join("out"),
+        &["--no-dht", "--api-token", "rpc-token-1"],
+    );
+    let run = |args: &[&str]| {
+        let child = std::process::Command::new("transmission-remote")
+            .arg(&d.api)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_with_limit(child, Duration::from_secs(30))
+    };
+    let magnet = "magnet:?xt=urn:btih:00112233445566778899aabbccddeeff00112233&dn=tok";
+    assert!(!run(&["-a", magnet]).status.success(), "no token: refused");
+    assert!(!run(&["--auth", "me:wrong", "-l"]).status.success());
+    let out = run(&["--auth", "me:rpc-token-1", "-a", magnet]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["--auth", "me:rpc-token-1", "-l"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tok"),
+        "{out:?}"
+    );
+}

@@ -181,7 +181,7 @@ fn web_page_adds_a_magnet_and_shows_it_reach_100_percent() {
         "progress seen below 100%",
         &format!(
             "(() => {{ const r = {row}; if (!r) return null; const p = Number(r.dataset.progress); \
-             return (p > 0.2 && p < 1 && document.querySelector('tr.peer')) || r.dataset.state === 'seeding' \
+             return (p > 0.6 && p < 1 && document.querySelector('tr.peer')) || r.dataset.state === 'seeding' \
              ? r.dataset.progress : null }})()"
         ),
     );

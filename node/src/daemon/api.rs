@@ -235,9 +235,15 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
                     "this API needs its token: Authorization: Bearer TOKEN, or ?token=TOKEN".into(),
                 )
                 .into_response();
-                r.headers_mut().insert(
+                // Basic too: clients such as transmission-remote --auth USER:TOKEN send
+                // their credentials only when challenged for them.
+                r.headers_mut().append(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"swarm\""),
+                );
+                r.headers_mut().append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"swarm\""),
                 );
                 return r;
             }
