@@ -667,3 +667,60 @@ fn range_request_reads_the_middle_of_a_file_before_it_is_complete() {
     assert_eq!(r.status, 206);
     assert!(r.body == data[a..=b]);
 }
+
+/// With the DHT: a magnet link with no peer hint is found through a loopback DHT (one
+/// bootstrap node, the seeder announcing to it), and `/api/dht` and `/metrics` show the
+/// node and its lookups.
+#[test]
+fn a_magnet_without_hints_is_found_through_the_dht() {
+    let boot = tests::InProcessBootstrap::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = test_payload(1024 * 1024 + 5, 81);
+    let file = write_file(&dir.path().join("seed"), "through-the-dht.bin", &data);
+    let seed_ip = tests::next_loopback_ip();
+    let seed_port = tests::free_port(seed_ip);
+    let mut cmd = tests::swarm_command(swarm_bin!());
+    cmd.arg("seed")
+        .arg(&file)
+        .args([
+            "--bind",
+            &seed_ip.to_string(),
+            "--port",
+            &seed_port.to_string(),
+        ])
+        .args(["--bootstrap", &boot.addr.to_string(), "--state-dir"])
+        .arg(dir.path().join("seed-state"))
+        .stderr(std::process::Stdio::inherit());
+    let (_seed, lines) = tests::spawn_with_lines(cmd);
+    let magnet = tests::wait_line(&lines, "magnet:?", LIMIT)
+        .trim()
+        .to_string();
+    assert!(!magnet.contains("x.pe"), "{magnet}");
+    let ih = magnet["magnet:?xt=urn:btih:".len()..][..40].to_string();
+    let out = dir.path().join("out");
+    let d = DaemonProc::start(
+        swarm_bin!(),
+        &dir.path().join("state"),
+        &out,
+        &["--bootstrap", &boot.addr.to_string()],
+    );
+    let (st, v) = d.post_json("/api/torrents", &json!({ "magnet": magnet }));
+    assert_eq!(st, 201, "{v}");
+    d.wait_torrent(&ih, LIMIT, "complete through the DHT", |t| {
+        t["state"] == "seeding"
+    });
+    assert_eq!(
+        std::fs::read(out.join("through-the-dht.bin")).unwrap(),
+        data
+    );
+    let (st, v) = d.get("/api/dht");
+    assert_eq!(st, 200);
+    assert_eq!(v["enabled"], true, "{v}");
+    assert!(v["nodes"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["lookups_done"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["queries_sent"].as_u64().unwrap() >= 1, "{v}");
+    let m = node::http::request(&d.api, "GET", "/metrics", &[], b"", LIMIT).unwrap();
+    let text = m.text();
+    assert!(text.contains("swarm_dht_enabled 1"), "{text}");
+    assert!(text.contains("swarm_dht_nodes{family=\"ipv4\"}"), "{text}");
+}
