@@ -236,5 +236,24 @@ fn web_page_adds_a_magnet_and_shows_it_reach_100_percent() {
         out.join("seen-in-a-browser.bin").exists(),
         "remove keeps the data"
     );
+    // The same torrent again, as a .torrent file picked in the page: it checks the data
+    // that is still there and seeds.
+    let made = wire::create::create_torrent(&file, &Default::default(), &|_| {}).unwrap();
+    assert_eq!(made.metainfo.info_hash.to_hex(), ih);
+    let tfile = dir.path().join("picked.torrent");
+    std::fs::write(&tfile, &made.bytes).unwrap();
+    let doc = b.call("DOM.getDocument", json!({}));
+    let input = b.call(
+        "DOM.querySelector",
+        json!({ "nodeId": doc["root"]["nodeId"], "selector": "#torrent-file" }),
+    );
+    b.call(
+        "DOM.setFileInputFiles",
+        json!({ "files": [tfile.display().to_string()], "nodeId": input["nodeId"] }),
+    );
+    b.wait_for(
+        "the picked .torrent seeding",
+        &format!("{row} && {row}.dataset.state === 'seeding' && {row}.dataset.progress === '1'"),
+    );
     eprintln!("progress seen on the way: {partial}");
 }

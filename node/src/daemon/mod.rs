@@ -1095,6 +1095,29 @@ mod tests {
     }
 
     #[test]
+    fn deleting_data_removes_the_files_and_empty_dirs_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("out");
+        let src = root.join("album");
+        std::fs::create_dir_all(src.join("cd1")).unwrap();
+        std::fs::write(src.join("cd1/a.bin"), vec![1u8; 40_000]).unwrap();
+        std::fs::write(src.join("b.bin"), vec![2u8; 30_000]).unwrap();
+        let made =
+            wire::create::create_torrent(&src, &wire::create::CreateOptions::default(), &|_| {})
+                .unwrap();
+        // Something of the user's beside the torrent's files stays, and so does its dir.
+        std::fs::write(src.join("notes.txt"), b"mine").unwrap();
+        let outside = tmp.path().join("outside.bin");
+        std::fs::write(&outside, b"x").unwrap();
+        assert_eq!(delete_files(&root, &root, &made.metainfo), 2);
+        assert!(!src.join("cd1").exists(), "empty subdirectory removed");
+        assert!(src.join("notes.txt").exists());
+        assert!(outside.exists());
+        // A directory outside the root is never touched.
+        assert_eq!(delete_files(&root, tmp.path(), &made.metainfo), 0);
+    }
+
+    #[test]
     fn info_hashes() {
         let hex = "0123456789abcdef0123456789abcdef01234567";
         assert_eq!(parse_info_hash(hex).unwrap().to_hex(), hex);
