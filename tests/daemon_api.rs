@@ -724,3 +724,48 @@ fn a_magnet_without_hints_is_found_through_the_dht() {
     assert!(text.contains("swarm_dht_enabled 1"), "{text}");
     assert!(text.contains("swarm_dht_nodes{family=\"ipv4\"}"), "{text}");
 }
+
+#[test]
+fn an_api_port_in_use_is_a_clear_error_and_no_daemon_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = tests::wait_with_limit(
+        tests::swarm_command(swarm_bin!())
+            .args([
+                "daemon",
+                "--no-dht",
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--api",
+                &addr,
+            ])
+            .arg("--state-dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        LIMIT,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen for the API on"), "{err}");
+    // `swarm list` with nobody listening says so in one line.
+    drop(taken);
+    let out = tests::wait_with_limit(
+        tests::swarm_command(swarm_bin!())
+            .args(["list", "--api", &format!("http://{addr}/")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        LIMIT,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is `swarm daemon` running?"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

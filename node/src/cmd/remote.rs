@@ -59,14 +59,19 @@ fn call(
     if let Some(a) = &auth {
         headers.push(("Authorization", a.as_str()));
     }
-    let r = crate::http::request(&api.api, method, path, &headers, body, TIMEOUT).with_context(
-        || {
+    // `http://127.0.0.1:9091/` is taken for `127.0.0.1:9091` too.
+    let addr = api
+        .api
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let r =
+        crate::http::request(addr, method, path, &headers, body, TIMEOUT).with_context(|| {
             format!(
                 "cannot reach the daemon at {} (is `swarm daemon` running?)",
                 api.api
             )
-        },
-    )?;
+        })?;
     let v: Value = serde_json::from_slice(&r.body).with_context(|| {
         format!(
             "the daemon answered {} with no JSON: {}",

@@ -621,8 +621,12 @@ impl Daemon {
             );
             id
         };
+        if let Err(e) = self.save().await {
+            // Not in the saved list, so not in the list at all.
+            self.lock().entries.remove(&ih);
+            return Err(e);
+        }
         self.count(|c| c.added += 1);
-        self.save().await?;
         if !paused {
             let d = self.clone();
             tokio::spawn(async move { d.start_entry(ih).await });
