@@ -150,6 +150,20 @@ fn add_fetch_pause_resume_restart_and_remove() {
     );
     assert_eq!(st, 200, "{v}");
     d.wait_torrent(&ih, LIMIT, "seeding again", |t| t["state"] == "seeding");
+    // Byte counts carry over a pause: they never go down.
+    let t = d.torrent(&ih);
+    assert!(
+        t["downloaded"].as_u64().unwrap() >= data.len() as u64,
+        "{t}"
+    );
+    let m = node::http::request(&d.api, "GET", "/metrics", &[], b"", LIMIT).unwrap();
+    let total = m
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("swarm_downloaded_bytes_total "))
+        .map(|v| v.parse::<f64>().unwrap())
+        .expect("total in metrics");
+    assert!(total >= data.len() as f64, "{total}");
     // Pause again, so the restart must keep it paused.
     let (st, _) = d.call(
         "POST",
@@ -179,6 +193,7 @@ fn add_fetch_pause_resume_restart_and_remove() {
     let t = d.wait_torrent(&ih, LIMIT, "seeding after restart", |t| {
         t["state"] == "seeding"
     });
+
     assert_eq!(
         t["files"].as_array().unwrap().len(),
         1,

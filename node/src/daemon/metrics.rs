@@ -64,19 +64,31 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     }
 
     type Field = fn(&wire::session::TorrentStats) -> f64;
-    let per: [(&str, &str, &str, Field); 8] = [
+    // Byte counters over every run of a torrent (pauses included), so they never go down.
+    for (name, help, up) in [
         (
             "swarm_torrent_downloaded_bytes_total",
-            "counter",
-            "Payload bytes accepted from peers, per torrent (since it was started in this daemon).",
-            |s| s.downloaded as f64,
+            "Payload bytes accepted from peers, per torrent, since the daemon started.",
+            false,
         ),
         (
             "swarm_torrent_uploaded_bytes_total",
-            "counter",
-            "Payload bytes sent to peers, per torrent.",
-            |s| s.uploaded as f64,
+            "Payload bytes sent to peers, per torrent, since the daemon started.",
+            true,
         ),
+    ] {
+        o.head(name, "counter", help);
+        for s in &all {
+            let _ = writeln!(
+                o.0,
+                "{name}{{info_hash=\"{}\",name=\"{}\"}} {}",
+                s.info_hash.to_hex(),
+                esc(s.name.as_deref().unwrap_or("")),
+                if up { s.total_up } else { s.total_down }
+            );
+        }
+    }
+    let per: [(&str, &str, &str, Field); 6] = [
         (
             "swarm_torrent_wasted_bytes_total",
             "counter",
@@ -151,14 +163,14 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     o.one(
         "swarm_downloaded_bytes_total",
         "counter",
-        "Payload bytes downloaded by every torrent (removed ones included).",
-        sum(|s| s.downloaded as f64) + rm_down as f64,
+        "Payload bytes downloaded by every torrent since the daemon started (removed ones included).",
+        all.iter().map(|s| s.total_down).sum::<u64>() + rm_down,
     );
     o.one(
         "swarm_uploaded_bytes_total",
         "counter",
-        "Payload bytes uploaded by every torrent (removed ones included).",
-        sum(|s| s.uploaded as f64) + rm_up as f64,
+        "Payload bytes uploaded by every torrent since the daemon started (removed ones included).",
+        all.iter().map(|s| s.total_up).sum::<u64>() + rm_up,
     );
     o.one(
         "swarm_download_rate_bytes",

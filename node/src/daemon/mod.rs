@@ -130,6 +130,9 @@ struct Entry {
     hints: Vec<SocketAddr>,
     /// Per-peer rates, measured here from the byte counts of successive snapshots.
     rates: PeerRates,
+    /// Payload bytes down / up in earlier runs (before pauses) since the daemon started:
+    /// each run's counters start at zero.
+    carried: (u64, u64),
 }
 
 /// Per-peer transfer rates from the peers' byte counters, sampled about once a second
@@ -257,6 +260,9 @@ pub struct Summary {
     pub stats: Option<TorrentStats>,
     pub meta: Option<Arc<Metainfo>>,
     pub source: SavedSource,
+    /// Payload bytes down / up since the daemon started, over every run of the torrent.
+    pub total_down: u64,
+    pub total_up: u64,
 }
 
 impl Summary {
@@ -512,6 +518,7 @@ impl Daemon {
                 last: None,
                 hints,
                 rates: PeerRates::default(),
+                carried: (0, 0),
             },
         );
         Ok((!paused).then_some(ih))
@@ -617,6 +624,7 @@ impl Daemon {
                     last: None,
                     hints,
                     rates: PeerRates::default(),
+                    carried: (0, 0),
                 },
             );
             id
@@ -683,7 +691,10 @@ impl Daemon {
             e.saved.paused = true;
             match std::mem::replace(&mut e.run, Run::Stopping) {
                 Run::Running(t) => {
-                    e.last = Some(t.torrent.stats());
+                    let last = t.torrent.stats();
+                    e.carried.0 += last.downloaded;
+                    e.carried.1 += last.uploaded;
+                    e.last = Some(last);
                     Some(t)
                 }
                 _ => None,
@@ -732,18 +743,20 @@ impl Daemon {
             inner.entries.remove(&ih).ok_or_else(|| not_found(ih))?
         };
         let mut meta = entry.meta.clone();
-        let mut last = entry.last.clone();
+        let (mut down, mut up) = entry.carried;
         if let Run::Running(t) = entry.run {
-            last = Some(t.torrent.stats());
+            let last = t.torrent.stats();
+            down += last.downloaded;
+            up += last.uploaded;
             t.torrent.shutdown().await;
         }
-        if let Some(s) = &last {
+        {
             let mut r = self
                 .removed_totals
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            r.0 += s.downloaded;
-            r.1 += s.uploaded;
+            r.0 += down;
+            r.1 += up;
         }
         if meta.is_none() {
             meta = self.saved_metadata(ih).map(Arc::new);
@@ -992,6 +1005,10 @@ fn busy(ih: InfoHash) -> DaemonError {
 
 fn summarize(e: &Entry) -> Summary {
     let stats = e.stats();
+    let (total_down, total_up) = match (&e.run, &stats) {
+        (Run::Running(_), Some(s)) => (e.carried.0 + s.downloaded, e.carried.1 + s.uploaded),
+        _ => e.carried,
+    };
     let (state, error) = match &e.run {
         Run::Starting => (State::Starting, None),
         Run::Stopping => (State::Stopping, None),
@@ -1023,6 +1040,8 @@ fn summarize(e: &Entry) -> Summary {
         stats,
         meta: e.meta.clone(),
         source: e.saved.source.clone(),
+        total_down,
+        total_up,
     }
 }
 

@@ -163,8 +163,8 @@ fn session_stats(d: &Daemon) -> Value {
             .sum()
     };
     let (rm_down, rm_up) = d.removed_totals();
-    let down = sum(|s| s.downloaded as f64) as u64 + rm_down;
-    let up = sum(|s| s.uploaded as f64) as u64 + rm_up;
+    let down = all.iter().map(|s| s.total_down).sum::<u64>() + rm_down;
+    let up = all.iter().map(|s| s.total_up).sum::<u64>() + rm_up;
     let secs = d.uptime().as_secs();
     let stats = json!({
         "uploadedBytes": up, "downloadedBytes": down, "filesAdded": all.len(),
@@ -274,8 +274,8 @@ fn field(s: &Summary, name: &str) -> Option<Value> {
         "recheckProgress" => json!(0.0),
         "rateDownload" => json!(rate_down as u64),
         "rateUpload" => json!(rate_up as u64),
-        "downloadedEver" => json!(st.downloaded),
-        "uploadedEver" => json!(st.uploaded),
+        "downloadedEver" => json!(s.total_down),
+        "uploadedEver" => json!(s.total_up),
         "uploadRatio" => {
             if st.downloaded == 0 && total == 0 {
                 json!(-1)
