@@ -100,6 +100,40 @@ fn transmission_remote_adds_lists_stops_starts_and_removes() {
     )
     .unwrap();
     assert_eq!(r.status, 409);
+    // Bad requests: malformed JSON is a 400 naming it; an unknown method is a result
+    // string, as Transmission answers it.
+    let rpc = |body: &[u8]| {
+        let r = node::http::request(
+            &api,
+            "POST",
+            "/transmission/rpc",
+            &[("X-Transmission-Session-Id", &sid)],
+            body,
+            LIMIT,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        (r.status, v)
+    };
+    let (st, v) = rpc(b"{not json");
+    assert_eq!(st, 400);
+    assert!(
+        v["result"].as_str().unwrap().contains("malformed JSON"),
+        "{v}"
+    );
+    let (st, v) = rpc(br#"{"method": "blocklist-update"}"#);
+    assert_eq!(st, 200);
+    assert!(
+        v["result"].as_str().unwrap().contains("not supported"),
+        "{v}"
+    );
+    let (_, v) = rpc(br#"{"method": "torrent-add", "arguments": {"filename": "/etc/passwd"}}"#);
+    assert!(
+        v["result"].as_str().unwrap().contains("not a magnet link"),
+        "{v}"
+    );
+    let (_, v) = rpc(br#"{"method": "torrent-add", "arguments": {"metainfo": "!!!"}}"#);
+    assert!(v["result"].as_str().unwrap().contains("base64"), "{v}");
 
     // -a MAGNET, then -l until it is done.
     let added = remote(&api, &["-a", &magnet]);
