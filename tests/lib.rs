@@ -543,3 +543,162 @@ pub fn spawn_with_lines(mut cmd: Command) -> (Reaper, std::sync::mpsc::Receiver<
     });
     (Reaper(child), rx)
 }
+
+/// A `swarm daemon` process of a test: its API address (`127.0.0.1:PORT`) and peer
+/// address, read from the lines it prints at start. Killed when dropped.
+pub struct DaemonProc {
+    pub api: String,
+    pub peers: SocketAddr,
+    pub proc: Reaper,
+}
+
+impl DaemonProc {
+    /// Starts `swarm daemon --api 127.0.0.1:0 --bind IP --port 0 --state-dir STATE -o OUT
+    /// EXTRA...` (add `--no-dht` or a loopback `--bootstrap` in `extra`) and waits for it
+    /// to print where it listens.
+    pub fn start(bin: PathBuf, state: &Path, out: &Path, extra: &[&str]) -> DaemonProc {
+        let ip = next_loopback_ip();
+        let mut cmd = swarm_command(bin);
+        cmd.args(["daemon", "--api", "127.0.0.1:0", "--bind"])
+            .arg(ip.to_string())
+            .args(["--port", "0", "--state-dir"])
+            .arg(state)
+            .arg("-o")
+            .arg(out)
+            .args(extra)
+            .stderr(Stdio::inherit());
+        let (proc, lines) = spawn_with_lines(cmd);
+        let api = wait_line(&lines, "api http://", Duration::from_secs(60));
+        let api = api
+            .trim()
+            .trim_start_matches("api http://")
+            .trim_end_matches('/')
+            .to_string();
+        let peers = wait_line(&lines, "peers ", Duration::from_secs(10));
+        let peers = peers
+            .trim()
+            .trim_start_matches("peers ")
+            .parse()
+            .expect("peer address");
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+        DaemonProc { api, peers, proc }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(self, limit: Duration) -> std::process::ExitStatus {
+        self.signal("-TERM", limit)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits (bounded) for the exit status.
+    pub fn interrupt(self, limit: Duration) -> std::process::ExitStatus {
+        self.signal("-INT", limit)
+    }
+
+    fn signal(mut self, sig: &str, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.proc.0.id().to_string();
+        let _ = Command::new("kill").args([sig, &pid]).status();
+        let mut status = None;
+        let done = wait_until(limit, || {
+            status = self.proc.0.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        assert!(
+            done,
+            "swarm daemon still running {limit:?} after kill {sig}"
+        );
+        status.expect("exited")
+    }
+
+    /// `METHOD path` with a body; returns the status and the body parsed as JSON
+    /// (`Value::Null` when it is not JSON).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let r = node::http::request(
+            &self.api,
+            method,
+            path,
+            &[("Content-Type", ctype)],
+            body,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+        (r.status, v)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call("GET", path, "application/json", b"")
+    }
+
+    pub fn post_json(&self, path: &str, v: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.call("POST", path, "application/json", v.to_string().as_bytes())
+    }
+
+    /// The torrent's JSON from `GET /api/torrents/IH` (panics unless 200).
+    pub fn torrent(&self, ih: &str) -> serde_json::Value {
+        let (st, v) = self.get(&format!("/api/torrents/{ih}"));
+        assert_eq!(st, 200, "GET /api/torrents/{ih}: {v}");
+        v
+    }
+
+    /// Waits until the torrent's JSON satisfies `cond`; panics with the last JSON after
+    /// `limit`.
+    pub fn wait_torrent(
+        &self,
+        ih: &str,
+        limit: Duration,
+        what: &str,
+        mut cond: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let ok = wait_until_every(limit, Duration::from_millis(100), || {
+            let (st, v) = self.get(&format!("/api/torrents/{ih}"));
+            let hit = st == 200 && cond(&v);
+            last = v;
+            hit
+        });
+        assert!(ok, "torrent {ih} not {what} within {limit:?}: {last}");
+        last
+    }
+}
+
+/// Starts `swarm seed PATH --bind IP --port PORT --no-dht --state-dir STATE`; returns it
+/// with the magnet link it prints (with an `x.pe` hint to it added) and its address.
+pub fn start_seed_no_dht(bin: PathBuf, path: &Path, state: &Path) -> (Reaper, String, SocketAddr) {
+    start_seed_no_dht_with(bin, path, state, &[])
+}
+
+/// [`start_seed_no_dht`] with more `swarm seed` flags.
+pub fn start_seed_no_dht_with(
+    bin: PathBuf,
+    path: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> (Reaper, String, SocketAddr) {
+    let ip = next_loopback_ip();
+    let port = free_port(ip);
+    let mut cmd = swarm_command(bin);
+    cmd.arg("seed")
+        .arg(path)
+        .args([
+            "--bind",
+            &ip.to_string(),
+            "--port",
+            &port.to_string(),
+            "--no-dht",
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .args(extra)
+        .stderr(Stdio::inherit());
+    let (proc, lines) = spawn_with_lines(cmd);
+    let magnet = wait_line(&lines, "magnet:?", Duration::from_secs(60));
+    let addr = SocketAddr::from((ip, port));
+    (proc, format!("{}&x.pe={addr}", magnet.trim()), addr)
+}

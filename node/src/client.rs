@@ -75,6 +75,74 @@ pub struct Tracked {
     empty_backoff: Duration,
 }
 
+impl Tracked {
+    /// A torrent with no lookup done yet (the first one starts at the next tick).
+    pub fn new(torrent: Torrent) -> Tracked {
+        Tracked {
+            info_hash: torrent.info_hash(),
+            torrent,
+            lookup: None,
+            next_lookup: Instant::now(),
+            lookups_done: 0,
+            found_in_last: 0,
+            empty_backoff: LOOKUP_RETRY_WHEN_EMPTY,
+        }
+    }
+
+    /// Lookups finished so far.
+    pub fn lookups_done(&self) -> u32 {
+        self.lookups_done
+    }
+
+    /// Whether a lookup (get_peers + announce) is running now.
+    pub fn lookup_running(&self) -> bool {
+        self.lookup.is_some()
+    }
+
+    /// Starts the lookup+announce when due and feeds the peers found so far to the
+    /// torrent (`listen`: our own address, never dialed). Call it a few times a second.
+    pub fn tick(&mut self, dht: &dht::Node, listen: SocketAddr, now: Instant) {
+        // Every connected peer with a DHT node is a way into the DHT (BEP 5 PORT).
+        for node in self.torrent.take_dht_nodes() {
+            dht.add_node(node);
+        }
+        if self.lookup.is_none() && now >= self.next_lookup {
+            // announce = get_peers + announce_peer: we find others and they find us.
+            self.lookup = Some(dht.announce(self.info_hash.0, Some(listen.port())));
+            self.found_in_last = 0;
+        }
+        let Some(l) = &mut self.lookup else { return };
+        loop {
+            match l.poll_now() {
+                PeerPoll::Peer(peer) => {
+                    if peer != listen {
+                        self.found_in_last += 1;
+                        self.torrent.add_found_peer(peer);
+                    }
+                }
+                PeerPoll::Pending => break,
+                PeerPoll::Done => {
+                    // The lookup is over: schedule the next one.
+                    self.lookup = None;
+                    self.lookups_done += 1;
+                    let connected = self.torrent.stats().peers.len();
+                    let wait = if self.found_in_last == 0 && connected == 0 {
+                        let w = self.empty_backoff;
+                        self.empty_backoff = (w * 2).min(LOOKUP_EVERY_WHEN_FEW_PEERS);
+                        w
+                    } else if connected < FEW_PEERS {
+                        LOOKUP_EVERY_WHEN_FEW_PEERS
+                    } else {
+                        LOOKUP_EVERY
+                    };
+                    self.next_lookup = now + wait;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Torrents in one session (one port for all of them) with one DHT node.
 pub struct Client {
     pub session: Session,
@@ -145,15 +213,7 @@ impl Client {
             for h in &hints {
                 torrent.add_peer(*h);
             }
-            torrents.push(Tracked {
-                info_hash: torrent.info_hash(),
-                torrent,
-                lookup: None,
-                next_lookup: Instant::now(),
-                lookups_done: 0,
-                found_in_last: 0,
-                empty_backoff: LOOKUP_RETRY_WHEN_EMPTY,
-            });
+            torrents.push(Tracked::new(torrent));
         }
         let dht = if net.no_dht {
             None
@@ -205,44 +265,7 @@ impl Client {
             p.step(now, dht);
         }
         for t in &mut self.torrents {
-            // Every connected peer with a DHT node is a way into the DHT (BEP 5 PORT).
-            for node in t.torrent.take_dht_nodes() {
-                dht.add_node(node);
-            }
-            if t.lookup.is_none() && now >= t.next_lookup {
-                // announce = get_peers + announce_peer: we find others and they find us.
-                t.lookup = Some(dht.announce(t.info_hash.0, Some(self.listen.port())));
-                t.found_in_last = 0;
-            }
-            let Some(l) = &mut t.lookup else { continue };
-            loop {
-                match l.poll_now() {
-                    PeerPoll::Peer(peer) => {
-                        if peer != self.listen {
-                            t.found_in_last += 1;
-                            t.torrent.add_found_peer(peer);
-                        }
-                    }
-                    PeerPoll::Pending => break,
-                    PeerPoll::Done => {
-                        // The lookup is over: schedule the next one.
-                        t.lookup = None;
-                        t.lookups_done += 1;
-                        let connected = t.torrent.stats().peers.len();
-                        let wait = if t.found_in_last == 0 && connected == 0 {
-                            let w = t.empty_backoff;
-                            t.empty_backoff = (w * 2).min(LOOKUP_EVERY_WHEN_FEW_PEERS);
-                            w
-                        } else if connected < FEW_PEERS {
-                            LOOKUP_EVERY_WHEN_FEW_PEERS
-                        } else {
-                            LOOKUP_EVERY
-                        };
-                        t.next_lookup = now + wait;
-                        break;
-                    }
-                }
-            }
+            t.tick(dht, self.listen, now);
         }
     }
 

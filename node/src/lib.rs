@@ -8,6 +8,8 @@ pub mod addr;
 pub mod bep46;
 pub mod client;
 pub mod cmd;
+pub mod daemon;
+pub mod http;
 pub mod progress;
 pub mod rejoin;
 pub mod state;
@@ -40,6 +42,12 @@ enum Command {
     Dht(cmd::dht::Args),
     /// Run a whole swarm on loopback (bootstrap node, seeders, a leecher) with no internet.
     Demo(cmd::demo::Args),
+    /// Run a long-lived node with an HTTP API, a web page, metrics and a Transmission RPC.
+    Daemon(cmd::daemon::Args),
+    /// Add torrents to a running daemon.
+    Add(cmd::remote::AddArgs),
+    /// List a running daemon's torrents.
+    List(cmd::remote::ListArgs),
 }
 
 /// Parses `std::env::args`, runs the subcommand, and returns the process exit code.
@@ -53,6 +61,9 @@ pub fn cli_main() -> ExitCode {
         Command::Bootstrap(a) => cmd::bootstrap::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Dht(a) => cmd::dht::run(a),
+        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Add(a) => cmd::remote::add(a),
+        Command::List(a) => cmd::remote::list(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

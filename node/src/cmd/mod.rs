@@ -3,7 +3,9 @@
 pub mod bootstrap;
 pub mod common;
 pub mod create;
+pub mod daemon;
 pub mod demo;
 pub mod dht;
 pub mod get;
+pub mod remote;
 pub mod seed;
