@@ -784,3 +784,59 @@ fn an_api_port_in_use_is_a_clear_error_and_no_daemon_is_a_clear_error() {
     assert!(err.contains("is `swarm daemon` running?"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Time-critical picking: reading the end of a file while it downloads from a slow seeder
+/// makes those pieces urgent, so they arrive long before the rest (without it they come
+/// in rarest-first order, anywhere in the download).
+#[test]
+fn a_range_read_makes_its_pieces_urgent() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece = 64 * 1024;
+    let data = test_payload(4 * 1024 * 1024, 73);
+    let seed_dir = dir.path().join("seed");
+    let file = write_file(&seed_dir, "movie.mp4", &data);
+    let opts = wire::create::CreateOptions {
+        piece_length: Some(piece as u64),
+        ..Default::default()
+    };
+    let made = wire::create::create_torrent(&file, &opts, &|_| {}).unwrap();
+    let torrent = dir.path().join("movie.torrent");
+    std::fs::write(&torrent, &made.bytes).unwrap();
+    // 64 pieces at 256 KiB/s: about 16 s for the whole file.
+    let (_seed, magnet, _) = tests::start_seed_no_dht_with(
+        swarm_bin!(),
+        &torrent,
+        &dir.path().join("seed-state"),
+        &["--data", seed_dir.to_str().unwrap(), "--limit-up", "256K"],
+    );
+    let ih = made.metainfo.info_hash.to_hex();
+    let d = DaemonProc::start(
+        swarm_bin!(),
+        &dir.path().join("state"),
+        &dir.path().join("out"),
+        &["--no-dht"],
+    );
+    let (st, v) = d.post_json("/api/torrents", &json!({ "magnet": magnet }));
+    assert_eq!(st, 201, "{v}");
+    d.wait_torrent(&ih, LIMIT, "with metadata", |t| {
+        t["files"].as_array().is_some_and(|f| f.len() == 1)
+    });
+    let (a, b) = (data.len() - 100_000, data.len() - 1);
+    let r = node::http::request(
+        &d.api,
+        "GET",
+        &format!("/api/torrents/{ih}/files/0"),
+        &[("Range", &format!("bytes={a}-{b}"))],
+        b"",
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(r.status, 206, "{}", r.text());
+    assert!(r.body == data[a..=b], "the bytes of the range");
+    let t = d.torrent(&ih);
+    let have = t["pieces_have"].as_u64().unwrap();
+    assert!(
+        have <= 16,
+        "the last two pieces came only after {have} of 64: they were not made urgent ({t})"
+    );
+}

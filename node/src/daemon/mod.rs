@@ -861,6 +861,13 @@ impl Daemon {
             .is_some_and(|e| matches!(e.run, Run::Running(_) | Run::Starting))
     }
 
+    /// Asks a running torrent for these pieces first (a streaming reader waits on them).
+    pub fn set_urgent(&self, ih: InfoHash, pieces: Vec<u32>) {
+        if let Some(Run::Running(t)) = self.lock().entries.get(&ih).map(|e| &e.run) {
+            t.torrent.set_urgent(pieces);
+        }
+    }
+
     /// The info-hash of the torrent with this RPC id.
     pub fn by_id(&self, id: u32) -> Option<InfoHash> {
         self.lock()

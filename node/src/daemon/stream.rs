@@ -1,9 +1,10 @@
 //! `GET /api/torrents/{info_hash}/files/{index}`: a torrent's file over HTTP, with
 //! `Range` (206), while it downloads. Each piece under the range is sent once its bytes
 //! on disk hash to the piece's SHA-1 (the daemon checks this itself, so nothing
-//! unverified is ever served); until then the response waits, piece by piece. The wanted
-//! pieces are not made urgent: they arrive in the engine's usual order (rarest first), so
-//! a read ahead of the download waits for as long as the engine takes to reach them.
+//! unverified is ever served); until then the response waits, piece by piece, and the
+//! pieces it waits on (the next [`READ_AHEAD`] under the range) are made urgent: asked for
+//! before any other, from every peer that has them (time-critical picking, so that a
+//! video player can play while the rest downloads).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -26,6 +27,8 @@ use super::{parse_info_hash, Daemon, DaemonError};
 
 /// How often a waiting response looks again for its next piece.
 const POLL: Duration = Duration::from_millis(100);
+/// Pieces made urgent ahead of a waiting reader.
+pub const READ_AHEAD: usize = 16;
 
 /// A byte range of a file, inclusive, as asked by `Range`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +164,7 @@ async fn produce(
     let first = (start / plen) as usize;
     let last = (end / plen) as usize;
     for p in first..=last {
+        let mut made_urgent = false;
         let data = loop {
             let (m, d) = (meta.clone(), dir.clone());
             let got = tokio::task::spawn_blocking(move || read_verified(&m, &d, p))
@@ -169,6 +173,12 @@ async fn produce(
                 .flatten();
             if let Some(data) = got {
                 break data;
+            }
+            if !made_urgent {
+                // This piece and the next few under the range, before anything else.
+                let ahead = (p..=last).take(READ_AHEAD).map(|i| i as u32).collect();
+                daemon.set_urgent(ih, ahead);
+                made_urgent = true;
             }
             if !daemon.is_running(ih) {
                 let _ = tx

@@ -1103,6 +1103,13 @@ impl Engine {
         }
     }
 
+    /// Makes `pieces` urgent (see `Picker::set_urgent`: a streaming reader's next
+    /// pieces, asked for before any other) and tops up every pipeline with them.
+    pub fn set_urgent(&mut self, now: Instant, pieces: &[u32]) {
+        self.picker.set_urgent(pieces);
+        self.fill_all(now);
+    }
+
     fn fill_all(&mut self, now: Instant) {
         for slot in self.peer_slots() {
             self.fill_requests(now, slot);

@@ -102,7 +102,12 @@ pub struct Picker {
     missing_unstarted: u32,
     open_blocks: u64,
     have_count: u32,
+    /// Pieces wanted before all others, in order (a streaming reader's next pieces).
+    urgent: Vec<u32>,
 }
+
+/// Most urgent pieces kept (a reader looks a few pieces ahead, not a whole file).
+pub const MAX_URGENT: usize = 64;
 
 impl Picker {
     pub fn new(geo: Geometry, have: &Bitfield) -> Self {
@@ -125,6 +130,7 @@ impl Picker {
             missing_unstarted: n - have.count_ones(),
             open_blocks: 0,
             have_count: have.count_ones(),
+            urgent: Vec::new(),
         }
     }
 
@@ -184,6 +190,30 @@ impl Picker {
             .then_some(bi)
     }
 
+    /// Makes `pieces` (in this order) urgent: they are asked for before any other, from
+    /// every peer that has them, even past the bound on pieces in progress (a streaming
+    /// reader waits on them). Replaces the previous urgent set; pieces we have are left
+    /// out; at most [`MAX_URGENT`].
+    pub fn set_urgent(&mut self, pieces: &[u32]) {
+        self.urgent.clear();
+        for &p in pieces {
+            if self.urgent.len() >= MAX_URGENT {
+                break;
+            }
+            if p < self.geo.piece_count
+                && self.state(p) != PieceState::Have
+                && !self.urgent.contains(&p)
+            {
+                self.urgent.push(p);
+            }
+        }
+    }
+
+    /// The urgent pieces not yet verified.
+    pub fn urgent(&self) -> &[u32] {
+        &self.urgent
+    }
+
     /// Picks up to `want` blocks for `peer`, skipping any for which `already_asked` is true
     /// (blocks this peer already has outstanding), and marks them requested.
     pub fn pick(
@@ -197,6 +227,52 @@ impl Picker {
     ) {
         let start = out.len();
         let done = |out: &Vec<Block>| out.len() - start >= want;
+        // 0. Urgent pieces first, whoever owns them and however many are in progress.
+        if !self.urgent.is_empty() {
+            self.urgent
+                .retain(|&p| self.state[p as usize] != PieceState::Have);
+            let urgent: Vec<u32> = self
+                .urgent
+                .iter()
+                .copied()
+                .filter(|&p| peer.may_request(p))
+                .collect();
+            for p in urgent {
+                if done(out) {
+                    return;
+                }
+                match self.state(p) {
+                    PieceState::Missing => self.start_piece(p, None),
+                    PieceState::Partial => {}
+                    PieceState::Verifying | PieceState::Have => continue,
+                }
+                self.take_open(p, want - (out.len() - start), out);
+            }
+            // A reader waits on these: blocks already asked of another (perhaps slow)
+            // peer are asked of this one too, as in endgame.
+            let mut extra = Vec::new();
+            for &p in &self.urgent {
+                let Some(part) = self.partial.get(&p).filter(|_| peer.may_request(p)) else {
+                    continue;
+                };
+                for (bi, st) in part.blocks.iter().enumerate() {
+                    if out.len() - start + extra.len() >= want {
+                        break;
+                    }
+                    let b = self.geo.block(p, bi as u32);
+                    if matches!(*st, BlockState::Requested(n) if n < policy.endgame_max_requesters)
+                        && !already_asked(b)
+                        && !out[start..].contains(&b)
+                    {
+                        extra.push(b);
+                    }
+                }
+            }
+            for b in extra {
+                self.mark_requested(b);
+                out.push(b);
+            }
+        }
         // 1. Finish our own started pieces; 2. adopt orphaned ones.
         let mine: Vec<u32> = if peer.may_own {
             self.partial
@@ -474,6 +550,53 @@ mod tests {
             may_own: true,
             outstanding: 0,
         }
+    }
+
+    #[test]
+    fn urgent_pieces_come_first_past_the_progress_bound_and_from_every_peer() {
+        // 8 pieces of 2 blocks; piece 5 is the rarest, but a reader waits on 6 then 7.
+        let g = geo(8);
+        let mut p = Picker::new(g, &Bitfield::new(8));
+        let mut common = Bitfield::full(8);
+        common.clear(5);
+        p.add_bitfield(&common);
+        p.add_bitfield(&Bitfield::full(8));
+        let policy = PickPolicy {
+            random_first_pieces: 0,
+            endgame_max_requesters: 2,
+            max_partial_pieces: 1,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        // Another peer already holds the one piece in progress the bound allows.
+        let mut first = Vec::new();
+        p.pick(&view(9, None), 2, policy, &mut rng, &|_| false, &mut first);
+        assert_eq!(
+            first.iter().map(|b| b.piece).collect::<Vec<_>>(),
+            vec![5, 5]
+        );
+        p.set_urgent(&[6, 7, 6, 99]);
+        assert_eq!(p.urgent(), &[6, 7], "deduplicated, in range");
+        let mut out = Vec::new();
+        p.pick(&view(1, None), 4, policy, &mut rng, &|_| false, &mut out);
+        let pieces: Vec<u32> = out.iter().map(|b| b.piece).collect();
+        assert_eq!(pieces, vec![6, 6, 7, 7], "urgent first, past the bound");
+        // A second peer is asked for the same urgent blocks (the first may be slow).
+        let asked = out.clone();
+        let mut second = Vec::new();
+        p.pick(&view(2, None), 4, policy, &mut rng, &|_| false, &mut second);
+        assert!(second.iter().all(|b| asked.contains(b)), "{second:?}");
+        assert_eq!(second.len(), 4);
+        // Pieces we have drop out; an empty set ends it.
+        for b in &asked {
+            p.receive(*b, PeerSlot::for_tests(1));
+        }
+        p.verified(6, true);
+        p.verified(7, true);
+        let mut none = Vec::new();
+        p.pick(&view(3, None), 4, policy, &mut rng, &|_| false, &mut none);
+        assert!(p.urgent().is_empty());
+        p.set_urgent(&[]);
+        assert!(p.urgent().is_empty());
     }
 
     #[test]

@@ -199,6 +199,8 @@ enum Command {
     AddPeer(SocketAddr),
     /// A peer found (DHT, hints): dialed with the usual backoff.
     AddFoundPeer(SocketAddr),
+    /// Pieces a reader waits on, asked for first.
+    SetUrgent(Vec<u32>),
     Shutdown,
 }
 
@@ -413,6 +415,12 @@ impl Torrent {
     /// Connects to a peer the user named, and again whenever it is lost (bounded).
     pub fn add_peer(&self, addr: SocketAddr) {
         let _ = self.commands.send(Command::AddPeer(addr));
+    }
+
+    /// Asks for these pieces before any other, in this order (a streaming reader's next
+    /// pieces; at most 64; replaces the previous set; an empty list clears it).
+    pub fn set_urgent(&self, pieces: Vec<u32>) {
+        let _ = self.commands.send(Command::SetUrgent(pieces));
     }
 
     /// Connects to a peer found through the DHT or a hint (retried with backoff a few

@@ -379,6 +379,9 @@ impl Task {
                     Some(Command::AddFoundPeer(addr)) => {
                         self.core.add_peer(Instant::now(), addr, PeerSource::Dht)
                     }
+                    Some(Command::SetUrgent(pieces)) => {
+                        self.core.set_urgent(Instant::now(), &pieces)
+                    }
                     Some(Command::Shutdown) | None => break,
                 },
                 Some(ev) = events.recv() => {

@@ -483,6 +483,14 @@ impl TorrentCore {
 
     // ---- inputs: peers and connections ---------------------------------------------
 
+    /// Asks for `pieces` before any other (a streaming reader waits on them); ignored
+    /// until the metadata is known.
+    pub fn set_urgent(&mut self, now: Instant, pieces: &[u32]) {
+        if let Phase::Pieces(p) = &mut self.phase {
+            p.engine.set_urgent(now, pieces);
+        }
+    }
+
     /// A peer heard of (DHT, PEX, hint, user); dialed when there is room.
     pub fn add_peer(&mut self, now: Instant, addr: SocketAddr, source: PeerSource) {
         if !is_dialable(addr) || self.is_own(addr) {
