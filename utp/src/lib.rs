@@ -19,7 +19,8 @@
 //!
 //! Modules, one concept each: [`packet`] (the wire codec), [`ledbat`] (congestion
 //! control), [`rtt`] (retransmission timeout), `conn` (one connection's state machine),
-//! [`endpoint`] (demultiplexing, bounds, the public API).
+//! [`endpoint`] (demultiplexing, bounds, the public API), [`testnet`] (a deterministic
+//! in-memory network for tests, benches and simulations). See `README.md` for the bounds.
 
 mod config;
 mod conn;
@@ -27,6 +28,7 @@ pub mod endpoint;
 pub mod ledbat;
 pub mod packet;
 pub mod rtt;
+pub mod testnet;
 
 pub use crate::config::Config;
 pub use crate::endpoint::{CloseReason, ConnId, Endpoint, Error, Event, Stats, Transmit};

@@ -1,0 +1,444 @@
+//! A deterministic in-memory network for two endpoints: a virtual clock, and per direction
+//! a link with propagation delay, random extra delay (which reorders), random loss and an
+//! optional bottleneck (a rate and a drop-tail queue). The same seed gives the same run.
+//!
+//! [`TestNet::transfer`] pushes a buffer from `a` to `b` over one connection, as an
+//! application would, and returns what arrived: what the tests and the bench use.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{CloseReason, Config, ConnId, Endpoint, Error, Event};
+
+/// One direction of the path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    /// Propagation delay.
+    pub delay: Duration,
+    /// Extra delay drawn uniformly in `[0, jitter)` per packet: packets overtake each other.
+    pub jitter: Duration,
+    /// Probability that a datagram is lost.
+    pub loss: f64,
+    /// Bottleneck rate in bytes per second (`None`: infinitely fast).
+    pub rate: Option<u64>,
+    /// Bytes the bottleneck queue holds before it drops (drop tail).
+    pub queue_bytes: usize,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            delay: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            rate: None,
+            queue_bytes: usize::MAX,
+        }
+    }
+}
+
+/// What one direction saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub sent: u64,
+    pub lost: u64,
+    pub queue_drops: u64,
+    /// Time each delivered datagram waited in the bottleneck queue, in send order.
+    pub queue_delays: Vec<Duration>,
+}
+
+struct Direction {
+    link: Link,
+    /// When the bottleneck finishes sending what it already holds.
+    busy_until: Instant,
+    /// (time it leaves the queue, size) of the datagrams in the queue.
+    queue: VecDeque<(Instant, usize)>,
+    queued: usize,
+    stats: LinkStats,
+}
+
+impl Direction {
+    fn new(link: Link, now: Instant) -> Direction {
+        Direction {
+            link,
+            busy_until: now,
+            queue: VecDeque::new(),
+            queued: 0,
+            stats: LinkStats::default(),
+        }
+    }
+
+    /// When a datagram sent now arrives, or `None` if it is dropped.
+    fn send(&mut self, now: Instant, size: usize, rng: &mut ChaCha8Rng) -> Option<Instant> {
+        self.stats.sent += 1;
+        if self.link.loss > 0.0 && rng.gen_bool(self.link.loss.min(1.0)) {
+            self.stats.lost += 1;
+            return None;
+        }
+        let mut departs = now;
+        if let Some(rate) = self.link.rate {
+            while self.queue.front().is_some_and(|(t, _)| *t <= now) {
+                if let Some((_, s)) = self.queue.pop_front() {
+                    self.queued -= s;
+                }
+            }
+            if self.queued + size > self.link.queue_bytes {
+                self.stats.queue_drops += 1;
+                return None;
+            }
+            let start = self.busy_until.max(now);
+            self.stats.queue_delays.push(start - now);
+            departs = start + Duration::from_nanos(size as u64 * 1_000_000_000 / rate.max(1));
+            self.busy_until = departs;
+            self.queue.push_back((departs, size));
+            self.queued += size;
+        }
+        let jitter = if self.link.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(rng.gen_range(0..self.link.jitter.as_nanos() as u64))
+        };
+        Some(departs + self.link.delay + jitter)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    A,
+    B,
+}
+
+/// A datagram on the wire: (arrival, order sent, destination, bytes), earliest first.
+type InTransit = Reverse<(Instant, u64, Side, Vec<u8>)>;
+
+/// Two endpoints joined by two links, in virtual time.
+pub struct TestNet {
+    pub now: Instant,
+    pub a: Endpoint,
+    pub b: Endpoint,
+    pub addr_a: SocketAddr,
+    pub addr_b: SocketAddr,
+    ab: Direction,
+    ba: Direction,
+    in_transit: BinaryHeap<InTransit>,
+    order: u64,
+    rng: ChaCha8Rng,
+}
+
+/// The outcome of [`TestNet::transfer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub received: Vec<u8>,
+    /// Virtual time from `connect` until the receiver read the end of the stream.
+    pub elapsed: Duration,
+    /// How each side's connection ended (if it did before the deadline).
+    pub sender_closed: Option<CloseReason>,
+    pub receiver_closed: Option<CloseReason>,
+}
+
+impl TestNet {
+    pub fn new(config: Config, ab: Link, ba: Link, seed: u64) -> TestNet {
+        let now = Instant::now();
+        TestNet {
+            now,
+            a: Endpoint::new(config.clone(), seed ^ 0xa),
+            b: Endpoint::new(config, seed ^ 0xb),
+            addr_a: SocketAddr::from(([10, 0, 0, 1], 6881)),
+            addr_b: SocketAddr::from(([10, 0, 0, 2], 6881)),
+            ab: Direction::new(ab, now),
+            ba: Direction::new(ba, now),
+            in_transit: BinaryHeap::new(),
+            order: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The same link both ways.
+    pub fn symmetric(config: Config, link: Link, seed: u64) -> TestNet {
+        TestNet::new(config, link.clone(), link, seed)
+    }
+
+    pub fn stats_ab(&self) -> &LinkStats {
+        &self.ab.stats
+    }
+
+    pub fn stats_ba(&self) -> &LinkStats {
+        &self.ba.stats
+    }
+
+    /// Puts every pending datagram of both endpoints on the wire.
+    fn send_all(&mut self) {
+        while let Some(t) = self.a.poll_transmit() {
+            if t.to == self.addr_b {
+                if let Some(at) = self.ab.send(self.now, t.data.len(), &mut self.rng) {
+                    self.order += 1;
+                    self.in_transit
+                        .push(Reverse((at, self.order, Side::B, t.data)));
+                }
+            }
+        }
+        while let Some(t) = self.b.poll_transmit() {
+            if t.to == self.addr_a {
+                if let Some(at) = self.ba.send(self.now, t.data.len(), &mut self.rng) {
+                    self.order += 1;
+                    self.in_transit
+                        .push(Reverse((at, self.order, Side::A, t.data)));
+                }
+            }
+        }
+    }
+
+    /// Sends what is pending, moves the clock to the next arrival or timer (never past
+    /// `limit`) and handles everything due then. Returns false when nothing is left to do.
+    pub fn step(&mut self, limit: Instant) -> bool {
+        self.send_all();
+        let next = [
+            self.in_transit.peek().map(|Reverse((t, ..))| *t),
+            self.a.poll_timeout(),
+            self.b.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else {
+            return false;
+        };
+        if next > limit {
+            self.now = self.now.max(limit);
+            return false;
+        }
+        self.now = self.now.max(next);
+        while self
+            .in_transit
+            .peek()
+            .is_some_and(|Reverse((t, ..))| *t <= self.now)
+        {
+            let Some(Reverse((_, _, side, data))) = self.in_transit.pop() else {
+                break;
+            };
+            match side {
+                Side::A => self.a.handle_datagram(self.now, self.addr_b, &data),
+                Side::B => self.b.handle_datagram(self.now, self.addr_a, &data),
+            }
+        }
+        if self.a.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.a.handle_timeout(self.now);
+        }
+        if self.b.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.b.handle_timeout(self.now);
+        }
+        true
+    }
+
+    /// Sends `data` from `a` to `b` over a new connection and closes it, with the
+    /// applications on both sides reacting to events; stops at the virtual `deadline`.
+    pub fn transfer(&mut self, data: &[u8], deadline: Duration) -> Transfer {
+        let start = self.now;
+        let limit = start + deadline;
+        let mut sender = Sender {
+            conn: self.a.connect(self.now, self.addr_b).ok(),
+            data,
+            written: 0,
+            closed: None,
+        };
+        let mut received = Vec::with_capacity(data.len());
+        let mut receiver_closed = None;
+        let mut eof_at = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(ev) = self.a.poll_event() {
+                match ev {
+                    Event::Connected(_) | Event::Writable(_) => sender.push(&mut self.a, self.now),
+                    Event::Closed { reason, .. } => sender.closed = Some(reason),
+                    _ => {}
+                }
+            }
+            while let Some(ev) = self.b.poll_event() {
+                match ev {
+                    Event::Readable(conn) => loop {
+                        match self.b.read(self.now, conn, &mut buf) {
+                            Ok(0) => {
+                                eof_at.get_or_insert(self.now);
+                                let _ = self.b.close(self.now, conn);
+                                break;
+                            }
+                            Ok(n) => received.extend_from_slice(&buf[..n]),
+                            Err(_) => break,
+                        }
+                    },
+                    Event::Closed { reason, .. } => receiver_closed = Some(reason),
+                    _ => {}
+                }
+            }
+            if sender.closed.is_some() && receiver_closed.is_some() {
+                break;
+            }
+            if !self.step(limit) {
+                break;
+            }
+        }
+        Transfer {
+            received,
+            elapsed: eof_at.unwrap_or(self.now) - start,
+            sender_closed: sender.closed,
+            receiver_closed,
+        }
+    }
+}
+
+struct Sender<'a> {
+    conn: Option<ConnId>,
+    data: &'a [u8],
+    written: usize,
+    closed: Option<CloseReason>,
+}
+
+impl Sender<'_> {
+    /// Writes what the send buffer takes; closes once everything is written.
+    fn push(&mut self, ep: &mut Endpoint, now: Instant) {
+        let Some(conn) = self.conn else { return };
+        while self.written < self.data.len() {
+            match ep.write(now, conn, &self.data[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(Error::WouldBlock) => return,
+                Err(_) => return,
+            }
+        }
+        let _ = ep.close(now, conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 1000) as u8).collect()
+    }
+
+    fn check(t: &Transfer, data: &[u8]) {
+        assert_eq!(t.received.len(), data.len(), "bytes received");
+        assert!(t.received == data, "bytes differ");
+        assert_eq!(t.sender_closed, Some(CloseReason::Done));
+        assert_eq!(t.receiver_closed, Some(CloseReason::Done));
+    }
+
+    fn transfer_with(link: Link, len: usize, seed: u64) -> (TestNet, Transfer) {
+        let mut net = TestNet::symmetric(Config::default(), link, seed);
+        let data = pattern(len);
+        let t = net.transfer(&data, Duration::from_secs(600));
+        check(&t, &data);
+        (net, t)
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn small_transfer_no_loss() {
+        transfer_with(Link::default(), 100_000, 1);
+    }
+
+    #[test]
+    fn four_mib_without_loss() {
+        let (net, t) = transfer_with(Link::default(), 4 * MIB, 2);
+        eprintln!("4 MiB, no loss: {:?}", t.elapsed);
+        assert_eq!(net.stats_ab().lost, 0);
+        // 20 ms round trips and a window that grows to 1 MiB: well under 10 s.
+        assert!(t.elapsed < Duration::from_secs(10), "{:?}", t.elapsed);
+    }
+
+    #[test]
+    fn four_mib_with_one_percent_loss() {
+        let link = Link {
+            loss: 0.01,
+            ..Link::default()
+        };
+        let (net, _) = transfer_with(link, 4 * MIB, 3);
+        assert!(net.stats_ab().lost > 10, "{:?}", net.stats_ab().lost);
+    }
+
+    #[test]
+    fn four_mib_with_five_percent_loss_both_ways() {
+        let link = Link {
+            loss: 0.05,
+            ..Link::default()
+        };
+        let (net, _) = transfer_with(link, 4 * MIB, 4);
+        assert!(net.stats_ab().lost > 100 && net.stats_ba().lost > 10);
+    }
+
+    #[test]
+    fn reordering_and_loss() {
+        let link = Link {
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(15),
+            loss: 0.02,
+            ..Link::default()
+        };
+        transfer_with(link, MIB, 5);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around_mid_transfer() {
+        let mut net = TestNet::symmetric(Config::default(), Link::default(), 6);
+        net.a.forced_initial_seq = Some(0xfff0);
+        net.b.forced_initial_seq = Some(0xfffe);
+        let data = pattern(MIB); // ~760 packets: a's numbers wrap after 15
+        let t = net.transfer(&data, Duration::from_secs(60));
+        check(&t, &data);
+    }
+
+    #[test]
+    fn same_seed_same_run() {
+        let link = Link {
+            loss: 0.03,
+            jitter: Duration::from_millis(5),
+            ..Link::default()
+        };
+        let (_, t1) = transfer_with(link.clone(), 300_000, 9);
+        let (_, t2) = transfer_with(link, 300_000, 9);
+        assert_eq!(t1.elapsed, t2.elapsed);
+    }
+
+    /// A 1 MB/s bottleneck with a 1 MB queue (a second of buffer, like a cable modem):
+    /// LEDBAT should keep the queue near its 100 ms target, not fill it.
+    #[test]
+    fn ledbat_keeps_the_bottleneck_queue_near_the_target() {
+        let link = Link {
+            delay: Duration::from_millis(20),
+            rate: Some(1_000_000),
+            queue_bytes: 1_000_000,
+            ..Link::default()
+        };
+        let mut net = TestNet::new(Config::default(), link, Link::default(), 10);
+        let data = pattern(30 * 1_000_000);
+        let t = net.transfer(&data, Duration::from_secs(600));
+        check(&t, &data);
+        let delays = &net.stats_ab().queue_delays;
+        // Skip slow start and the first convergence: look at the second half.
+        let steady = &delays[delays.len() / 2..];
+        let mean = steady.iter().sum::<Duration>() / steady.len() as u32;
+        let max = steady.iter().max().copied().unwrap_or_default();
+        eprintln!(
+            "bottleneck: mean queueing delay {mean:?}, max {max:?}, {} drops, {:?} for 30 MB",
+            net.stats_ab().queue_drops,
+            t.elapsed
+        );
+        assert!(
+            mean > Duration::from_millis(80) && mean < Duration::from_millis(120),
+            "mean queueing delay {mean:?}"
+        );
+        assert!(
+            max < Duration::from_millis(250),
+            "max queueing delay {max:?}"
+        );
+        assert_eq!(net.stats_ab().queue_drops, 0, "the queue never filled");
+        // And the link stayed busy: 30 MB at 1 MB/s takes at least 30 s.
+        assert!(t.elapsed < Duration::from_secs(36), "{:?}", t.elapsed);
+    }
+}
