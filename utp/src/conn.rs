@@ -115,6 +115,9 @@ pub(crate) struct Connection {
     unacked_bytes: usize,
     /// Payload bytes of the packets in `in_flight` that are `counted`.
     bytes_in_flight: usize,
+    /// Packets in `in_flight` neither counted nor sacked: waiting to be (re)sent. Lets
+    /// `flush` skip the scan of a large window when nothing needs resending.
+    to_resend: usize,
     fin: Fin,
     peer_wnd: usize,
     cc: Ledbat,
@@ -178,6 +181,7 @@ impl Connection {
             in_flight: VecDeque::new(),
             unacked_bytes: 0,
             bytes_in_flight: 0,
+            to_resend: 0,
             fin: Fin::NotRequested,
             rto_deadline: None,
             timeouts: 0,
@@ -468,6 +472,8 @@ impl Connection {
             self.unacked_bytes -= p.payload.len();
             if p.counted {
                 self.bytes_in_flight -= p.payload.len();
+            } else if !p.sacked {
+                self.to_resend -= 1;
             }
             if !p.sacked {
                 newly_acked += p.payload.len();
@@ -493,6 +499,7 @@ impl Connection {
                     if p.counted && !p.sacked {
                         p.counted = false;
                         self.bytes_in_flight -= p.payload.len();
+                        self.to_resend += 1;
                         lost = Some(p.seq);
                     }
                 }
@@ -544,6 +551,8 @@ impl Connection {
                 if p.counted {
                     p.counted = false;
                     self.bytes_in_flight -= p.payload.len();
+                } else {
+                    self.to_resend -= 1;
                 }
                 acked += p.payload.len();
                 if p.transmissions == 1 {
@@ -571,6 +580,7 @@ impl Connection {
             if p.counted && overtaken {
                 p.counted = false;
                 self.bytes_in_flight -= p.payload.len();
+                self.to_resend += 1;
                 first_lost = Some(p.seq);
             }
         }
@@ -799,7 +809,10 @@ impl Connection {
         // Everything not known to have arrived is presumed lost and resent as the (now
         // minimal) window allows.
         for p in self.in_flight.iter_mut() {
-            p.counted = false;
+            if p.counted {
+                p.counted = false;
+                self.to_resend += 1;
+            }
         }
         self.bytes_in_flight = 0;
     }
@@ -816,6 +829,7 @@ impl Connection {
 
     fn push_packet(&mut self, now: Instant, ty: PacketType, payload: Vec<u8>) {
         self.unacked_bytes += payload.len();
+        self.to_resend += 1; // until its first transmission
         self.in_flight.push_back(Outgoing {
             seq: self.seq_nr,
             ty,
@@ -829,8 +843,40 @@ impl Connection {
         self.seq_nr = self.seq_nr.wrapping_add(1);
     }
 
+    /// The bookkeeping of `in_flight` agrees with itself (checked in debug builds).
+    fn check_invariants(&self) {
+        if cfg!(debug_assertions) {
+            let waiting = self
+                .in_flight
+                .iter()
+                .filter(|p| !p.counted && !p.sacked)
+                .count();
+            let counted: usize = self
+                .in_flight
+                .iter()
+                .filter(|p| p.counted)
+                .map(|p| p.payload.len())
+                .sum();
+            let unacked: usize = self.in_flight.iter().map(|p| p.payload.len()).sum();
+            debug_assert_eq!(waiting, self.to_resend, "packets waiting to be sent");
+            debug_assert_eq!(counted, self.bytes_in_flight, "bytes in flight");
+            debug_assert_eq!(unacked, self.unacked_bytes, "unacknowledged bytes");
+            debug_assert!(self.in_flight.iter().all(|p| !(p.counted && p.sacked)));
+            let reordered: usize = self
+                .reorder
+                .iter()
+                .map(|s| match s {
+                    Some(Slot::Data(d)) => d.len(),
+                    _ => 0,
+                })
+                .sum();
+            debug_assert_eq!(reordered, self.reorder_bytes, "reordered bytes");
+        }
+    }
+
     /// Sends whatever the windows, timers and state allow.
     pub fn flush(&mut self, now: Instant, out: &mut Output<'_>) {
+        self.check_invariants();
         if !matches!(
             self.state,
             State::SynSent | State::SynReceived | State::Connected
@@ -839,6 +885,9 @@ impl Connection {
         }
         // 1. Retransmissions, oldest first.
         for index in 0..self.in_flight.len() {
+            if self.to_resend == 0 {
+                break;
+            }
             let p = &self.in_flight[index];
             if p.sacked || p.counted {
                 continue;
@@ -865,7 +914,12 @@ impl Connection {
                 if !self.window_allows(len) {
                     break;
                 }
-                let payload: Vec<u8> = self.send_buf.drain(..len).collect();
+                let mut payload = Vec::with_capacity(len);
+                let (a, b) = self.send_buf.as_slices();
+                let from_a = len.min(a.len());
+                payload.extend_from_slice(&a[..from_a]);
+                payload.extend_from_slice(&b[..len - from_a]);
+                self.send_buf.drain(..len);
                 self.nagle_deadline = None;
                 self.push_packet(now, PacketType::Data, payload);
                 self.transmit(now, self.in_flight.len() - 1, out);
@@ -916,6 +970,7 @@ impl Connection {
         if !p.counted {
             p.counted = true;
             self.bytes_in_flight += p.payload.len();
+            self.to_resend -= 1;
         }
         let mut data = Vec::with_capacity(HEADER_LEN + p.payload.len());
         encode(&header, None, &p.payload, &mut data);
