@@ -101,6 +101,7 @@ pub(crate) struct Connection {
     pub state: State,
     /// Whether the application knows about this connection (events are only sent then).
     announced: bool,
+    close_reason: Option<CloseReason>,
     cfg: Arc<Config>,
     clock: Clock,
     created: Instant,
@@ -168,6 +169,7 @@ impl Connection {
             send_id,
             state,
             announced: state == State::SynSent,
+            close_reason: None,
             cc: Ledbat::new(mss, cfg.max_cwnd, cfg.target_delay),
             rtt: Rtt::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
             peer_wnd: mss,
@@ -250,6 +252,15 @@ impl Connection {
 
     pub fn is_pending_incoming(&self) -> bool {
         self.state == State::SynReceived
+    }
+
+    pub fn is_announced(&self) -> bool {
+        self.announced
+    }
+
+    /// Why it closed, if it did and the application was told.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason
     }
 
     pub fn is_closed(&self) -> bool {
@@ -393,11 +404,12 @@ impl Connection {
             return;
         }
         match (self.state, h.ty) {
-            (State::SynSent, PacketType::State) => {
+            (State::SynSent, PacketType::State | PacketType::Data | PacketType::Fin) => {
                 if h.ack_nr != self.seq_nr.wrapping_sub(1) {
                     return;
                 }
-                // The acceptor's STATE carries the sequence number its first DATA will use.
+                // The acceptor's STATE carries the sequence number its first DATA will use
+                // (and a DATA that overtook a lost STATE is that first one).
                 self.ack_nr = h.seq_nr.wrapping_sub(1);
                 self.state = State::Connected;
                 self.push_event(out, Event::Connected(self.id));
@@ -430,11 +442,13 @@ impl Connection {
 
         self.last_recv = now;
         self.reply_micro = self.clock.micros(now).wrapping_sub(h.timestamp_us);
+        let window_changed = self.peer_wnd != h.wnd_size as usize;
         self.peer_wnd = h.wnd_size as usize;
         if h.timestamp_diff_us != 0 {
             self.cc.on_delay_sample(now, h.timestamp_diff_us);
         }
-        let pure_ack = h.ty == PacketType::State;
+        // A window update is not a duplicate acknowledgement.
+        let pure_ack = h.ty == PacketType::State && !window_changed;
         self.on_ack(now, h.ack_nr, p.selective_ack, pure_ack, out);
         if matches!(h.ty, PacketType::Data | PacketType::Fin) {
             self.on_data(h.seq_nr, h.ty, p.payload, out);
@@ -687,6 +701,7 @@ impl Connection {
             && self.eof_reached()
             && self.readable.is_empty()
         {
+            self.close_reason = Some(CloseReason::Done);
             self.push_event(
                 out,
                 Event::Closed {
@@ -703,6 +718,7 @@ impl Connection {
     }
 
     fn close_with(&mut self, reason: CloseReason, out: &mut Output<'_>) {
+        self.close_reason = Some(reason);
         self.push_event(
             out,
             Event::Closed {

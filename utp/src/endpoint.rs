@@ -161,7 +161,7 @@ impl Endpoint {
                 // Our receive id for this peer's connection is its id + 1.
                 let key = (from, h.connection_id.wrapping_add(1));
                 match self.by_key.get(&key) {
-                    Some(&id) if self.conns[&id].send_id == h.connection_id => Some(id),
+                    Some(&id) if self.send_id_is(id, h.connection_id) => Some(id),
                     Some(_) => None, // collides with a connection we opened: ignore
                     None => {
                         self.accept(now, from, &h, clock);
@@ -205,8 +205,12 @@ impl Endpoint {
         [id.wrapping_add(1), id.wrapping_sub(1)]
             .into_iter()
             .filter_map(|recv| self.by_key.get(&(from, recv)))
-            .find(|c| self.conns[c].send_id == id)
+            .find(|c| self.send_id_is(**c, id))
             .copied()
+    }
+
+    fn send_id_is(&self, conn: ConnId, send_id: u16) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.send_id == send_id)
     }
 
     fn send_unknown_reset(&mut self, now: Instant, clock: Clock, to: SocketAddr, h: &Header) {
@@ -279,6 +283,9 @@ impl Endpoint {
         if self.conns.get(&id).is_some_and(|c| c.is_closed()) {
             if let Some(conn) = self.conns.remove(&id) {
                 self.by_key.remove(&(conn.addr, conn.recv_id));
+                if let Some(reason) = conn.close_reason() {
+                    tracing::debug!(conn = id.0, addr = %conn.addr, ?reason, "utp connection gone");
+                }
             }
         }
     }
@@ -342,7 +349,11 @@ impl Endpoint {
             events,
             ..
         } = self;
-        let c = conns.get_mut(&conn).ok_or(Error::UnknownConnection)?;
+        // Pending incoming connections are not the application's to touch.
+        let c = conns
+            .get_mut(&conn)
+            .filter(|c| c.is_announced())
+            .ok_or(Error::UnknownConnection)?;
         let result = f(c, &mut Output { transmits, events });
         self.remove_if_closed(conn);
         Ok(result)
@@ -375,6 +386,13 @@ impl Endpoint {
     // introspection
 
     pub fn stats(&self) -> Stats {
+        debug_assert_eq!(
+            self.pending_incoming,
+            self.conns
+                .values()
+                .filter(|c| c.is_pending_incoming())
+                .count()
+        );
         Stats {
             connections: self.conns.len(),
             pending_incoming: self.pending_incoming,

@@ -441,4 +441,39 @@ mod tests {
         // And the link stayed busy: 30 MB at 1 MB/s takes at least 30 s.
         assert!(t.elapsed < Duration::from_secs(36), "{:?}", t.elapsed);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever the path (delay, reordering, loss both ways, a slow bottleneck with a
+        /// short queue), the bytes arrive exactly and both sides close cleanly.
+        #[test]
+        fn any_path_delivers_exactly(
+            len in 1usize..300_000,
+            delay_ms in 1u64..80,
+            jitter_ms in 0u64..40,
+            loss_permille in 0u32..80,
+            bottleneck in proptest::option::of((50_000u64..5_000_000, 3_000usize..200_000)),
+            mtu in 200usize..1500,
+            seed in 0u64..1000,
+        ) {
+            let mut link = Link {
+                delay: Duration::from_millis(delay_ms),
+                jitter: Duration::from_millis(jitter_ms),
+                loss: loss_permille as f64 / 1000.0,
+                ..Link::default()
+            };
+            if let Some((rate, queue)) = bottleneck {
+                link.rate = Some(rate);
+                link.queue_bytes = queue;
+            }
+            let config = Config { max_packet_size: mtu, ..Config::default() };
+            let mut net = TestNet::symmetric(config, link, seed);
+            let data = pattern(len);
+            let t = net.transfer(&data, Duration::from_secs(3600));
+            proptest::prop_assert_eq!(t.received.len(), data.len());
+            proptest::prop_assert!(t.received == data);
+            proptest::prop_assert_eq!(t.sender_closed, Some(CloseReason::Done));
+            proptest::prop_assert_eq!(t.receiver_closed, Some(CloseReason::Done));
+        }
+    }
 }

@@ -653,6 +653,50 @@ fn write_is_bounded_by_the_send_buffer_and_writable_follows() {
     assert!(h.ep.stats().buffered_bytes <= 10_000);
 }
 
+#[test]
+fn data_that_overtook_a_lost_syn_answer_completes_the_handshake() {
+    let mut h = Harness::new(Config::default());
+    let conn = h.ep.connect(h.now, PEER).unwrap();
+    let syn = h.sent().pop().unwrap();
+    h.feed(
+        header(PacketType::Data, syn.h.connection_id, 3000, syn.h.seq_nr),
+        None,
+        b"hey",
+    );
+    assert_eq!(
+        h.events(),
+        vec![Event::Connected(conn), Event::Readable(conn)]
+    );
+    assert_eq!(h.read_all(conn).0, b"hey");
+}
+
+#[test]
+fn window_updates_are_not_duplicate_acknowledgements() {
+    let (mut h, _conn, id, outstanding) = in_flight(12);
+    let oldest = outstanding[0].h.seq_nr;
+    for wnd in [5000, 6000, 7000, 8000] {
+        let mut update = header(PacketType::State, id, 1000, oldest.wrapping_sub(1));
+        update.wnd_size = wnd;
+        h.feed(update, None, &[]);
+    }
+    assert!(!h.sent().iter().any(|s| s.h.seq_nr == oldest));
+}
+
+#[test]
+fn pending_connections_are_not_the_applications() {
+    let mut h = Harness::new(Config::default());
+    h.feed(header(PacketType::Syn, 500, 77, 0), None, &[]);
+    // Connection ids are sequential: an application could guess the pending one's.
+    for id in 0..4 {
+        assert_eq!(h.ep.reset(h.now, ConnId(id)), Err(Error::UnknownConnection));
+        assert_eq!(
+            h.ep.write(h.now, ConnId(id), b"x"),
+            Err(Error::UnknownConnection)
+        );
+    }
+    assert_eq!(h.ep.stats().pending_incoming, 1);
+}
+
 mod robustness {
     use super::*;
     use proptest::prelude::*;
