@@ -20,7 +20,8 @@
 //! Modules, one concept each: [`packet`] (the wire codec), [`ledbat`] (congestion
 //! control), [`rtt`] (retransmission timeout), `conn` (one connection's state machine),
 //! [`endpoint`] (demultiplexing, bounds, the public API), [`testnet`] (a deterministic
-//! in-memory network for tests, benches and simulations). See `README.md` for the bounds.
+//! in-memory network for tests, benches and simulations). `README.md` lists the bounds,
+//! what is implemented and what is not.
 
 mod config;
 mod conn;

@@ -697,6 +697,12 @@ fn pending_connections_are_not_the_applications() {
     assert_eq!(h.ep.stats().pending_incoming, 1);
 }
 
+#[test]
+fn an_endpoint_can_move_to_a_driver_task() {
+    fn send<T: Send + 'static>() {}
+    send::<Endpoint>();
+}
+
 mod robustness {
     use super::*;
     use proptest::prelude::*;
