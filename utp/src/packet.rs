@@ -17,8 +17,10 @@
 //!
 //! Every extension is `next extension type (u8), length (u8), length bytes`; the header's
 //! `extension` byte is the type of the first one, 0 ends the chain. Extension 1 is the
-//! selective ACK: a bitmask (length a multiple of 4) where bit `i` (least significant bit of
-//! byte 0 first) says that `ack_nr + 2 + i` was received. Unknown extensions are skipped.
+//! selective ACK: a bitmask where bit `i` (least significant bit of byte 0 first) says that
+//! `ack_nr + 2 + i` was received. BEP 29 says its length is a multiple of 4, and we send it
+//! so, but libtorrent 2.0 sends 6, 7 or 9 bytes (seen in our interop test): any length is
+//! accepted. Unknown extensions are skipped.
 //!
 //! Decoding borrows from the datagram, allocates nothing and never panics.
 
@@ -99,8 +101,6 @@ pub enum DecodeError {
     TruncatedExtension,
     #[error("more than {MAX_EXTENSIONS} extensions")]
     TooManyExtensions,
-    #[error("selective ACK length {0} is not a positive multiple of 4")]
-    BadSelectiveAck(u8),
 }
 
 /// Whether a datagram looks like uTP at all (version 1 and a known type): what a socket
@@ -149,9 +149,6 @@ pub fn decode(data: &[u8]) -> Result<Packet<'_>, DecodeError> {
             .get(at + 2..at + 2 + len as usize)
             .ok_or(DecodeError::TruncatedExtension)?;
         if this == EXT_SELECTIVE_ACK {
-            if len == 0 || len % 4 != 0 {
-                return Err(DecodeError::BadSelectiveAck(len));
-            }
             selective_ack.get_or_insert(body);
         }
         at += 2 + len as usize;
@@ -280,16 +277,23 @@ mod tests {
         assert_eq!(decode(&v), Err(DecodeError::TruncatedExtension));
 
         let mut v = good[..20].to_vec();
-        v[1] = EXT_SELECTIVE_ACK;
-        v.extend_from_slice(&[0, 3, 1, 2, 3]);
-        assert_eq!(decode(&v), Err(DecodeError::BadSelectiveAck(3)));
-
-        let mut v = good[..20].to_vec();
         v[1] = 7;
         for _ in 0..MAX_EXTENSIONS {
             v.extend_from_slice(&[7, 0]);
         }
         assert_eq!(decode(&v), Err(DecodeError::TooManyExtensions));
+    }
+
+    #[test]
+    fn selective_acks_of_any_length_are_accepted_as_libtorrent_sends_them() {
+        // A STATE libtorrent 2.0.8 sent in the interop test: a 7-byte mask.
+        let mut v = Vec::new();
+        encode(&header(PacketType::State), None, &[], &mut v);
+        v[1] = EXT_SELECTIVE_ACK;
+        v.extend_from_slice(&[0, 7, 0, 0, 0, 0, 0xfe, 0xff, 0xff]);
+        let p = decode(&v).unwrap();
+        assert_eq!(p.selective_ack, Some(&[0, 0, 0, 0, 0xfe, 0xff, 0xff][..]));
+        assert!(p.payload.is_empty());
     }
 
     #[test]
