@@ -698,6 +698,67 @@ fn pending_connections_are_not_the_applications() {
 }
 
 #[test]
+fn a_closed_window_is_probed_without_giving_up() {
+    let config = Config::default();
+    let (mut h, conn, recv_id, first, peer_seq) = connected_initiator(config.clone());
+    let closed = |ack: u16| {
+        let mut s = header(PacketType::State, recv_id, peer_seq, ack);
+        s.wnd_size = 0;
+        s
+    };
+    h.feed(closed(first.wrapping_sub(1)), None, &[]);
+    h.ep.write(h.now, conn, &[5u8; 10_000]).unwrap();
+    let probe = h.sent();
+    assert_eq!(probe.len(), 1, "one probe into a closed window");
+    // The peer stays alive but keeps its window shut for many RTOs.
+    for _ in 0..3 * config.max_retransmits {
+        h.advance(Duration::from_secs(120));
+        h.feed(closed(first.wrapping_sub(1)), None, &[]);
+        assert!(h.events().is_empty(), "a closed window is not a dead peer");
+        let data: Vec<Sent> = h
+            .sent()
+            .into_iter()
+            .filter(|s| s.h.ty == PacketType::Data)
+            .collect();
+        assert!(
+            data.iter().all(|s| s.h.seq_nr == first),
+            "only the probe: {data:?}"
+        );
+    }
+    // It reads and opens the window (acknowledging the probe): the data flows again.
+    h.feed(
+        header(PacketType::State, recv_id, peer_seq, first),
+        None,
+        &[],
+    );
+    assert!(h.sent().len() >= 2);
+}
+
+#[test]
+fn a_reset_answering_our_unacknowledged_last_fin_is_a_clean_close() {
+    let (mut h, conn, recv_id, next, peer_seq) = connected_initiator(Config::default());
+    // The peer finished first; we read everything, then close.
+    h.feed(
+        header(PacketType::Fin, recv_id, peer_seq, next.wrapping_sub(1)),
+        None,
+        &[],
+    );
+    assert_eq!(h.events(), vec![Event::Readable(conn)]);
+    assert_eq!(h.read_all(conn), (vec![], true));
+    h.ep.close(h.now, conn).unwrap();
+    assert!(h.sent().iter().any(|s| s.h.ty == PacketType::Fin));
+    // Its acknowledgement of our FIN is lost and it forgot us: a later RESET means done.
+    h.feed(header(PacketType::Reset, recv_id, 0, 0), None, &[]);
+    assert_eq!(
+        h.events(),
+        vec![Event::Closed {
+            conn,
+            reason: CloseReason::Done
+        }]
+    );
+}
+
+#[test]
 fn an_endpoint_can_move_to_a_driver_task() {
     fn send<T: Send + 'static>() {}
     send::<Endpoint>();
