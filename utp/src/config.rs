@@ -16,6 +16,10 @@ pub struct Config {
     /// Bytes a connection holds for receiving: read-ready plus out-of-order. This is the
     /// window we advertise; packets beyond it are dropped.
     pub recv_buffer: usize,
+    /// Bytes all connections together hold for receiving: past it, packets are dropped
+    /// (and recovered later as losses), so that many peers cannot make us hold
+    /// `max_connections x recv_buffer`.
+    pub max_total_recv_buffer: usize,
     /// Out-of-order packets kept per connection (reorder slots): bounds the bookkeeping a
     /// peer sending tiny packets can cause, independently of bytes.
     pub max_reorder_packets: usize,
@@ -62,6 +66,7 @@ impl Default for Config {
             max_packet_size: 1400,
             send_buffer: 1 << 20,
             recv_buffer: 1 << 20,
+            max_total_recv_buffer: 64 << 20,
             max_reorder_packets: 1024,
             max_connections: 1024,
             max_pending_incoming: 64,

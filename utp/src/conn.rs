@@ -99,6 +99,8 @@ pub(crate) struct Connection {
     pub recv_id: u16,
     pub send_id: u16,
     pub state: State,
+    /// The endpoint's timer index entry for this connection (the endpoint keeps it).
+    pub timer_entry: Option<Instant>,
     /// Whether the application knows about this connection (events are only sent then).
     announced: bool,
     close_reason: Option<CloseReason>,
@@ -168,6 +170,7 @@ impl Connection {
             recv_id,
             send_id,
             state,
+            timer_entry: None,
             announced: state == State::SynSent,
             close_reason: None,
             cc: Ledbat::new(mss, cfg.max_cwnd, cfg.target_delay),
@@ -265,6 +268,11 @@ impl Connection {
 
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// Bytes held on the receive side (read-ready and out of order).
+    pub fn recv_bytes(&self) -> usize {
+        self.readable.len() + self.reorder_bytes
     }
 
     /// Bytes this connection holds for the application (send and receive side).
@@ -631,8 +639,10 @@ impl Connection {
                     _ => 0,
                 })
                 .sum();
-        } else if payload.len() > self.recv_window() {
-            self.ack_due = AckDue::Now; // no room: drop it, and say how much room there is
+        } else if payload.len() > self.recv_window().min(out.recv_budget) {
+            // No room here (or in the endpoint's total): drop it, and say how much room
+            // there is.
+            self.ack_due = AckDue::Now;
             return;
         }
         if offset == 0 {
@@ -1046,4 +1056,6 @@ impl Connection {
 pub(crate) struct Output<'a> {
     pub transmits: &'a mut VecDeque<Transmit>,
     pub events: &'a mut VecDeque<Event>,
+    /// Receive-buffer bytes the endpoint can still take, all connections together.
+    pub recv_budget: usize,
 }

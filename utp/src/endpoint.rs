@@ -5,7 +5,7 @@
 //! acknowledges our random sequence number; pending connections are capped and expire, so
 //! a SYN flood (spoofed or not) costs a bounded table and nothing else.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,8 @@ pub struct Stats {
     pub pending_incoming: usize,
     /// Bytes held for applications, all connections together (send and receive buffers).
     pub buffered_bytes: usize,
+    /// Of those, bytes in receive buffers (capped by `Config::max_total_recv_buffer`).
+    pub recv_buffered_bytes: usize,
     pub datagrams_in: u64,
     pub invalid_datagrams: u64,
     pub unknown_connection: u64,
@@ -89,10 +91,18 @@ pub struct Endpoint {
     config: Arc<Config>,
     rng: ChaCha8Rng,
     clock: Option<Clock>,
-    /// Ordered, so that timers fire in the same order every run (determinism).
+    /// Ordered, so that everything happens in the same order every run (determinism).
     conns: BTreeMap<ConnId, Connection>,
     /// (peer, the connection id its packets carry) -> connection.
     by_key: HashMap<(SocketAddr, u16), ConnId>,
+    /// One entry per connection with a deadline, earliest first: `poll_timeout` reads the
+    /// first and `handle_timeout` visits only the connections that are due. An entry may
+    /// be earlier than its connection's deadline (a deadline that moved later is not
+    /// re-filed, which would cost two tree operations per datagram): waking early just
+    /// files it again.
+    timers: BTreeSet<(Instant, ConnId)>,
+    /// Bytes in receive buffers, all connections together.
+    recv_held: usize,
     pending_incoming: usize,
     next_id: u64,
     transmits: VecDeque<Transmit>,
@@ -110,6 +120,8 @@ impl Endpoint {
             clock: None,
             conns: BTreeMap::new(),
             by_key: HashMap::new(),
+            timers: BTreeSet::new(),
+            recv_held: 0,
             pending_incoming: 0,
             next_id: 0,
             transmits: VecDeque::new(),
@@ -179,21 +191,7 @@ impl Endpoint {
             }
             return;
         };
-        let Endpoint {
-            conns,
-            transmits,
-            events,
-            ..
-        } = self;
-        let mut out = Output { transmits, events };
-        if let Some(conn) = conns.get_mut(&id) {
-            let was_pending = conn.is_pending_incoming();
-            conn.handle_packet(now, &p, &mut out);
-            if was_pending && !conn.is_pending_incoming() {
-                self.pending_incoming -= 1;
-            }
-        }
-        self.remove_if_closed(id);
+        self.on_conn(id, |c, out| c.handle_packet(now, &p, out));
     }
 
     /// A RESET carries the sender's send id, which is our receive id, or (for a RESET sent
@@ -214,12 +212,11 @@ impl Endpoint {
     }
 
     fn send_unknown_reset(&mut self, now: Instant, clock: Clock, to: SocketAddr, h: &Header) {
+        let elapsed = now.saturating_duration_since(clock.epoch).as_micros() as u32;
         let header = Header {
             ty: PacketType::Reset,
             connection_id: h.connection_id,
-            timestamp_us: clock
-                .offset
-                .wrapping_add(now.saturating_duration_since(clock.epoch).as_micros() as u32),
+            timestamp_us: clock.offset.wrapping_add(elapsed),
             timestamp_diff_us: 0,
             wnd_size: 0,
             seq_nr: self.rng.gen(),
@@ -244,43 +241,98 @@ impl Endpoint {
         let mut out = Output {
             transmits: &mut self.transmits,
             events: &mut self.events,
+            recv_budget: 0,
         };
         let conn = Connection::accept(id, from, now, config, clock, syn, seq, &mut out);
-        self.by_key.insert((from, conn.recv_id), id);
-        self.conns.insert(id, conn);
-        self.pending_incoming += 1;
+        self.insert(id, conn);
     }
 
     /// Time passed: fires every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut closed = Vec::new();
+        while self.timers.first().is_some_and(|&(t, _)| t <= now) {
+            let Some((_, id)) = self.timers.pop_first() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            conn.timer_entry = None;
+            if conn.next_deadline().is_some_and(|t| t <= now) {
+                self.on_conn(id, |c, out| c.handle_timeout(now, out));
+            } else {
+                self.on_conn(id, |_, _| ()); // woke early: file the real deadline
+            }
+            if let Some(conn) = self.conns.get_mut(&id) {
+                if conn.next_deadline().is_some_and(|t| t <= now) {
+                    // A connection that stays due would make this loop (and a driver) spin.
+                    debug_assert!(false, "{id:?} is still due after its timeout");
+                    if let Some(t) = conn.timer_entry.take() {
+                        self.timers.remove(&(t, id));
+                    }
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // bookkeeping
+
+    fn insert(&mut self, id: ConnId, conn: Connection) {
+        self.by_key.insert((conn.addr, conn.recv_id), id);
+        if conn.is_pending_incoming() {
+            self.pending_incoming += 1;
+        }
+        self.conns.insert(id, conn);
+        self.on_conn(id, |_, _| ()); // files its first deadline
+    }
+
+    /// Runs `f` on one connection with the endpoint's queues, then brings the endpoint's
+    /// bookkeeping (pending count, receive total, timer index, removal) in step with it.
+    /// Every input and command reaches a connection through here.
+    fn on_conn<T>(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut Connection, &mut Output<'_>) -> T,
+    ) -> Option<T> {
         let Endpoint {
             conns,
             transmits,
             events,
-            pending_incoming,
+            config,
+            recv_held,
+            timers,
             ..
         } = self;
-        let mut out = Output { transmits, events };
-        for (id, conn) in conns.iter_mut() {
-            if conn.next_deadline().is_some_and(|t| t <= now) {
-                let was_pending = conn.is_pending_incoming();
-                conn.handle_timeout(now, &mut out);
-                if was_pending && !conn.is_pending_incoming() {
-                    *pending_incoming -= 1;
+        let conn = conns.get_mut(&id)?;
+        let was_pending = conn.is_pending_incoming();
+        let held_before = conn.recv_bytes();
+        let mut out = Output {
+            transmits,
+            events,
+            recv_budget: config.max_total_recv_buffer.saturating_sub(*recv_held),
+        };
+        let result = f(conn, &mut out);
+        let held_after = conn.recv_bytes();
+        *recv_held = *recv_held - held_before + held_after;
+        let closed = conn.is_closed();
+        let deadline = if closed { None } else { conn.next_deadline() };
+        match (conn.timer_entry, deadline) {
+            (Some(filed), Some(due)) if filed <= due => {} // it wakes early, then re-files
+            (filed, due) => {
+                if let Some(t) = filed {
+                    timers.remove(&(t, id));
                 }
-            }
-            if conn.is_closed() {
-                closed.push(*id);
+                if let Some(t) = due {
+                    timers.insert((t, id));
+                }
+                conn.timer_entry = due;
             }
         }
-        for id in closed {
-            self.remove_if_closed(id);
+        if was_pending && !conn.is_pending_incoming() {
+            self.pending_incoming -= 1;
         }
-    }
-
-    fn remove_if_closed(&mut self, id: ConnId) {
-        if self.conns.get(&id).is_some_and(|c| c.is_closed()) {
+        if closed {
+            self.recv_held -= held_after;
             if let Some(conn) = self.conns.remove(&id) {
                 self.by_key.remove(&(conn.addr, conn.recv_id));
                 if let Some(reason) = conn.close_reason() {
@@ -288,6 +340,7 @@ impl Endpoint {
                 }
             }
         }
+        Some(result)
     }
 
     // -----------------------------------------------------------------------------------
@@ -305,10 +358,7 @@ impl Endpoint {
 
     /// When `handle_timeout` should be called next (`None`: no timer is armed).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
-            .values()
-            .filter_map(Connection::next_deadline)
-            .min()
+        self.timers.first().map(|&(t, _)| t)
     }
 
     // -----------------------------------------------------------------------------------
@@ -331,10 +381,10 @@ impl Endpoint {
         let mut out = Output {
             transmits: &mut self.transmits,
             events: &mut self.events,
+            recv_budget: 0,
         };
         let conn = Connection::connect(id, addr, now, config, clock, recv_id, seq, &mut out);
-        self.by_key.insert((addr, recv_id), id);
-        self.conns.insert(id, conn);
+        self.insert(id, conn);
         Ok(id)
     }
 
@@ -343,20 +393,11 @@ impl Endpoint {
         conn: ConnId,
         f: impl FnOnce(&mut Connection, &mut Output<'_>) -> T,
     ) -> Result<T, Error> {
-        let Endpoint {
-            conns,
-            transmits,
-            events,
-            ..
-        } = self;
         // Pending incoming connections are not the application's to touch.
-        let c = conns
-            .get_mut(&conn)
-            .filter(|c| c.is_announced())
-            .ok_or(Error::UnknownConnection)?;
-        let result = f(c, &mut Output { transmits, events });
-        self.remove_if_closed(conn);
-        Ok(result)
+        if !self.conns.get(&conn).is_some_and(Connection::is_announced) {
+            return Err(Error::UnknownConnection);
+        }
+        self.on_conn(conn, f).ok_or(Error::UnknownConnection)
     }
 
     /// Queues bytes for sending; accepts what fits in the send buffer (at least one byte,
@@ -393,10 +434,33 @@ impl Endpoint {
                 .filter(|c| c.is_pending_incoming())
                 .count()
         );
+        debug_assert_eq!(
+            self.recv_held,
+            self.conns
+                .values()
+                .map(Connection::recv_bytes)
+                .sum::<usize>()
+        );
+        debug_assert!(self
+            .conns
+            .iter()
+            .all(|(id, c)| match (c.timer_entry, c.next_deadline()) {
+                (Some(filed), due) =>
+                    self.timers.contains(&(filed, *id)) && due.is_none_or(|d| filed <= d),
+                (None, due) => due.is_none(),
+            }));
+        debug_assert_eq!(
+            self.timers.len(),
+            self.conns
+                .values()
+                .filter(|c| c.timer_entry.is_some())
+                .count()
+        );
         Stats {
             connections: self.conns.len(),
             pending_incoming: self.pending_incoming,
             buffered_bytes: self.conns.values().map(Connection::buffered_bytes).sum(),
+            recv_buffered_bytes: self.recv_held,
             ..self.stats
         }
     }

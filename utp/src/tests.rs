@@ -759,6 +759,41 @@ fn a_reset_answering_our_unacknowledged_last_fin_is_a_clean_close() {
 }
 
 #[test]
+fn all_connections_together_hold_no_more_than_the_total_receive_budget() {
+    let config = Config {
+        max_total_recv_buffer: 5000,
+        ..Config::default()
+    };
+    let mut h = Harness::new(config);
+    // Three peers connect and each sends 3,000 bytes the application does not read.
+    for port in 0..3u16 {
+        let from = SocketAddr::new(PEER.ip(), 5000 + port);
+        while h.ep.poll_transmit().is_some() {}
+        let mut syn = Vec::new();
+        encode(&header(PacketType::Syn, 100, 1, 0), None, &[], &mut syn);
+        h.ep.handle_datagram(h.now, from, &syn);
+        let state = decode(&h.ep.poll_transmit().unwrap().data).unwrap().header;
+        for (i, chunk) in [[1u8; 1500], [2u8; 1500]].iter().enumerate() {
+            let mut data = Vec::new();
+            let d = header(
+                PacketType::Data,
+                101,
+                2 + i as u16,
+                state.seq_nr.wrapping_sub(1),
+            );
+            encode(&d, None, chunk, &mut data);
+            h.ep.handle_datagram(h.now, from, &data);
+        }
+    }
+    let s = h.ep.stats();
+    assert_eq!(s.connections, 3);
+    assert_eq!(
+        s.recv_buffered_bytes, 4500,
+        "the sixth packet did not fit in 5,000"
+    );
+}
+
+#[test]
 fn an_endpoint_can_move_to_a_driver_task() {
     fn send<T: Send + 'static>() {}
     send::<Endpoint>();
@@ -838,6 +873,7 @@ mod robustness {
                 max_pending_incoming: 3,
                 send_buffer: 8192,
                 recv_buffer: 8192,
+                max_total_recv_buffer: 12_000,
                 max_reorder_packets: 16,
                 ..Config::default()
             };
@@ -920,6 +956,7 @@ mod robustness {
                 let s = ep.stats();
                 prop_assert!(transmits <= 64 * s.connections.max(1), "{transmits} datagrams at once");
                 prop_assert!(s.connections <= config.max_connections);
+                prop_assert!(s.recv_buffered_bytes <= config.max_total_recv_buffer);
                 prop_assert!(s.pending_incoming <= config.max_pending_incoming);
                 prop_assert!(
                     s.buffered_bytes <= s.connections * (config.send_buffer + config.recv_buffer),
