@@ -14,6 +14,7 @@ use crate::config::{Config, MAX_IN_FLIGHT_PACKETS, MAX_SACK_BYTES};
 use crate::endpoint::{CloseReason, ConnId, Error, Event, Transmit};
 use crate::ledbat::Ledbat;
 use crate::packet::{encode, seq_less, Header, Packet, PacketType, HEADER_LEN};
+use crate::recv::{Arrival, ReceiveBuffer};
 use crate::rtt::Rtt;
 
 /// Duplicate acknowledgements that make us resend the oldest packet (BEP 29: 3).
@@ -85,13 +86,6 @@ struct Outgoing {
     counted: bool,
 }
 
-/// A received packet waiting for the ones before it.
-#[derive(Debug)]
-enum Slot {
-    Data(Vec<u8>),
-    Fin,
-}
-
 #[derive(Debug)]
 pub(crate) struct Connection {
     pub id: ConnId,
@@ -139,13 +133,7 @@ pub(crate) struct Connection {
     transmissions: u64,
 
     // receiving
-    ack_nr: u16,
-    readable: VecDeque<u8>,
-    /// `reorder[i]` is sequence number `ack_nr + 1 + i`; index 0 is always empty (it would
-    /// have been delivered), so a non-empty queue means there is a gap.
-    reorder: VecDeque<Option<Slot>>,
-    reorder_bytes: usize,
-    eof_seq: Option<u16>,
+    recv: ReceiveBuffer,
     readable_signalled: bool,
     /// Our clock minus the timestamp of the last packet received: echoed to the peer.
     reply_micro: u32,
@@ -164,6 +152,7 @@ impl Connection {
         (recv_id, send_id, seq_nr): (u16, u16, u16),
     ) -> Connection {
         let mss = cfg.max_payload();
+        let recv = ReceiveBuffer::new(cfg.recv_buffer, cfg.max_reorder_packets);
         Connection {
             id,
             addr,
@@ -196,11 +185,7 @@ impl Connection {
             write_blocked: false,
             fast_resend: None,
             transmissions: 0,
-            ack_nr: 0,
-            readable: VecDeque::new(),
-            reorder: VecDeque::new(),
-            reorder_bytes: 0,
-            eof_seq: None,
+            recv,
             readable_signalled: false,
             reply_micro: 0,
             ack_due: AckDue::No,
@@ -245,7 +230,7 @@ impl Connection {
             initial_seq,
         );
         let mut c = Connection::new(id, addr, now, cfg, clock, State::SynReceived, ids);
-        c.ack_nr = syn.seq_nr;
+        c.recv.start_after(syn.seq_nr);
         c.peer_wnd = syn.wnd_size as usize;
         c.reply_micro = c.clock.micros(now).wrapping_sub(syn.timestamp_us);
         c.ack_due = AckDue::Now;
@@ -272,12 +257,12 @@ impl Connection {
 
     /// Bytes held on the receive side (read-ready and out of order).
     pub fn recv_bytes(&self) -> usize {
-        self.readable.len() + self.reorder_bytes
+        self.recv.held()
     }
 
     /// Bytes this connection holds for the application (send and receive side).
     pub fn buffered_bytes(&self) -> usize {
-        self.send_buf.len() + self.unacked_bytes + self.readable.len() + self.reorder_bytes
+        self.send_buf.len() + self.unacked_bytes + self.recv.held()
     }
 
     pub fn queuing_delay(&self) -> Option<std::time::Duration> {
@@ -324,9 +309,9 @@ impl Connection {
         buf: &mut [u8],
         out: &mut Output<'_>,
     ) -> Result<usize, Error> {
-        if self.readable.is_empty() {
+        if self.recv.readable() == 0 {
             self.readable_signalled = false;
-            return if self.eof_reached() {
+            return if self.recv.eof_reached() {
                 Ok(0)
             } else if matches!(self.state, State::Connected | State::SynSent) {
                 Err(Error::WouldBlock)
@@ -334,17 +319,12 @@ impl Connection {
                 Err(Error::Closed)
             };
         }
-        let window_before = self.recv_window();
-        let n = buf.len().min(self.readable.len());
-        let (a, b) = self.readable.as_slices();
-        let from_a = n.min(a.len());
-        buf[..from_a].copy_from_slice(&a[..from_a]);
-        buf[from_a..n].copy_from_slice(&b[..n - from_a]);
-        self.readable.drain(..n);
-        self.readable_signalled = !self.readable.is_empty();
+        let window_before = self.recv.window();
+        let n = self.recv.read(buf);
+        self.readable_signalled = self.recv.readable() > 0;
         // The peer may be stalled on a window too small for a packet: tell it at once.
         let mss = self.cfg.max_payload();
-        if window_before < mss && self.recv_window() >= mss {
+        if window_before < mss && self.recv.window() >= mss {
             self.ack_due = AckDue::Now;
         }
         self.check_done(now, out);
@@ -374,16 +354,6 @@ impl Connection {
             .saturating_sub(self.send_buf.len() + self.unacked_bytes)
     }
 
-    fn recv_window(&self) -> usize {
-        self.cfg
-            .recv_buffer
-            .saturating_sub(self.readable.len() + self.reorder_bytes)
-    }
-
-    fn eof_reached(&self) -> bool {
-        self.eof_seq == Some(self.ack_nr)
-    }
-
     // -----------------------------------------------------------------------------------
     // network side
 
@@ -404,7 +374,7 @@ impl Connection {
             // may have forgotten us while our FIN's acknowledgement was lost: that is done.
             let only_fin_unacked =
                 self.fin == Fin::Sent && self.in_flight.len() == 1 && self.unacked_bytes == 0;
-            if only_fin_unacked && self.eof_reached() && self.readable.is_empty() {
+            if only_fin_unacked && self.recv.eof_reached() && self.recv.readable() == 0 {
                 self.close_with(CloseReason::Done, out);
             } else {
                 self.close_with(CloseReason::Reset, out);
@@ -418,7 +388,7 @@ impl Connection {
                 }
                 // The acceptor's STATE carries the sequence number its first DATA will use
                 // (and a DATA that overtook a lost STATE is that first one).
-                self.ack_nr = h.seq_nr.wrapping_sub(1);
+                self.recv.start_after(h.seq_nr.wrapping_sub(1));
                 self.state = State::Connected;
                 self.push_event(out, Event::Connected(self.id));
             }
@@ -610,97 +580,31 @@ impl Connection {
     }
 
     fn on_data(&mut self, seq: u16, ty: PacketType, payload: &[u8], out: &mut Output<'_>) {
-        let next = self.ack_nr.wrapping_add(1);
-        if self.eof_seq.is_some_and(|eof| seq_less(eof, seq)) {
-            return; // past the end of the stream
-        }
-        if seq_less(seq, next) {
-            // A duplicate: our acknowledgement was probably lost.
-            self.ack_due = AckDue::Now;
-            return;
-        }
-        let offset = seq.wrapping_sub(next) as usize;
-        if offset >= self.cfg.max_reorder_packets {
-            self.ack_due = AckDue::Now;
-            return;
-        }
-        if ty == PacketType::Fin {
-            if self.eof_seq.is_some_and(|eof| eof != seq) {
-                return;
-            }
-            self.eof_seq = Some(seq);
-            // Nothing after the FIN will ever be delivered.
-            self.reorder.truncate(offset);
-            self.reorder_bytes = self
-                .reorder
-                .iter()
-                .map(|s| match s {
-                    Some(Slot::Data(d)) => d.len(),
-                    _ => 0,
-                })
-                .sum();
-        } else if payload.len() > self.recv_window().min(out.recv_budget) {
-            // No room here (or in the endpoint's total): drop it, and say how much room
-            // there is.
-            self.ack_due = AckDue::Now;
-            return;
-        }
-        if offset == 0 {
-            if ty == PacketType::Fin {
-                self.ack_nr = seq;
-            } else {
-                self.readable.extend(payload);
-                self.ack_nr = seq;
-            }
-            self.reorder.pop_front();
-            let had_gap = !self.reorder.is_empty();
-            self.deliver_reordered();
-            self.unacked_received += 1;
-            self.ack_due = if had_gap || ty == PacketType::Fin || self.unacked_received >= 2 {
-                AckDue::Now
-            } else {
-                match self.ack_due {
-                    AckDue::No => AckDue::At(self.last_recv + self.cfg.delayed_ack),
-                    due => due,
-                }
-            };
-        } else {
-            if self.reorder.len() <= offset {
-                self.reorder.resize_with(offset + 1, || None);
-            }
-            if self.reorder[offset].is_none() {
-                self.reorder[offset] = Some(match ty {
-                    PacketType::Fin => Slot::Fin,
-                    _ => {
-                        self.reorder_bytes += payload.len();
-                        Slot::Data(payload.to_vec())
+        let fin = ty == PacketType::Fin;
+        let arrival = self.recv.arrive(seq, fin, payload, out.recv_budget);
+        self.ack_due = match arrival {
+            Arrival::InOrder { filled_gap } => {
+                // Every second packet, or after a short delay; at once when it changes
+                // what a selective ACK said, or ends the stream.
+                self.unacked_received += 1;
+                if filled_gap || fin || self.unacked_received >= 2 {
+                    AckDue::Now
+                } else {
+                    match self.ack_due {
+                        AckDue::No => AckDue::At(self.last_recv + self.cfg.delayed_ack),
+                        due => due,
                     }
-                });
+                }
             }
-            self.ack_due = AckDue::Now; // with a selective ACK
-        }
-        if (!self.readable.is_empty() || self.eof_reached()) && !self.readable_signalled {
+            // A gap (say so with a selective ACK), a duplicate (our acknowledgement was
+            // lost) or a drop (tell the window we really have).
+            Arrival::Ahead | Arrival::Duplicate | Arrival::Dropped => AckDue::Now,
+        };
+        // Only an in-order arrival makes something new readable (data, or the end).
+        let delivered = matches!(arrival, Arrival::InOrder { .. });
+        if delivered && !self.readable_signalled {
             self.readable_signalled = true;
             self.push_event(out, Event::Readable(self.id));
-        }
-    }
-
-    fn deliver_reordered(&mut self) {
-        while let Some(Some(_)) = self.reorder.front() {
-            let Some(Some(slot)) = self.reorder.pop_front() else {
-                break;
-            };
-            self.ack_nr = self.ack_nr.wrapping_add(1);
-            match slot {
-                Slot::Data(d) => {
-                    self.reorder_bytes -= d.len();
-                    self.readable.extend(&d);
-                }
-                Slot::Fin => {
-                    self.reorder.clear();
-                    self.reorder_bytes = 0;
-                }
-            }
         }
     }
 
@@ -708,8 +612,8 @@ impl Connection {
     fn check_done(&mut self, now: Instant, out: &mut Output<'_>) {
         if self.state == State::Connected
             && self.fin == Fin::Acked
-            && self.eof_reached()
-            && self.readable.is_empty()
+            && self.recv.eof_reached()
+            && self.recv.readable() == 0
         {
             self.close_reason = Some(CloseReason::Done);
             self.push_event(
@@ -888,15 +792,7 @@ impl Connection {
             debug_assert_eq!(counted, self.bytes_in_flight, "bytes in flight");
             debug_assert_eq!(unacked, self.unacked_bytes, "unacknowledged bytes");
             debug_assert!(self.in_flight.iter().all(|p| !(p.counted && p.sacked)));
-            let reordered: usize = self
-                .reorder
-                .iter()
-                .map(|s| match s {
-                    Some(Slot::Data(d)) => d.len(),
-                    _ => 0,
-                })
-                .sum();
-            debug_assert_eq!(reordered, self.reorder_bytes, "reordered bytes");
+            self.recv.check_invariants();
         }
     }
 
@@ -976,9 +872,9 @@ impl Connection {
             },
             timestamp_us: self.clock.micros(now),
             timestamp_diff_us: self.reply_micro,
-            wnd_size: self.recv_window().min(u32::MAX as usize) as u32,
+            wnd_size: self.recv.window().min(u32::MAX as usize) as u32,
             seq_nr,
-            ack_nr: self.ack_nr,
+            ack_nr: self.recv.ack_nr(),
         }
     }
 
@@ -1006,7 +902,7 @@ impl Connection {
         });
         self.last_send = now;
         // Data carries the cumulative acknowledgement; a gap still needs a selective one.
-        if self.reorder.is_empty() {
+        if !self.recv.has_gap() {
             self.ack_due = AckDue::No;
             self.unacked_received = 0;
         }
@@ -1019,22 +915,11 @@ impl Connection {
     fn send_control(&mut self, now: Instant, ty: PacketType, out: &mut Output<'_>) {
         let header = self.header(now, ty, self.seq_nr);
         let mut mask = [0u8; MAX_SACK_BYTES];
-        let mut mask_len = 0;
-        if ty == PacketType::State {
-            // reorder[i + 1] is ack_nr + 2 + i, which is bit i.
-            for (i, slot) in self
-                .reorder
-                .iter()
-                .skip(1)
-                .take(MAX_SACK_BYTES * 8)
-                .enumerate()
-            {
-                if slot.is_some() {
-                    mask[i / 8] |= 1 << (i % 8);
-                    mask_len = (i / 8 + 4) & !3;
-                }
-            }
-        }
+        let mask_len = if ty == PacketType::State {
+            self.recv.sack_mask(&mut mask)
+        } else {
+            0
+        };
         let mut data = Vec::with_capacity(HEADER_LEN + 2 + mask_len);
         encode(
             &header,

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Modules, one concept each: [`packet`] (the wire codec), [`ledbat`] (congestion
-//! control), [`rtt`] (retransmission timeout), `conn` (one connection's state machine),
+//! control), [`rtt`] (retransmission timeout), `recv` (a connection's receive buffer:
+//! reassembly, window, selective ACK mask), `conn` (one connection's state machine),
 //! [`endpoint`] (demultiplexing, bounds, the public API), [`testnet`] (a deterministic
 //! in-memory network for tests, benches and simulations). `README.md` lists the bounds,
 //! what is implemented and what is not.
@@ -28,6 +29,7 @@ mod conn;
 pub mod endpoint;
 pub mod ledbat;
 pub mod packet;
+mod recv;
 pub mod rtt;
 pub mod testnet;
 
