@@ -10,17 +10,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, MAX_IN_FLIGHT_PACKETS, MAX_SACK_BYTES};
+use crate::config::{Config, MAX_SACK_BYTES};
 use crate::endpoint::{CloseReason, ConnId, Error, Event, Transmit};
 use crate::ledbat::Ledbat;
 use crate::packet::{encode, seq_less, Header, Packet, PacketType, HEADER_LEN};
 use crate::recv::{Arrival, ReceiveBuffer};
 use crate::rtt::Rtt;
+use crate::send::SendBuffer;
 
 /// Duplicate acknowledgements that make us resend the oldest packet (BEP 29: 3).
 const DUPLICATE_ACKS_BEFORE_RESEND: u32 = 3;
-/// Packets acknowledged (selectively) after a missing one, sent after it, that make it lost.
-const SACKED_AFTER_TO_LOSE: usize = 3;
 
 /// Microsecond timestamps for headers: a random offset plus the time since the endpoint's
 /// first instant (the value is only ever compared with itself, wrapping).
@@ -69,23 +68,6 @@ enum AckDue {
     Now,
 }
 
-/// A packet we sent and that is not cumulatively acknowledged yet.
-#[derive(Debug)]
-struct Outgoing {
-    seq: u16,
-    ty: PacketType,
-    payload: Vec<u8>,
-    sent_at: Instant,
-    /// Order of the last transmission among this connection's: "sent after" without ties.
-    sent_order: u64,
-    transmissions: u32,
-    /// The peer holds it (selective ACK): never resent.
-    sacked: bool,
-    /// Its bytes count in `bytes_in_flight`. False once it is declared lost (and until it
-    /// is resent) or sacked.
-    counted: bool,
-}
-
 #[derive(Debug)]
 pub(crate) struct Connection {
     pub id: ConnId,
@@ -105,16 +87,7 @@ pub(crate) struct Connection {
     last_send: Instant,
 
     // sending
-    seq_nr: u16,
-    send_buf: VecDeque<u8>,
-    in_flight: VecDeque<Outgoing>,
-    /// Payload bytes of `in_flight` (the send buffer holds these and `send_buf`).
-    unacked_bytes: usize,
-    /// Payload bytes of the packets in `in_flight` that are `counted`.
-    bytes_in_flight: usize,
-    /// Packets in `in_flight` neither counted nor sacked: waiting to be (re)sent. Lets
-    /// `flush` skip the scan of a large window when nothing needs resending.
-    to_resend: usize,
+    send: SendBuffer,
     fin: Fin,
     peer_wnd: usize,
     cc: Ledbat,
@@ -130,7 +103,6 @@ pub(crate) struct Connection {
     /// A packet just declared lost: resent at once, whatever the window (RFC 5681's fast
     /// retransmit; the window was just halved and may be below what is in flight).
     fast_resend: Option<u16>,
-    transmissions: u64,
 
     // receiving
     recv: ReceiveBuffer,
@@ -153,6 +125,7 @@ impl Connection {
     ) -> Connection {
         let mss = cfg.max_payload();
         let recv = ReceiveBuffer::new(cfg.recv_buffer, cfg.max_reorder_packets);
+        let send = SendBuffer::new(cfg.send_buffer, seq_nr);
         Connection {
             id,
             addr,
@@ -170,12 +143,7 @@ impl Connection {
             created: now,
             last_recv: now,
             last_send: now,
-            seq_nr,
-            send_buf: VecDeque::new(),
-            in_flight: VecDeque::new(),
-            unacked_bytes: 0,
-            bytes_in_flight: 0,
-            to_resend: 0,
+            send,
             fin: Fin::NotRequested,
             rto_deadline: None,
             timeouts: 0,
@@ -184,7 +152,6 @@ impl Connection {
             nagle_deadline: None,
             write_blocked: false,
             fast_resend: None,
-            transmissions: 0,
             recv,
             readable_signalled: false,
             reply_micro: 0,
@@ -207,7 +174,7 @@ impl Connection {
     ) -> Connection {
         let ids = (recv_id, recv_id.wrapping_add(1), initial_seq);
         let mut c = Connection::new(id, addr, now, cfg, clock, State::SynSent, ids);
-        c.push_packet(now, PacketType::Syn, Vec::new());
+        c.send.add_packet(now, PacketType::Syn, 0);
         c.flush(now, out);
         c
     }
@@ -262,7 +229,7 @@ impl Connection {
 
     /// Bytes this connection holds for the application (send and receive side).
     pub fn buffered_bytes(&self) -> usize {
-        self.send_buf.len() + self.unacked_bytes + self.recv.held()
+        self.send.held() + self.recv.held()
     }
 
     pub fn queuing_delay(&self) -> Option<std::time::Duration> {
@@ -290,15 +257,13 @@ impl Connection {
         {
             return Err(Error::Closed);
         }
-        let room = self.send_room();
-        let n = room.min(data.len());
+        let n = self.send.write(data);
         if n < data.len() {
             self.write_blocked = true;
         }
         if n == 0 && !data.is_empty() {
             return Err(Error::WouldBlock);
         }
-        self.send_buf.extend(&data[..n]);
         self.flush(now, out);
         Ok(n)
     }
@@ -348,12 +313,6 @@ impl Connection {
         self.state = State::Closed;
     }
 
-    fn send_room(&self) -> usize {
-        self.cfg
-            .send_buffer
-            .saturating_sub(self.send_buf.len() + self.unacked_bytes)
-    }
-
     // -----------------------------------------------------------------------------------
     // network side
 
@@ -372,8 +331,7 @@ impl Connection {
         if h.ty == PacketType::Reset {
             // A peer that already acknowledged all our data and finished its own stream
             // may have forgotten us while our FIN's acknowledgement was lost: that is done.
-            let only_fin_unacked =
-                self.fin == Fin::Sent && self.in_flight.len() == 1 && self.unacked_bytes == 0;
+            let only_fin_unacked = self.fin == Fin::Sent && self.send.only_fin_unacked();
             if only_fin_unacked && self.recv.eof_reached() && self.recv.readable() == 0 {
                 self.close_with(CloseReason::Done, out);
             } else {
@@ -383,7 +341,7 @@ impl Connection {
         }
         match (self.state, h.ty) {
             (State::SynSent, PacketType::State | PacketType::Data | PacketType::Fin) => {
-                if h.ack_nr != self.seq_nr.wrapping_sub(1) {
+                if h.ack_nr != self.send.next_seq().wrapping_sub(1) {
                     return;
                 }
                 // The acceptor's STATE carries the sequence number its first DATA will use
@@ -402,7 +360,7 @@ impl Connection {
             (State::SynReceived, _) => {
                 // Only a peer that saw our random sequence number can acknowledge it: this
                 // is what keeps spoofed SYNs away from the application.
-                if h.ack_nr != self.seq_nr.wrapping_sub(1) {
+                if h.ack_nr != self.send.next_seq().wrapping_sub(1) {
                     return;
                 }
                 self.state = State::Connected;
@@ -443,140 +401,42 @@ impl Connection {
         pure_ack: bool,
         out: &mut Output<'_>,
     ) {
-        let Some(first) = self.in_flight.front().map(|p| p.seq) else {
-            return;
+        let flight_before = self.send.bytes_in_flight();
+        let Some(mut outcome) = self.send.on_ack(now, ack, sack) else {
+            return; // nothing in flight, an old acknowledgement, or a bogus one
         };
-        let last_sent = self.seq_nr.wrapping_sub(1);
-        if seq_less(ack, first.wrapping_sub(1)) || seq_less(last_sent, ack) {
-            return; // an old acknowledgement, or one for something we never sent
+        if let Some(rtt) = outcome.rtt {
+            self.rtt.sample(rtt);
         }
-        let flight_before = self.bytes_in_flight;
-        let mut newly_acked = 0;
-        let mut advanced = false;
-        while let Some(p) = self.in_flight.front() {
-            if seq_less(ack, p.seq) {
-                break;
-            }
-            let Some(p) = self.in_flight.pop_front() else {
-                break;
-            };
-            advanced = true;
-            self.unacked_bytes -= p.payload.len();
-            if p.counted {
-                self.bytes_in_flight -= p.payload.len();
-            } else if !p.sacked {
-                self.to_resend -= 1;
-            }
-            if !p.sacked {
-                newly_acked += p.payload.len();
-                if p.transmissions == 1 {
-                    self.rtt.sample(now.saturating_duration_since(p.sent_at));
-                }
-            }
-            if p.ty == PacketType::Fin {
-                self.fin = Fin::Acked;
-            }
+        if outcome.fin_acked {
+            self.fin = Fin::Acked;
         }
-        let mut lost = None;
-        if advanced {
+        if outcome.advanced {
             self.dup_acks = 0;
             self.timeouts = 0;
             self.rtt.reset_backoff();
-            self.rto_deadline = (!self.in_flight.is_empty()).then(|| now + self.rtt.rto());
+            self.rto_deadline = self.send.has_unacked().then(|| now + self.rtt.rto());
         } else if pure_ack && sack.is_none() {
             self.dup_acks += 1;
             if self.dup_acks == DUPLICATE_ACKS_BEFORE_RESEND {
                 self.dup_acks = 0;
-                if let Some(p) = self.in_flight.front_mut() {
-                    if p.counted && !p.sacked {
-                        p.counted = false;
-                        self.bytes_in_flight -= p.payload.len();
-                        self.to_resend += 1;
-                        lost = Some(p.seq);
-                    }
-                }
+                outcome.lost = outcome.lost.or(self.send.lose_oldest());
             }
         }
-        if let Some(mask) = sack {
-            let (acked, first_lost) = self.apply_sack(now, ack, mask);
-            newly_acked += acked;
-            lost = lost.or(first_lost);
-        }
-        self.cc.on_ack(newly_acked, flight_before);
-        if let Some(seq) = lost {
+        self.cc.on_ack(outcome.newly_acked, flight_before);
+        if let Some(seq) = outcome.lost {
             self.fast_resend = Some(seq);
             // Halve once per window: losses among packets sent before the last halving are
             // the same congestion event.
             if self.recovery_until.is_none_or(|r| !seq_less(seq, r)) {
                 self.cc.on_loss();
-                self.recovery_until = Some(self.seq_nr);
+                self.recovery_until = Some(self.send.next_seq());
             }
         }
-        if self.write_blocked && self.send_room() >= (self.cfg.send_buffer / 4).max(1) {
+        if self.write_blocked && self.send.room() >= (self.cfg.send_buffer / 4).max(1) {
             self.write_blocked = false;
             self.push_event(out, Event::Writable(self.id));
         }
-    }
-
-    /// Marks the packets the bitmask names as received and declares lost the ones that
-    /// enough later-sent packets overtook. Returns (bytes newly acknowledged, the first
-    /// packet declared lost).
-    fn apply_sack(&mut self, now: Instant, ack: u16, mask: &[u8]) -> (usize, Option<u16>) {
-        let Some(first) = self.in_flight.front().map(|p| p.seq) else {
-            return (0, None);
-        };
-        let mut acked = 0;
-        for (byte_index, byte) in mask.iter().enumerate() {
-            for bit in 0..8 {
-                if byte & (1 << bit) == 0 {
-                    continue;
-                }
-                let seq = ack.wrapping_add(2 + (byte_index * 8 + bit) as u16);
-                let index = seq.wrapping_sub(first) as usize;
-                let Some(p) = self.in_flight.get_mut(index) else {
-                    continue;
-                };
-                if p.sacked {
-                    continue;
-                }
-                p.sacked = true;
-                if p.counted {
-                    p.counted = false;
-                    self.bytes_in_flight -= p.payload.len();
-                } else {
-                    self.to_resend -= 1;
-                }
-                acked += p.payload.len();
-                if p.transmissions == 1 {
-                    self.rtt.sample(now.saturating_duration_since(p.sent_at));
-                }
-            }
-        }
-        // Walk back from the newest: a packet is lost when at least three packets sent
-        // after it (in transmission order, so a packet just resent is not lost again) have arrived.
-        let mut latest_sacked: [Option<u64>; SACKED_AFTER_TO_LOSE] = [None; SACKED_AFTER_TO_LOSE];
-        let mut first_lost = None;
-        for p in self.in_flight.iter_mut().rev() {
-            if p.sacked {
-                // Keep the SACKED_AFTER_TO_LOSE most recent send times, oldest last.
-                let mut t = Some(p.sent_order);
-                for slot in latest_sacked.iter_mut() {
-                    if t > *slot {
-                        std::mem::swap(slot, &mut t);
-                    }
-                }
-                continue;
-            }
-            let overtaken =
-                latest_sacked[SACKED_AFTER_TO_LOSE - 1].is_some_and(|t| t > p.sent_order);
-            if p.counted && overtaken {
-                p.counted = false;
-                self.bytes_in_flight -= p.payload.len();
-                self.to_resend += 1;
-                first_lost = Some(p.seq);
-            }
-        }
-        (acked, first_lost)
     }
 
     fn on_data(&mut self, seq: u16, ty: PacketType, payload: &[u8], out: &mut Output<'_>) {
@@ -673,7 +533,7 @@ impl Connection {
         if let AckDue::At(t) = self.ack_due {
             consider(Some(t));
         }
-        if !self.send_buf.is_empty() && self.window_allows(self.send_buf.len()) {
+        if self.send.unsent() > 0 && self.window_allows(self.send.unsent()) {
             consider(self.nagle_deadline);
         }
         next
@@ -715,7 +575,7 @@ impl Connection {
 
     fn on_retransmission_timeout(&mut self, out: &mut Output<'_>) {
         self.rto_deadline = None;
-        if self.in_flight.is_empty() {
+        if !self.send.has_unacked() {
             return;
         }
         // A peer that advertises no room drops our probes but is alive: waiting for it to
@@ -738,13 +598,7 @@ impl Connection {
         self.dup_acks = 0;
         // Everything not known to have arrived is presumed lost and resent as the (now
         // minimal) window allows.
-        for p in self.in_flight.iter_mut() {
-            if p.counted {
-                p.counted = false;
-                self.to_resend += 1;
-            }
-        }
-        self.bytes_in_flight = 0;
+        self.send.lose_all();
     }
 
     // -----------------------------------------------------------------------------------
@@ -753,52 +607,14 @@ impl Connection {
     fn window_allows(&self, payload: usize) -> bool {
         // One packet may always be in flight: it probes a closed window and keeps a
         // connection with a tiny congestion window moving.
-        self.bytes_in_flight == 0
-            || self.bytes_in_flight + payload <= self.cc.window().min(self.peer_wnd)
-    }
-
-    fn push_packet(&mut self, now: Instant, ty: PacketType, payload: Vec<u8>) {
-        self.unacked_bytes += payload.len();
-        self.to_resend += 1; // until its first transmission
-        self.in_flight.push_back(Outgoing {
-            seq: self.seq_nr,
-            ty,
-            payload,
-            sent_at: now,
-            sent_order: 0,
-            transmissions: 0,
-            sacked: false,
-            counted: false,
-        });
-        self.seq_nr = self.seq_nr.wrapping_add(1);
-    }
-
-    /// The bookkeeping of `in_flight` agrees with itself (checked in debug builds).
-    fn check_invariants(&self) {
-        if cfg!(debug_assertions) {
-            let waiting = self
-                .in_flight
-                .iter()
-                .filter(|p| !p.counted && !p.sacked)
-                .count();
-            let counted: usize = self
-                .in_flight
-                .iter()
-                .filter(|p| p.counted)
-                .map(|p| p.payload.len())
-                .sum();
-            let unacked: usize = self.in_flight.iter().map(|p| p.payload.len()).sum();
-            debug_assert_eq!(waiting, self.to_resend, "packets waiting to be sent");
-            debug_assert_eq!(counted, self.bytes_in_flight, "bytes in flight");
-            debug_assert_eq!(unacked, self.unacked_bytes, "unacknowledged bytes");
-            debug_assert!(self.in_flight.iter().all(|p| !(p.counted && p.sacked)));
-            self.recv.check_invariants();
-        }
+        let flight = self.send.bytes_in_flight();
+        flight == 0 || flight + payload <= self.cc.window().min(self.peer_wnd)
     }
 
     /// Sends whatever the windows, timers and state allow.
     pub fn flush(&mut self, now: Instant, out: &mut Output<'_>) {
-        self.check_invariants();
+        self.send.check_invariants();
+        self.recv.check_invariants();
         if !matches!(
             self.state,
             State::SynSent | State::SynReceived | State::Connected
@@ -806,26 +622,22 @@ impl Connection {
             return;
         }
         // 1. Retransmissions, oldest first.
-        for index in 0..self.in_flight.len() {
-            if self.to_resend == 0 {
-                break;
-            }
-            let p = &self.in_flight[index];
-            if p.sacked || p.counted {
-                continue;
-            }
-            if !self.window_allows(p.payload.len()) && self.fast_resend != Some(p.seq) {
+        let mut from = 0;
+        while let Some((index, len)) = self.send.next_to_resend(from) {
+            let fast = self.fast_resend == Some(self.send.seq_of(index));
+            if !self.window_allows(len) && !fast {
                 break;
             }
             self.transmit(now, index, out);
+            from = index + 1;
         }
         self.fast_resend = None;
         if self.state == State::Connected {
             // 2. New data.
             let mss = self.cfg.max_payload();
-            while !self.send_buf.is_empty() && self.in_flight.len() < MAX_IN_FLIGHT_PACKETS {
-                let len = self.send_buf.len().min(mss);
-                if len < mss && self.bytes_in_flight > 0 {
+            while self.send.unsent() > 0 && self.send.can_add_packet() {
+                let len = self.send.unsent().min(mss);
+                if len < mss && self.send.bytes_in_flight() > 0 {
                     if let Some(delay) = self.cfg.nagle_delay {
                         let deadline = *self.nagle_deadline.get_or_insert(now + delay);
                         if now < deadline {
@@ -836,24 +648,15 @@ impl Connection {
                 if !self.window_allows(len) {
                     break;
                 }
-                let mut payload = Vec::with_capacity(len);
-                let (a, b) = self.send_buf.as_slices();
-                let from_a = len.min(a.len());
-                payload.extend_from_slice(&a[..from_a]);
-                payload.extend_from_slice(&b[..len - from_a]);
-                self.send_buf.drain(..len);
                 self.nagle_deadline = None;
-                self.push_packet(now, PacketType::Data, payload);
-                self.transmit(now, self.in_flight.len() - 1, out);
+                let index = self.send.add_packet(now, PacketType::Data, len);
+                self.transmit(now, index, out);
             }
             // 3. The FIN, once all data is packetised.
-            if self.fin == Fin::Queued
-                && self.send_buf.is_empty()
-                && self.in_flight.len() < MAX_IN_FLIGHT_PACKETS
-            {
+            if self.fin == Fin::Queued && self.send.unsent() == 0 && self.send.can_add_packet() {
                 self.fin = Fin::Sent;
-                self.push_packet(now, PacketType::Fin, Vec::new());
-                self.transmit(now, self.in_flight.len() - 1, out);
+                let index = self.send.add_packet(now, PacketType::Fin, 0);
+                self.transmit(now, index, out);
             }
         }
         // 4. A bare acknowledgement if one is due and nothing carried it.
@@ -879,23 +682,15 @@ impl Connection {
     }
 
     fn transmit(&mut self, now: Instant, index: usize, out: &mut Output<'_>) {
-        let (seq, ty) = {
-            let p = &self.in_flight[index];
-            (p.seq, p.ty)
-        };
-        let header = self.header(now, ty, seq);
-        self.transmissions += 1;
-        let p = &mut self.in_flight[index];
-        p.sent_at = now;
-        p.sent_order = self.transmissions;
-        p.transmissions += 1;
-        if !p.counted {
-            p.counted = true;
-            self.bytes_in_flight += p.payload.len();
-            self.to_resend -= 1;
+        let mut header = self.header(now, PacketType::Data, 0);
+        let (seq, ty, payload) = self.send.transmit(now, index);
+        header.ty = ty;
+        header.seq_nr = seq;
+        if ty == PacketType::Syn {
+            header.connection_id = self.recv_id; // the SYN names our receive id
         }
-        let mut data = Vec::with_capacity(HEADER_LEN + p.payload.len());
-        encode(&header, None, &p.payload, &mut data);
+        let mut data = Vec::with_capacity(HEADER_LEN + payload.len());
+        encode(&header, None, payload, &mut data);
         out.transmits.push_back(Transmit {
             to: self.addr,
             data,
@@ -913,7 +708,7 @@ impl Connection {
 
     /// A STATE (with a selective ACK when there is a gap) or a RESET.
     fn send_control(&mut self, now: Instant, ty: PacketType, out: &mut Output<'_>) {
-        let header = self.header(now, ty, self.seq_nr);
+        let header = self.header(now, ty, self.send.next_seq());
         let mut mask = [0u8; MAX_SACK_BYTES];
         let mask_len = if ty == PacketType::State {
             self.recv.sack_mask(&mut mask)

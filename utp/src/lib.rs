@@ -18,8 +18,9 @@
 //! ```
 //!
 //! Modules, one concept each: [`packet`] (the wire codec), [`ledbat`] (congestion
-//! control), [`rtt`] (retransmission timeout), `recv` (a connection's receive buffer:
-//! reassembly, window, selective ACK mask), `conn` (one connection's state machine),
+//! control), [`rtt`] (retransmission timeout), `send` (a connection's packets in flight:
+//! acknowledgements, selective ACKs, loss), `recv` (its receive buffer: reassembly,
+//! window, selective ACK mask), `conn` (one connection's state machine and timers),
 //! [`endpoint`] (demultiplexing, bounds, the public API), [`testnet`] (a deterministic
 //! in-memory network for tests, benches and simulations). `README.md` lists the bounds,
 //! what is implemented and what is not.
@@ -31,6 +32,7 @@ pub mod ledbat;
 pub mod packet;
 mod recv;
 pub mod rtt;
+mod send;
 pub mod testnet;
 
 pub use crate::config::Config;
