@@ -56,7 +56,8 @@ pub struct Config {
     pub time_wait: Duration,
     /// LEDBAT's queueing delay target (BEP 29: 100 ms).
     pub target_delay: Duration,
-    /// Cap on the congestion window, in bytes.
+    /// Cap on the congestion window, in bytes. With `recv_buffer` (the peer's, really) it
+    /// caps one connection's rate at window / round trip: 1 MiB over 100 ms is 10 MiB/s.
     pub max_cwnd: usize,
 }
 
@@ -90,6 +91,8 @@ impl Default for Config {
 
 /// The smallest packet we agree to use: a header and a useful payload.
 pub const MIN_PACKET_SIZE: usize = HEADER_LEN + 128;
+/// The largest UDP payload there is (IPv4).
+pub const MAX_PACKET_SIZE: usize = 65_507;
 /// In-flight packets per connection: far below half the 16-bit sequence space, so that
 /// sequence comparisons stay unambiguous.
 pub const MAX_IN_FLIGHT_PACKETS: usize = 4096;
@@ -99,6 +102,6 @@ pub const MAX_SACK_BYTES: usize = 32;
 impl Config {
     /// Payload bytes of a full data packet.
     pub fn max_payload(&self) -> usize {
-        self.max_packet_size.max(MIN_PACKET_SIZE) - HEADER_LEN
+        self.max_packet_size.clamp(MIN_PACKET_SIZE, MAX_PACKET_SIZE) - HEADER_LEN
     }
 }

@@ -794,6 +794,25 @@ fn all_connections_together_hold_no_more_than_the_total_receive_budget() {
 }
 
 #[test]
+fn ipv6_peers_are_demultiplexed_like_any_other() {
+    let mut ep = Endpoint::new(Config::default(), 1);
+    let now = Instant::now();
+    let v6: SocketAddr = "[2001:db8::1]:6881".parse().unwrap();
+    let mut syn = Vec::new();
+    encode(&header(PacketType::Syn, 500, 77, 0), None, &[], &mut syn);
+    ep.handle_datagram(now, v6, &syn);
+    // The same connection id from the same port of another address is another peer.
+    let other: SocketAddr = "[2001:db8::2]:6881".parse().unwrap();
+    ep.handle_datagram(now, other, &syn);
+    let answers: Vec<_> = std::iter::from_fn(|| ep.poll_transmit()).collect();
+    assert_eq!(
+        answers.iter().map(|t| t.to).collect::<Vec<_>>(),
+        vec![v6, other]
+    );
+    assert_eq!(ep.stats().pending_incoming, 2);
+}
+
+#[test]
 fn an_endpoint_can_move_to_a_driver_task() {
     fn send<T: Send + 'static>() {}
     send::<Endpoint>();
