@@ -423,7 +423,9 @@ impl Connection {
                 outcome.lost = outcome.lost.or(self.send.lose_oldest());
             }
         }
-        self.cc.on_ack(outcome.newly_acked, flight_before);
+        let srtt = self.rtt.srtt().unwrap_or(self.cfg.initial_rto);
+        self.cc
+            .on_ack(now, outcome.newly_acked, flight_before, srtt);
         if let Some(seq) = outcome.lost {
             self.fast_resend = Some(seq);
             // Halve once per window: losses among packets sent before the last halving are

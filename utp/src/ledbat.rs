@@ -11,8 +11,33 @@
 //! Beyond the RFC, like libtorrent, the window starts in slow start (grows by the bytes
 //! acknowledged) and leaves it on the first loss or once the queueing delay reaches half
 //! the target, so that a fast path is filled in a few round trips instead of hundreds.
+//!
+//! A base delay that forgets has a catch: a flow that keeps its queue at the target for
+//! two minutes never sees the empty-queue delay again, takes the standing queue for the
+//! base, and adds another target's worth on top (the queue creeps up by 100 ms every two
+//! minutes). So, as LEDBAT++ does, the window drops to two packets for two round trips
+//! every `SLOWDOWN_INTERVAL` (well within a minute): the queue drains, every minute's
+//! minimum is the true base, and the window comes back by slow start to where it was.
 
 use std::time::{Duration, Instant};
+
+/// How often the window drops to let the queue drain (LEDBAT++'s periodic slowdown).
+/// Every minute's minimum then includes an empty-queue sample.
+pub const SLOWDOWN_INTERVAL: Duration = Duration::from_secs(20);
+/// Window during a slowdown, in packets, and its length in round trips.
+const SLOWDOWN_PACKETS: usize = 2;
+const SLOWDOWN_RTTS: u32 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slowdown {
+    /// Still in the first slow start: nothing scheduled yet.
+    NotYet,
+    Due(Instant),
+    Draining {
+        until: Instant,
+        saved_cwnd: usize,
+    },
+}
 
 /// Per-minute minima of the delay samples: the current minute and the one before.
 #[derive(Clone, Debug)]
@@ -84,6 +109,9 @@ pub struct Ledbat {
     max_cwnd: usize,
     target_us: u32,
     slow_start: bool,
+    /// Where a slow start stops (the window before a slowdown); `None`: at the delay.
+    ssthresh: Option<usize>,
+    slowdown: Slowdown,
     base: BaseDelay,
     /// The last few samples: the current delay is their minimum (RFC 6817's filter, which
     /// drops the odd sample delayed by something other than our queue).
@@ -112,6 +140,8 @@ impl Ledbat {
             max_cwnd: max_cwnd.max(mss * MIN_CWND_PACKETS),
             target_us: target.as_micros().clamp(1, u32::MAX as u128) as u32,
             slow_start: true,
+            ssthresh: None,
+            slowdown: Slowdown::NotYet,
             base: BaseDelay::new(),
             recent: [None; RECENT_SAMPLES],
             recent_next: 0,
@@ -146,18 +176,30 @@ impl Ledbat {
         Some(Duration::from_micros(d.max(0) as u64))
     }
 
-    /// `bytes_acked` new bytes were acknowledged while `flight` bytes were in flight.
-    pub fn on_ack(&mut self, bytes_acked: usize, flight: usize) {
-        if bytes_acked == 0 {
+    /// Whether the window is down to let the queue drain.
+    pub fn in_slowdown(&self) -> bool {
+        matches!(self.slowdown, Slowdown::Draining { .. })
+    }
+
+    /// `bytes_acked` new bytes were acknowledged at `now` while `flight` bytes were in
+    /// flight; `srtt` times the slowdowns.
+    pub fn on_ack(&mut self, now: Instant, bytes_acked: usize, flight: usize, srtt: Duration) {
+        if self.run_slowdown(now, srtt) || bytes_acked == 0 {
             return;
         }
         let queuing = self.queuing_delay().map_or(0, |d| d.as_micros() as u64);
         let target = self.target_us as u64;
         if self.slow_start && queuing * 2 >= target {
-            self.slow_start = false;
+            self.leave_slow_start(now);
         }
         let grown = if self.slow_start {
-            self.cwnd + bytes_acked
+            let grown = self.cwnd + bytes_acked;
+            if let Some(threshold) = self.ssthresh.filter(|&t| grown >= t) {
+                self.leave_slow_start(now);
+                threshold.max(self.cwnd)
+            } else {
+                grown
+            }
         } else {
             // RFC 6817: cwnd += GAIN * off_target * bytes_acked * MSS / cwnd, with
             // off_target in [-1, 1]: at most one MSS more or less per window acked.
@@ -173,15 +215,58 @@ impl Ledbat {
         self.cwnd = grown.clamp(self.min_window(), self.max_cwnd);
     }
 
+    fn leave_slow_start(&mut self, now: Instant) {
+        self.slow_start = false;
+        self.ssthresh = None;
+        if self.slowdown == Slowdown::NotYet {
+            self.slowdown = Slowdown::Due(now + SLOWDOWN_INTERVAL);
+        }
+    }
+
+    /// Starts or ends a slowdown when it is time; true while one holds the window down.
+    fn run_slowdown(&mut self, now: Instant, srtt: Duration) -> bool {
+        match self.slowdown {
+            Slowdown::Due(at) if now >= at && !self.slow_start => {
+                let until = now + srtt.max(Duration::from_millis(1)) * SLOWDOWN_RTTS;
+                self.slowdown = Slowdown::Draining {
+                    until,
+                    saved_cwnd: self.cwnd,
+                };
+                self.cwnd = (SLOWDOWN_PACKETS * self.mss).min(self.cwnd);
+                true
+            }
+            Slowdown::Draining { until, saved_cwnd } => {
+                if now < until {
+                    return true;
+                }
+                // Back by slow start, up to where it was.
+                self.slowdown = Slowdown::Due(now + SLOWDOWN_INTERVAL);
+                self.slow_start = true;
+                self.ssthresh = Some(saved_cwnd);
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// A packet was lost (fast retransmit): halve the window (BEP 29's loss factor 0.5).
     pub fn on_loss(&mut self) {
+        if let Slowdown::Draining { saved_cwnd, .. } = &mut self.slowdown {
+            *saved_cwnd = (*saved_cwnd / 2).max(self.mss * MIN_CWND_PACKETS);
+            return;
+        }
         self.slow_start = false;
+        self.ssthresh = None;
         self.cwnd = (self.cwnd / 2).max(self.min_window());
     }
 
     /// The retransmission timer fired: start again from the minimum window.
     pub fn on_timeout(&mut self) {
+        if let Slowdown::Draining { until, .. } = self.slowdown {
+            self.slowdown = Slowdown::Due(until + SLOWDOWN_INTERVAL);
+        }
         self.slow_start = false;
+        self.ssthresh = None;
         self.cwnd = self.min_window();
     }
 }
@@ -191,6 +276,7 @@ mod tests {
     use super::*;
 
     const MSS: usize = 1000;
+    const RTT: Duration = Duration::from_millis(50);
 
     fn ledbat() -> (Ledbat, Instant) {
         let mut l = Ledbat::new(MSS, 1 << 20, Duration::from_millis(100));
@@ -209,7 +295,7 @@ mod tests {
         }
         let w = l.window();
         for _ in 0..w / MSS {
-            l.on_ack(MSS, l.window());
+            l.on_ack(now, MSS, l.window(), RTT);
         }
         l.window()
     }
@@ -273,11 +359,61 @@ mod tests {
 
     #[test]
     fn application_limited_sender_does_not_inflate_the_window() {
-        let (mut l, _) = ledbat();
+        let (mut l, now) = ledbat();
         for _ in 0..1000 {
-            l.on_ack(MSS, MSS); // only one packet ever in flight
+            l.on_ack(now, MSS, MSS, RTT); // only one packet ever in flight
         }
         assert_eq!(l.window(), 10 * MSS);
+    }
+
+    #[test]
+    fn the_window_drops_periodically_to_drain_the_queue_then_comes_back() {
+        let t0 = Instant::now();
+        let mut l = Ledbat::new(MSS, 1 << 20, Duration::from_millis(100));
+        // Slow start ends at the delay; the first slowdown is due an interval later.
+        one_window(&mut l, t0, 0);
+        let peak = one_window(&mut l, t0, 60);
+        assert!(!l.in_slow_start());
+        let t1 = t0 + SLOWDOWN_INTERVAL;
+        one_window(&mut l, t1 - Duration::from_millis(1), 100);
+        assert!(!l.in_slowdown());
+        let before = l.window();
+        assert!(before >= peak);
+        l.on_ack(t1, MSS, before, RTT);
+        assert!(l.in_slowdown());
+        assert_eq!(l.window(), 2 * MSS);
+        // Two round trips at two packets, whatever the acknowledgements say.
+        l.on_ack(t1 + RTT, MSS, 2 * MSS, RTT);
+        assert_eq!(l.window(), 2 * MSS);
+        // The queue drained meanwhile (the samples say so); then slow start back to the
+        // window it had, and the next slowdown an interval later.
+        let t2 = t1 + 2 * RTT;
+        for _ in 0..RECENT_SAMPLES {
+            l.on_delay_sample(t2, 5_000_000);
+        }
+        l.on_ack(t2, MSS, 2 * MSS, RTT);
+        assert!(!l.in_slowdown() && l.in_slow_start());
+        for _ in 0..100 {
+            if !l.in_slow_start() {
+                break;
+            }
+            l.on_ack(t2, MSS, l.window(), RTT);
+        }
+        assert!(!l.in_slow_start());
+        assert!(
+            l.window().abs_diff(before) <= MSS,
+            "{} vs {before}",
+            l.window()
+        );
+        l.on_ack(
+            t2 + SLOWDOWN_INTERVAL - Duration::from_millis(1),
+            MSS,
+            l.window(),
+            RTT,
+        );
+        assert!(!l.in_slowdown());
+        l.on_ack(t2 + SLOWDOWN_INTERVAL, MSS, l.window(), RTT);
+        assert!(l.in_slowdown());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A deterministic in-memory network for two endpoints: a virtual clock, and per direction
 //! a link with propagation delay, random extra delay (which reorders), random loss and an
-//! optional bottleneck (a rate and a drop-tail queue). The same seed gives the same run.
+//! optional bottleneck (a rate and a drop-tail queue). `b`'s clock may run at a different
+//! rate (drift). The same seed gives the same run.
 //!
 //! [`TestNet::transfer`] pushes a buffer from `a` to `b` over one connection, as an
 //! application would, and returns what arrived: what the tests and the bench use.
@@ -118,7 +119,11 @@ type InTransit = Reverse<(Instant, u64, Side, Vec<u8>)>;
 
 /// Two endpoints joined by two links, in virtual time.
 pub struct TestNet {
+    /// The true time; `a` lives on it. `b` lives on `b_time(now)`.
     pub now: Instant,
+    start: Instant,
+    /// How much faster `b`'s clock runs, as a fraction (100 ppm: 1e-4).
+    b_drift: f64,
     pub a: Endpoint,
     pub b: Endpoint,
     pub addr_a: SocketAddr,
@@ -146,6 +151,8 @@ impl TestNet {
         let now = Instant::now();
         TestNet {
             now,
+            start: now,
+            b_drift: 0.0,
             a: Endpoint::new(config.clone(), seed ^ 0xa),
             b: Endpoint::new(config, seed ^ 0xb),
             addr_a: SocketAddr::from(([10, 0, 0, 1], 6881)),
@@ -161,6 +168,31 @@ impl TestNet {
     /// The same link both ways.
     pub fn symmetric(config: Config, link: Link, seed: u64) -> TestNet {
         TestNet::new(config, link.clone(), link, seed)
+    }
+
+    /// Makes `b`'s clock run `drift` faster than true time (negative: slower).
+    pub fn set_b_drift(&mut self, drift: f64) {
+        self.b_drift = drift;
+    }
+
+    /// The time on `b`'s clock at true time `t`.
+    pub fn b_time(&self, t: Instant) -> Instant {
+        self.start
+            + t.saturating_duration_since(self.start)
+                .mul_f64(1.0 + self.b_drift)
+    }
+
+    /// The true time at which `b`'s clock shows `tb` (rounded up, so that `b` is due then).
+    fn true_time_of_b(&self, tb: Instant) -> Instant {
+        let true_elapsed = tb
+            .saturating_duration_since(self.start)
+            .div_f64(1.0 + self.b_drift);
+        let t = self.start + true_elapsed;
+        if self.b_time(t) >= tb {
+            t
+        } else {
+            t + Duration::from_micros(1)
+        }
     }
 
     pub fn stats_ab(&self) -> &LinkStats {
@@ -200,7 +232,7 @@ impl TestNet {
         let next = [
             self.in_transit.peek().map(|Reverse((t, ..))| *t),
             self.a.poll_timeout(),
-            self.b.poll_timeout(),
+            self.b.poll_timeout().map(|tb| self.true_time_of_b(tb)),
         ]
         .into_iter()
         .flatten()
@@ -223,14 +255,17 @@ impl TestNet {
             };
             match side {
                 Side::A => self.a.handle_datagram(self.now, self.addr_b, &data),
-                Side::B => self.b.handle_datagram(self.now, self.addr_a, &data),
+                Side::B => self
+                    .b
+                    .handle_datagram(self.b_time(self.now), self.addr_a, &data),
             }
         }
         if self.a.poll_timeout().is_some_and(|t| t <= self.now) {
             self.a.handle_timeout(self.now);
         }
-        if self.b.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.b.handle_timeout(self.now);
+        let b_now = self.b_time(self.now);
+        if self.b.poll_timeout().is_some_and(|t| t <= b_now) {
+            self.b.handle_timeout(b_now);
         }
         true
     }
@@ -261,10 +296,11 @@ impl TestNet {
             while let Some(ev) = self.b.poll_event() {
                 match ev {
                     Event::Readable(conn) => loop {
-                        match self.b.read(self.now, conn, &mut buf) {
+                        let b_now = self.b_time(self.now);
+                        match self.b.read(b_now, conn, &mut buf) {
                             Ok(0) => {
                                 eof_at.get_or_insert(self.now);
-                                let _ = self.b.close(self.now, conn);
+                                let _ = self.b.close(b_now, conn);
                                 break;
                             }
                             Ok(n) => received.extend_from_slice(&buf[..n]),
@@ -440,6 +476,48 @@ mod tests {
         assert_eq!(net.stats_ab().queue_drops, 0, "the queue never filled");
         // And the link stayed busy: 30 MB at 1 MB/s takes at least 30 s.
         assert!(t.elapsed < Duration::from_secs(36), "{:?}", t.elapsed);
+    }
+
+    /// Over minutes, with the receiver's clock exact, 200 ppm fast or 200 ppm slow (the
+    /// one-way delay samples then creep by 12 ms a minute), the queue stays near the
+    /// target. Two things make this hold: the base delay forgets minima older than two
+    /// minutes (drift), and the periodic slowdown lets every minute see the empty queue
+    /// (without it, the standing queue became the base after two minutes and the queue
+    /// grew by another 100 ms every two minutes).
+    #[test]
+    fn ledbat_holds_the_target_for_minutes_whatever_the_clocks() {
+        let link = Link {
+            delay: Duration::from_millis(20),
+            rate: Some(1_000_000),
+            queue_bytes: 1_000_000,
+            ..Link::default()
+        };
+        for drift in [0.0, 200e-6, -200e-6] {
+            let mut net = TestNet::new(Config::default(), link.clone(), Link::default(), 11);
+            net.set_b_drift(drift);
+            let data = pattern(200 * 1_000_000);
+            let t = net.transfer(&data, Duration::from_secs(900));
+            check(&t, &data);
+            let delays = &net.stats_ab().queue_delays;
+            let last_40s = &delays[delays.len() * 4 / 5..];
+            let mean = last_40s.iter().sum::<Duration>() / last_40s.len() as u32;
+            let max = last_40s.iter().max().copied().unwrap_or_default();
+            eprintln!("drift {drift}: queueing delay over the last 40 s: mean {mean:?}, max {max:?}; 200 MB in {:?}", t.elapsed);
+            assert!(
+                mean > Duration::from_millis(50) && mean < Duration::from_millis(120),
+                "drift {drift}: mean queueing delay {mean:?}"
+            );
+            assert!(
+                max < Duration::from_millis(200),
+                "drift {drift}: max {max:?}"
+            );
+            // The slowdowns cost little: 200 MB at 1 MB/s is 200 s.
+            assert!(
+                t.elapsed < Duration::from_secs(215),
+                "drift {drift}: {:?}",
+                t.elapsed
+            );
+        }
     }
 
     proptest::proptest! {
