@@ -627,11 +627,14 @@ impl Connection {
         let mut from = 0;
         while let Some((index, len)) = self.send.next_to_resend(from) {
             let fast = self.fast_resend == Some(self.send.seq_of(index));
+            from = index + 1;
             if !self.window_allows(len) && !fast {
+                if self.fast_resend.is_some() {
+                    continue; // the window is full, but the lost packet still goes now
+                }
                 break;
             }
             self.transmit(now, index, out);
-            from = index + 1;
         }
         self.fast_resend = None;
         if self.state == State::Connected {
