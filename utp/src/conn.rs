@@ -30,7 +30,7 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    fn micros(&self, now: Instant) -> u32 {
+    pub fn micros(&self, now: Instant) -> u32 {
         let elapsed = now.saturating_duration_since(self.epoch).as_micros() as u32;
         self.offset.wrapping_add(elapsed)
     }

@@ -212,11 +212,10 @@ impl Endpoint {
     }
 
     fn send_unknown_reset(&mut self, now: Instant, clock: Clock, to: SocketAddr, h: &Header) {
-        let elapsed = now.saturating_duration_since(clock.epoch).as_micros() as u32;
         let header = Header {
             ty: PacketType::Reset,
             connection_id: h.connection_id,
-            timestamp_us: clock.offset.wrapping_add(elapsed),
+            timestamp_us: clock.micros(now),
             timestamp_diff_us: 0,
             wnd_size: 0,
             seq_nr: self.rng.gen(),
