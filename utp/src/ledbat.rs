@@ -260,13 +260,16 @@ impl Ledbat {
         self.cwnd = (self.cwnd / 2).max(self.min_window());
     }
 
-    /// The retransmission timer fired: start again from the minimum window.
+    /// The retransmission timer fired: start again from the minimum window, and slow start
+    /// back up to half the window we had (as TCP does after a timeout).
     pub fn on_timeout(&mut self) {
-        if let Slowdown::Draining { until, .. } = self.slowdown {
+        let mut before = self.cwnd;
+        if let Slowdown::Draining { until, saved_cwnd } = self.slowdown {
+            before = saved_cwnd;
             self.slowdown = Slowdown::Due(until + SLOWDOWN_INTERVAL);
         }
-        self.slow_start = false;
-        self.ssthresh = None;
+        self.slow_start = true;
+        self.ssthresh = Some((before / 2).max(self.min_window()));
         self.cwnd = self.min_window();
     }
 }
@@ -342,6 +345,21 @@ mod tests {
         assert_eq!(l.window(), 5 * MSS);
         l.on_timeout();
         assert_eq!(l.window(), MSS);
+        assert!(l.in_slow_start(), "back up by slow start");
+        let now = Instant::now();
+        for _ in 0..10 {
+            if !l.in_slow_start() {
+                break;
+            }
+            l.on_ack(now, MSS, l.window(), RTT);
+        }
+        assert_eq!(
+            l.window(),
+            5 * MSS / 2,
+            "to half the window before the timeout"
+        );
+        assert!(!l.in_slow_start());
+        l.on_timeout();
         l.on_loss();
         assert_eq!(l.window(), MSS);
     }

@@ -369,6 +369,14 @@ mod tests {
         let data = pattern(len);
         let t = net.transfer(&data, Duration::from_secs(600));
         check(&t, &data);
+        eprintln!(
+            "{len} bytes, loss {}, jitter {:?}: {:?} virtual, {} + {} datagrams lost",
+            net.ab.link.loss,
+            net.ab.link.jitter,
+            t.elapsed,
+            net.stats_ab().lost,
+            net.stats_ba().lost
+        );
         (net, t)
     }
 
