@@ -20,6 +20,8 @@ use crate::send::SendBuffer;
 
 /// Duplicate acknowledgements that make us resend the oldest packet (BEP 29: 3).
 const DUPLICATE_ACKS_BEFORE_RESEND: u32 = 3;
+/// The reorder window grows up to a whole round trip (RACK's cap).
+const MAX_REORDER_QUARTERS: u32 = 4;
 
 /// Microsecond timestamps for headers: a random offset plus the time since the endpoint's
 /// first instant (the value is only ever compared with itself, wrapping).
@@ -98,6 +100,11 @@ pub(crate) struct Connection {
     /// Losses of packets before this sequence number were part of the last window we
     /// already halved for.
     recovery_until: Option<u16>,
+    /// The window before the last halving, while that loss could still prove spurious.
+    cwnd_before_loss: Option<usize>,
+    /// How long, in quarters of the round trip, a packet overtaken by three others may
+    /// still be merely reordered (RACK): one quarter, widened by each spurious resend.
+    reorder_quarters: u32,
     nagle_deadline: Option<Instant>,
     write_blocked: bool,
     /// A packet just declared lost: resent at once, whatever the window (RFC 5681's fast
@@ -149,6 +156,8 @@ impl Connection {
             timeouts: 0,
             dup_acks: 0,
             recovery_until: None,
+            cwnd_before_loss: None,
+            reorder_quarters: 1,
             nagle_deadline: None,
             write_blocked: false,
             fast_resend: None,
@@ -402,9 +411,20 @@ impl Connection {
         out: &mut Output<'_>,
     ) {
         let flight_before = self.send.bytes_in_flight();
-        let Some(mut outcome) = self.send.on_ack(now, ack, sack) else {
+        let srtt = self.rtt.srtt().unwrap_or_default();
+        let reorder_window = srtt / 4 * self.reorder_quarters;
+        let min_rtt = self.rtt.min_rtt().unwrap_or_default();
+        let Some(mut outcome) = self.send.on_ack(now, ack, sack, reorder_window, min_rtt) else {
             return; // nothing in flight, an old acknowledgement, or a bogus one
         };
+        if outcome.spurious {
+            // Reordering, not loss: wait longer before calling it loss, and take back the
+            // halving it caused.
+            self.reorder_quarters = (self.reorder_quarters + 1).min(MAX_REORDER_QUARTERS);
+            if let Some(before) = self.cwnd_before_loss.take() {
+                self.cc.undo_loss(before);
+            }
+        }
         if let Some(rtt) = outcome.rtt {
             self.rtt.sample(rtt);
         }
@@ -423,14 +443,15 @@ impl Connection {
                 outcome.lost = outcome.lost.or(self.send.lose_oldest());
             }
         }
-        let srtt = self.rtt.srtt().unwrap_or(self.cfg.initial_rto);
+        let cc_srtt = self.rtt.srtt().unwrap_or(self.cfg.initial_rto);
         self.cc
-            .on_ack(now, outcome.newly_acked, flight_before, srtt);
+            .on_ack(now, outcome.newly_acked, flight_before, cc_srtt);
         if let Some(seq) = outcome.lost {
             self.fast_resend = Some(seq);
             // Halve once per window: losses among packets sent before the last halving are
             // the same congestion event.
             if self.recovery_until.is_none_or(|r| !seq_less(seq, r)) {
+                self.cwnd_before_loss = Some(self.cc.window());
                 self.cc.on_loss();
                 self.recovery_until = Some(self.send.next_seq());
             }

@@ -260,6 +260,12 @@ impl Ledbat {
         self.cwnd = (self.cwnd / 2).max(self.min_window());
     }
 
+    /// The loss that brought the window down from `before` was no loss (a spurious
+    /// retransmission): give the window back.
+    pub fn undo_loss(&mut self, before: usize) {
+        self.cwnd = self.cwnd.max(before.min(self.max_cwnd));
+    }
+
     /// The retransmission timer fired: start again from the minimum window, and slow start
     /// back up to half the window we had (as TCP does after a timeout).
     pub fn on_timeout(&mut self) {

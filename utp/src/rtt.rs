@@ -5,6 +5,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Rtt {
     srtt: Option<Duration>,
+    /// The smallest sample: the path without its queue.
+    min_rtt: Option<Duration>,
     rttvar: Duration,
     rto: Duration,
     /// Consecutive timeouts since the last new acknowledgement: the timeout doubles each.
@@ -20,6 +22,7 @@ impl Rtt {
     pub fn new(initial: Duration, min_rto: Duration, max_rto: Duration) -> Rtt {
         Rtt {
             srtt: None,
+            min_rtt: None,
             rttvar: Duration::ZERO,
             rto: initial.clamp(min_rto, max_rto.max(min_rto)),
             backoff: 0,
@@ -30,6 +33,7 @@ impl Rtt {
 
     /// A round trip measured on a packet sent exactly once (Karn's rule).
     pub fn sample(&mut self, rtt: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -46,6 +50,10 @@ impl Rtt {
 
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt
+    }
+
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
     }
 
     /// The timeout to arm now, backoff included.

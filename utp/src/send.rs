@@ -42,6 +42,9 @@ pub(crate) struct AckOutcome {
     /// The first packet this declared lost.
     pub lost: Option<u16>,
     pub fin_acked: bool,
+    /// A resent packet was acknowledged too soon after its resend for the resend to be
+    /// what arrived: the original did, and declaring it lost was a mistake (reordering).
+    pub spurious: bool,
 }
 
 #[derive(Debug)]
@@ -179,7 +182,18 @@ impl SendBuffer {
     /// Applies the cumulative acknowledgement `ack` and the selective ACK bitmask if any.
     /// `None` if `ack` is older than what was acknowledged before or names a packet never
     /// sent: such an acknowledgement is ignored.
-    pub fn on_ack(&mut self, now: Instant, ack: u16, sack: Option<&[u8]>) -> Option<AckOutcome> {
+    ///
+    /// A packet overtaken by three selectively acknowledged ones is lost only once it has
+    /// been out for `reorder_window` as well (RACK's rule): reordering is not loss. An
+    /// acknowledgement sooner than half of `min_rtt` after a resend is the original's.
+    pub fn on_ack(
+        &mut self,
+        now: Instant,
+        ack: u16,
+        sack: Option<&[u8]>,
+        reorder_window: Duration,
+        min_rtt: Duration,
+    ) -> Option<AckOutcome> {
         let first = self.in_flight.front()?.seq;
         let last_sent = self.next_seq.wrapping_sub(1);
         if seq_less(ack, first.wrapping_sub(1)) || seq_less(last_sent, ack) {
@@ -203,19 +217,29 @@ impl SendBuffer {
             }
             if !p.sacked {
                 outcome.newly_acked += p.payload.len();
+                let since = now.saturating_duration_since(p.sent_at);
                 if p.transmissions == 1 {
-                    outcome.rtt = Some(now.saturating_duration_since(p.sent_at));
+                    outcome.rtt = Some(since);
+                } else if since < min_rtt / 2 {
+                    outcome.spurious = true;
                 }
             }
             outcome.fin_acked |= p.ty == PacketType::Fin;
         }
         if let Some(mask) = sack {
-            self.apply_sack(now, ack, mask, &mut outcome);
+            self.apply_sack(now, ack, mask, (reorder_window, min_rtt), &mut outcome);
         }
         Some(outcome)
     }
 
-    fn apply_sack(&mut self, now: Instant, ack: u16, mask: &[u8], outcome: &mut AckOutcome) {
+    fn apply_sack(
+        &mut self,
+        now: Instant,
+        ack: u16,
+        mask: &[u8],
+        (reorder_window, min_rtt): (Duration, Duration),
+        outcome: &mut AckOutcome,
+    ) {
         let Some(first) = self.in_flight.front().map(|p| p.seq) else {
             return;
         };
@@ -237,8 +261,11 @@ impl SendBuffer {
                     self.to_resend -= 1;
                 }
                 outcome.newly_acked += p.payload.len();
+                let since = now.saturating_duration_since(p.sent_at);
                 if p.transmissions == 1 {
-                    outcome.rtt = Some(now.saturating_duration_since(p.sent_at));
+                    outcome.rtt = Some(since);
+                } else if since < min_rtt / 2 {
+                    outcome.spurious = true;
                 }
             }
         }
@@ -258,7 +285,8 @@ impl SendBuffer {
             }
             let overtaken =
                 latest_sacked[SACKED_AFTER_TO_LOSE - 1].is_some_and(|o| o > p.sent_order);
-            if p.counted && overtaken {
+            let out_long_enough = now.saturating_duration_since(p.sent_at) >= reorder_window;
+            if p.counted && overtaken && out_long_enough {
                 p.counted = false;
                 self.bytes_in_flight -= p.payload.len();
                 self.to_resend += 1;
@@ -316,6 +344,8 @@ impl SendBuffer {
 mod tests {
     use super::*;
 
+    const RTT: Duration = Duration::from_millis(100);
+
     /// Ten 100-byte packets sent, numbered from 0xfffa (they wrap).
     fn ten_sent(now: Instant) -> SendBuffer {
         let mut s = SendBuffer::new(10_000, 0xfffa);
@@ -333,7 +363,9 @@ mod tests {
         let mut s = ten_sent(t0);
         assert_eq!(s.bytes_in_flight(), 1000);
         let later = t0 + Duration::from_millis(30);
-        let out = s.on_ack(later, 0xfffa_u16.wrapping_add(3), None).unwrap();
+        let out = s
+            .on_ack(later, 0xfffa_u16.wrapping_add(3), None, Duration::ZERO, RTT)
+            .unwrap();
         assert!(out.advanced);
         assert_eq!(out.newly_acked, 400);
         assert_eq!(out.rtt, Some(Duration::from_millis(30)));
@@ -346,19 +378,20 @@ mod tests {
     fn stale_and_impossible_acks_are_ignored() {
         let t0 = Instant::now();
         let mut s = ten_sent(t0);
-        s.on_ack(t0, 0xfffc, None).unwrap();
+        s.on_ack(t0, 0xfffc, None, Duration::ZERO, RTT).unwrap();
         assert_eq!(
-            s.on_ack(t0, 0xfffa, None),
+            s.on_ack(t0, 0xfffa, None, Duration::ZERO, RTT),
             None,
             "older than what was acknowledged"
         );
         assert_eq!(
-            s.on_ack(t0, 0xfffa_u16.wrapping_add(10), None),
+            s.on_ack(t0, 0xfffa_u16.wrapping_add(10), None, Duration::ZERO, RTT),
             None,
             "never sent"
         );
         assert!(
-            s.on_ack(t0, 0xfffc, None).is_some_and(|o| !o.advanced),
+            s.on_ack(t0, 0xfffc, None, Duration::ZERO, RTT)
+                .is_some_and(|o| !o.advanced),
             "a duplicate"
         );
     }
@@ -369,23 +402,64 @@ mod tests {
         let mut s = ten_sent(t0);
         let hole = 0xfffa;
         // ack_nr = hole - 1; bits 0..2 are hole + 1 ..= hole + 3.
-        let out = s.on_ack(t0, hole - 1, Some(&[0b111, 0, 0, 0])).unwrap();
+        let out = s
+            .on_ack(t0, hole - 1, Some(&[0b111, 0, 0, 0]), Duration::ZERO, RTT)
+            .unwrap();
         assert_eq!(out.newly_acked, 300);
         assert_eq!(out.lost, Some(hole));
         assert_eq!(s.next_to_resend(0), Some((0, 100)));
         let (seq, ..) = s.transmit(t0, 0);
         assert_eq!(seq, hole);
         // The same news again: it was resent after those three, so not lost again.
-        let out = s.on_ack(t0, hole - 1, Some(&[0b111, 0, 0, 0])).unwrap();
+        let out = s
+            .on_ack(t0, hole - 1, Some(&[0b111, 0, 0, 0]), Duration::ZERO, RTT)
+            .unwrap();
         assert_eq!(out.lost, None);
         s.check_invariants();
+    }
+
+    #[test]
+    fn a_hole_younger_than_the_reorder_window_is_not_lost_yet() {
+        let t0 = Instant::now();
+        let mut s = ten_sent(t0);
+        let window = Duration::from_millis(25);
+        let sack = Some(&[0b111, 0, 0, 0][..]);
+        let out = s
+            .on_ack(t0 + window / 2, 0xfff9, sack, window, RTT)
+            .unwrap();
+        assert_eq!(out.lost, None, "maybe just reordered");
+        let out = s.on_ack(t0 + window, 0xfff9, sack, window, RTT).unwrap();
+        assert_eq!(out.lost, Some(0xfffa));
+    }
+
+    #[test]
+    fn an_acknowledgement_right_after_a_resend_shows_the_resend_was_spurious() {
+        let t0 = Instant::now();
+        let mut s = ten_sent(t0);
+        s.on_ack(t0, 0xfff9, Some(&[0b111, 0, 0, 0]), Duration::ZERO, RTT)
+            .unwrap();
+        let t1 = t0 + RTT;
+        s.transmit(t1, 0); // resent
+                           // Acknowledged 10 ms later: the original arrived (a resend needs a round trip).
+        let out = s
+            .on_ack(
+                t1 + Duration::from_millis(10),
+                0xfffa,
+                None,
+                Duration::ZERO,
+                RTT,
+            )
+            .unwrap();
+        assert!(out.spurious);
     }
 
     #[test]
     fn two_later_packets_are_not_enough() {
         let t0 = Instant::now();
         let mut s = ten_sent(t0);
-        let out = s.on_ack(t0, 0xfff9, Some(&[0b110, 0, 0, 0])).unwrap();
+        let out = s
+            .on_ack(t0, 0xfff9, Some(&[0b110, 0, 0, 0]), Duration::ZERO, RTT)
+            .unwrap();
         assert_eq!(out.lost, None);
     }
 
@@ -393,7 +467,8 @@ mod tests {
     fn a_timeout_loses_everything_not_sacked() {
         let t0 = Instant::now();
         let mut s = ten_sent(t0);
-        s.on_ack(t0, 0xfff9, Some(&[0b1, 0, 0, 0])).unwrap();
+        s.on_ack(t0, 0xfff9, Some(&[0b1, 0, 0, 0]), Duration::ZERO, RTT)
+            .unwrap();
         s.lose_all();
         assert_eq!(s.bytes_in_flight(), 0);
         let mut resend = vec![];
@@ -416,7 +491,8 @@ mod tests {
         let i = s.add_packet(Instant::now(), PacketType::Data, 300);
         s.transmit(Instant::now(), i);
         assert_eq!(s.room(), 0, "sent but unacknowledged still counts");
-        s.on_ack(Instant::now(), 1, None).unwrap();
+        s.on_ack(Instant::now(), 1, None, Duration::ZERO, RTT)
+            .unwrap();
         assert_eq!(s.room(), 300);
     }
 }
