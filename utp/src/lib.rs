@@ -33,10 +33,12 @@ pub mod packet;
 mod recv;
 pub mod rtt;
 mod send;
+pub mod socket;
 pub mod testnet;
 
 pub use crate::config::Config;
 pub use crate::endpoint::{CloseReason, ConnId, Endpoint, Error, Event, Stats, Transmit};
+pub use crate::socket::{UtpSocket, UtpStream};
 
 #[cfg(test)]
 mod tests;
