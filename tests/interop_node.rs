@@ -167,6 +167,51 @@ fn libtorrent_fetches_from_swarm_seed_through_the_dht() {
     assert_eq!(std::fs::read(out_dir.join("from_swarm.bin")).unwrap(), data);
 }
 
+/// A libtorrent that speaks uTP only (TCP off both ways) fetches from `swarm seed`: the
+/// seed accepts uTP on its DHT's UDP port (same number as its TCP port).
+#[test]
+fn a_utp_only_libtorrent_fetches_from_swarm_seed() {
+    let python = require_libtorrent!();
+    let boot = tests::InProcessBootstrap::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = test_payload(3 * 1024 * 1024 + 77, 23);
+    let file = write_file(&dir.path().join("seed"), "over_utp.bin", &data);
+    let ip = next_loopback_ip();
+    let port = free_port(ip);
+    let mut seeder = swarm_command(swarm_bin!())
+        .arg("seed")
+        .arg(&file)
+        .args(["--bind", &ip.to_string(), "--port", &port.to_string()])
+        .args(["--bootstrap", &boot.addr.to_string(), "--state-dir"])
+        .arg(dir.path().join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(seeder.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _seeder = tests::Reaper(seeder);
+    let magnet = first.trim().to_string();
+    assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet:?}");
+    let out_dir = dir.path().join("lt_out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mode = [
+        s("--utp-only"),
+        s("--peer"),
+        format!("{ip}:{port}"),
+        s("get"),
+        s("--magnet"),
+        magnet,
+        s("--save"),
+        out_dir.display().to_string(),
+    ];
+    let (_lt, lines) = lt_peer(python, boot.addr, 100, &mode);
+    tests::wait_line(&lines, "\"done\"", Duration::from_secs(110));
+    assert_eq!(std::fs::read(out_dir.join("over_utp.bin")).unwrap(), data);
+}
+
 /// The strings of the JSON list `"key": [...]` in an lt_peer.py event line.
 fn json_list(line: &str, key: &str) -> Vec<String> {
     let start = format!("\"{key}\": [");

@@ -60,6 +60,12 @@ def make_session(args):
     }
     if args.upload_limit:
         settings["upload_rate_limit"] = args.upload_limit
+    if args.utp_only:
+        # Peers only over uTP (BEP 29), the way many NATed clients are reachable.
+        settings["enable_outgoing_tcp"] = False
+        settings["enable_incoming_tcp"] = False
+        settings["enable_outgoing_utp"] = True
+        settings["enable_incoming_utp"] = True
     if args.encryption == "forced":
         # Only MSE/PE connections, RC4 after the handshake, both ways.
         settings["out_enc_policy"] = int(lt.enc_policy.forced)
@@ -107,6 +113,7 @@ def main():
     p.add_argument("--upload-limit", type=int, default=0)
     p.add_argument("--encryption", choices=["default", "forced"], default="default",
                    help="forced: accept and make only encrypted (MSE/PE, RC4) connections")
+    p.add_argument("--utp-only", action="store_true", help="peer connections over uTP only (no TCP)")
     p.add_argument("--announce-every", type=float, default=2.0, help="force_dht_announce interval (s)")
     sub = p.add_subparsers(dest="job", required=True)
     s = sub.add_parser("seed")

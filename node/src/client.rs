@@ -143,6 +143,27 @@ impl Tracked {
     }
 }
 
+/// The DHT node on `port` (UDP, the number of the session's TCP port), with uTP peers
+/// (BEP 29) accepted on the same socket, as libtorrent does: the socket hands uTP
+/// datagrams to a uTP driver, whose connections the session routes like TCP ones.
+pub async fn start_udp(
+    net: &NetConfig,
+    session: &mut Session,
+    port: u16,
+) -> anyhow::Result<dht::Node> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let mut dcfg = dht::NodeConfig::new(SocketAddr::new(net.bind_ip, port), net.dht_core_config());
+    dcfg.state_file = net.dht_state.clone();
+    dcfg.other_datagrams = Some(tx);
+    let node = dht::Node::bind(dcfg)
+        .await
+        .context("cannot start the DHT node")?;
+    let utp =
+        utp::UtpSocket::with_socket(node.socket(), rx, utp::Config::default(), rand::random());
+    session.accept_utp(std::sync::Arc::new(utp));
+    Ok(node)
+}
+
 /// Torrents in one session (one port for all of them) with one DHT node.
 pub struct Client {
     pub session: Session,
@@ -218,15 +239,7 @@ impl Client {
         let dht = if net.no_dht {
             None
         } else {
-            let mut dcfg = dht::NodeConfig::new(
-                SocketAddr::new(net.bind_ip, listen.port()),
-                net.dht_core_config(),
-            );
-            dcfg.state_file = net.dht_state.clone();
-            let node = dht::Node::bind(dcfg)
-                .await
-                .context("cannot start the DHT node")?;
-            Some(node)
+            Some(start_udp(net, &mut session, listen.port()).await?)
         };
         let rejoin = dht.is_some().then(|| {
             Rejoin::new(

@@ -394,16 +394,7 @@ impl Daemon {
             None
         } else {
             session.set_dht_port(Some(listen.port()));
-            let mut dcfg = dht::NodeConfig::new(
-                SocketAddr::new(net.bind_ip, listen.port()),
-                net.dht_core_config(),
-            );
-            dcfg.state_file = net.dht_state.clone();
-            Some(
-                dht::Node::bind(dcfg)
-                    .await
-                    .context("cannot start the DHT node")?,
-            )
+            Some(crate::client::start_udp(&net, &mut session, listen.port()).await?)
         };
         let saved = load_list(&cfg.state_dir.join(LIST_FILE))?;
         let daemon = Arc::new(Daemon {

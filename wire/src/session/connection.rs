@@ -171,13 +171,15 @@ pub struct Accepted {
 
 /// Sets up an incoming connection: plaintext, or MSE when it opens with a key exchange
 /// (for any of `skeys`, the info-hashes we serve), then reads the peer's handshake.
-pub async fn accept(
-    mut stream: TcpStream,
+pub async fn accept<S>(
+    mut stream: S,
     addr: SocketAddr,
     skeys: &[[u8; 20]],
     timeout: Duration,
-) -> Result<Accepted, String> {
-    let _ = stream.set_nodelay(true);
+) -> Result<Accepted, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let setup = async {
         let mut first = BytesMut::with_capacity(READ_CHUNK);
         while first.len() < PLAINTEXT_START.len() && PLAINTEXT_START.starts_with(&first[..]) {
@@ -191,7 +193,7 @@ pub async fn accept(
         }
         let (mut rd, wr, buf): (BoxRead, BoxWrite, BytesMut) = if first.starts_with(PLAINTEXT_START)
         {
-            let (r, w) = stream.into_split();
+            let (r, w) = tokio::io::split(stream);
             (Box::new(r), Box::new(w), first)
         } else {
             let mse = super::mse::accept(stream, first, skeys)

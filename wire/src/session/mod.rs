@@ -213,6 +213,8 @@ pub struct Session {
     listen_addr: Option<SocketAddr>,
     routes: Routes,
     acceptor: Option<JoinHandle<()>>,
+    /// Accepts uTP connections, once [`Session::accept_utp`] gave a socket.
+    utp_acceptor: Option<JoinHandle<()>>,
 }
 
 impl Session {
@@ -238,7 +240,18 @@ impl Session {
             listen_addr,
             routes,
             acceptor,
+            utp_acceptor: None,
         })
+    }
+
+    /// Also accepts peers over uTP on `socket` (the DHT's UDP port, usually), routed to
+    /// the torrents by their handshakes like TCP peers.
+    pub fn accept_utp(&mut self, socket: Arc<utp::UtpSocket>) {
+        if let Some(old) = self.utp_acceptor.take() {
+            old.abort();
+        }
+        let task = accept_utp_loop(socket, self.routes.clone(), self.cfg.handshake_timeout);
+        self.utp_acceptor = Some(tokio::spawn(task));
     }
 
     /// Where peers can reach us, if we listen.
@@ -315,6 +328,10 @@ impl Session {
     /// Stops accepting. Torrents still running stop when their handles are shut down or
     /// dropped.
     pub async fn shutdown(mut self) {
+        if let Some(u) = self.utp_acceptor.take() {
+            u.abort();
+            let _ = u.await;
+        }
         if let Some(a) = self.acceptor.take() {
             a.abort();
             let _ = a.await;
@@ -324,17 +341,23 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if let Some(u) = self.utp_acceptor.take() {
+            u.abort();
+        }
         if let Some(a) = self.acceptor.take() {
             a.abort();
         }
     }
 }
 
-/// Accepts connections and hands each, once its handshake is read, to the torrent it
+/// Handshakes in progress at once, per transport: a flood of idle connections costs a
+/// bounded amount.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Accepts TCP connections and hands each, once its handshake is read, to the torrent it
 /// names; connections for torrents we do not have are dropped.
 async fn accept_loop(l: TcpListener, routes: Routes, handshake_timeout: Duration) {
-    // Handshakes in progress at once: a flood of idle connections costs a bounded amount.
-    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, addr) = match l.accept().await {
             Ok(x) => x,
@@ -348,32 +371,66 @@ async fn accept_loop(l: TcpListener, routes: Routes, handshake_timeout: Duration
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             continue; // dropping the stream closes it
         };
-        let routes = routes.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let skeys: Vec<[u8; 20]> = routes
-                .lock()
-                .map(|r| r.keys().map(|h| h.0).collect())
-                .unwrap_or_default();
-            let accepted = match connection::accept(stream, addr, &skeys, handshake_timeout).await {
-                Ok(a) => a,
-                Err(e) => return tracing::debug!(peer = %addr, "incoming: {e}"),
-            };
-            let to = routes
-                .lock()
-                .ok()
-                .and_then(|r| r.get(&accepted.theirs.info_hash).cloned());
-            match to {
-                Some(tx) => {
-                    let _ = tx.send(accepted).await;
-                }
-                None => tracing::debug!(
-                    peer = %addr,
-                    "incoming for a torrent we do not have ({})",
-                    accepted.theirs.info_hash
-                ),
-            }
-        });
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(route(
+            stream,
+            addr,
+            routes.clone(),
+            handshake_timeout,
+            permit,
+        ));
+    }
+}
+
+/// The same for uTP connections (BEP 29) arriving on the UDP socket.
+async fn accept_utp_loop(socket: Arc<utp::UtpSocket>, routes: Routes, handshake_timeout: Duration) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    while let Some((stream, addr)) = socket.accept().await {
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        tokio::spawn(route(
+            stream,
+            addr,
+            routes.clone(),
+            handshake_timeout,
+            permit,
+        ));
+    }
+}
+
+/// Reads an incoming connection's handshake (plaintext or MSE) and hands it to the
+/// torrent it names.
+async fn route<S>(
+    stream: S,
+    addr: SocketAddr,
+    routes: Routes,
+    handshake_timeout: Duration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let skeys: Vec<[u8; 20]> = routes
+        .lock()
+        .map(|r| r.keys().map(|h| h.0).collect())
+        .unwrap_or_default();
+    let accepted = match connection::accept(stream, addr, &skeys, handshake_timeout).await {
+        Ok(a) => a,
+        Err(e) => return tracing::debug!(peer = %addr, "incoming: {e}"),
+    };
+    let to = routes
+        .lock()
+        .ok()
+        .and_then(|r| r.get(&accepted.theirs.info_hash).cloned());
+    match to {
+        Some(tx) => {
+            let _ = tx.send(accepted).await;
+        }
+        None => tracing::debug!(
+            peer = %addr,
+            "incoming for a torrent we do not have ({})",
+            accepted.theirs.info_hash
+        ),
     }
 }
 
