@@ -394,7 +394,7 @@ impl Daemon {
             None
         } else {
             session.set_dht_port(Some(listen.port()));
-            Some(crate::client::start_udp(&net, &mut session, listen.port()).await?)
+            Some(crate::client::start_udp(net, &mut session, listen.port()).await?)
         };
         let saved = load_list(&cfg.state_dir.join(LIST_FILE))?;
         let daemon = Arc::new(Daemon {
