@@ -75,6 +75,17 @@ fn lt_get(
 
 #[test]
 fn swarm_get_fetches_from_a_libtorrent_seed_through_the_dht() {
+    get_from_libtorrent_seed(false);
+}
+
+/// The same from a libtorrent that speaks uTP only and never dials anyone (no DHT): TCP
+/// is refused, so swarm dials the peer again over uTP on the same port.
+#[test]
+fn swarm_get_fetches_from_a_utp_only_libtorrent_seed() {
+    get_from_libtorrent_seed(true);
+}
+
+fn get_from_libtorrent_seed(utp_only: bool) {
     let python = require_libtorrent!();
     let boot = tests::InProcessBootstrap::start();
     let dir = tempfile::tempdir().unwrap();
@@ -83,15 +94,26 @@ fn swarm_get_fetches_from_a_libtorrent_seed_through_the_dht() {
     write_file(&seed_dir, "from_lt.bin", &data);
     let torrent = lt_make_torrent(python, &seed_dir, "from_lt.bin");
     let lt_ip = next_loopback_ip();
+    let lt_addr = format!("{lt_ip}:{}", free_port(lt_ip));
     let (_lt, lines) = tests::spawn_lt_peer(
         python,
         &[
             s("--listen"),
-            format!("{lt_ip}:{}", free_port(lt_ip)),
+            lt_addr.clone(),
             s("--bootstrap"),
             s(boot.addr),
             s("--timeout"),
             s(150),
+            s(if utp_only {
+                "--utp-only"
+            } else {
+                "--status-interval=1"
+            }),
+            s(if utp_only {
+                "--no-dht"
+            } else {
+                "--announce-every=2"
+            }),
             s("seed"),
             s("--torrent"),
             torrent.display().to_string(),
@@ -102,6 +124,11 @@ fn swarm_get_fetches_from_a_libtorrent_seed_through_the_dht() {
     tests::wait_line(&lines, "\"ready\"", Duration::from_secs(30));
     let meta = wire::metainfo::Metainfo::from_bytes(&std::fs::read(&torrent).unwrap()).unwrap();
     let magnet = format!("magnet:?xt=urn:btih:{}", meta.info_hash.to_hex());
+    let magnet = if utp_only {
+        format!("{magnet}&x.pe={lt_addr}")
+    } else {
+        magnet
+    };
     let out_dir = dir.path().join("out");
     let ip = next_loopback_ip();
     let child = swarm_command(swarm_bin!())

@@ -224,6 +224,12 @@ impl Client {
         if !net.no_dht {
             session.set_dht_port(Some(listen.port()));
         }
+        // Before the torrents: they dial over the uTP socket it brings.
+        let dht = if net.no_dht {
+            None
+        } else {
+            Some(start_udp(net, &mut session, listen.port()).await?)
+        };
         let mut torrents = Vec::new();
         for (source, out_dir, hints) in items {
             let torrent = session
@@ -236,11 +242,6 @@ impl Client {
             }
             torrents.push(Tracked::new(torrent));
         }
-        let dht = if net.no_dht {
-            None
-        } else {
-            Some(start_udp(net, &mut session, listen.port()).await?)
-        };
         let rejoin = dht.is_some().then(|| {
             Rejoin::new(
                 net.bootstrap_names.clone(),

@@ -155,6 +155,10 @@ pub struct ConnParams {
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// A byte stream to a peer: TCP or uTP.
+trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
+
 /// The bytes of a plaintext BitTorrent handshake's start; anything else opening an
 /// incoming connection is taken for an MSE key exchange.
 const PLAINTEXT_START: &[u8; 20] = b"\x13BitTorrent protocol";
@@ -230,59 +234,112 @@ async fn connect(local: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<Tcp
     socket.connect(addr).await
 }
 
-/// Dials `addr`, sets up the transport (MSE when `encrypt`), does the handshake, then
-/// runs the connection to its end.
+/// Dials `addr` over TCP, and over uTP (when `utp` is given) if TCP fails, sets up the
+/// transport (MSE when `encrypt`), does the handshake, then runs the connection to its end.
 #[allow(clippy::too_many_arguments)]
 pub async fn dial(
     p: ConnParams,
     local: Option<IpAddr>,
     addr: SocketAddr,
     connect_timeout: Duration,
+    utp: Option<Arc<utp::UtpSocket>>,
     encrypt: bool,
     events: mpsc::Sender<FromConn>,
     commands: ConnRx,
 ) {
     let id = p.id;
-    let stream = match tokio::time::timeout(connect_timeout, connect(local, addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return closed(&events, id, format!("connect failed: {e}")).await,
-        Err(_) => return closed(&events, id, "connect timed out".into()).await,
+    let tcp = match tokio::time::timeout(connect_timeout, connect(local, addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(format!("connect failed: {e}")),
+        Err(_) => Err("connect timed out".to_string()),
     };
-    let _ = stream.set_nodelay(true);
-    let setup = async {
-        let (mut rd, mut wr): (BoxRead, BoxWrite) = if encrypt {
-            let mse = super::mse::initiate(stream, &p.info_hash.0)
+    let over_tcp = match tcp {
+        Ok(s) => {
+            match tokio::time::timeout(p.handshake_timeout, handshake(&p, Box::new(s), encrypt))
                 .await
-                .map_err(|e| format!("encrypted handshake: {e}"))?;
-            tracing::debug!(
-                "MSE handshake done, {}",
-                if mse.encrypted() { "RC4" } else { "plaintext" }
-            );
-            let (r, w) = tokio::io::split(mse);
-            (Box::new(r), Box::new(w))
-        } else {
-            let (r, w) = stream.into_split();
-            (Box::new(r), Box::new(w))
-        };
-        write_flush(&mut wr, &our_handshake(&p))
-            .await
-            .map_err(|e| format!("handshake write: {e}"))?;
-        let (theirs, leftover) = read_handshake(&mut rd, BytesMut::new()).await?;
-        if theirs.info_hash != p.info_hash {
-            return Err(format!(
-                "handshake for another torrent ({})",
-                theirs.info_hash
-            ));
+            {
+                Ok(Ok(done)) => return run_handshaken(p, done, events, commands).await,
+                Ok(Err(reason)) => reason,
+                Err(_) => "handshake timed out".to_string(),
+            }
         }
-        Ok::<_, String>((rd, wr, theirs, leftover))
+        Err(reason) => reason,
     };
-    match tokio::time::timeout(p.handshake_timeout, setup).await {
-        Ok(Ok((rd, wr, theirs, leftover))) => {
-            run(p, rd, wr, theirs, leftover, events, commands).await
+    // A peer that takes TCP but drops it (libtorrent with TCP off still listens), or does
+    // not take it at all, may be reachable over uTP on the same port.
+    let Some(utp) = utp else {
+        return closed(&events, id, over_tcp).await;
+    };
+    let stream = match tokio::time::timeout(connect_timeout, utp.connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return closed(&events, id, format!("{over_tcp}; over uTP: {e}")).await,
+        Err(_) => return closed(&events, id, format!("{over_tcp}; over uTP: timed out")).await,
+    };
+    match tokio::time::timeout(
+        p.handshake_timeout,
+        handshake(&p, Box::new(stream), encrypt),
+    )
+    .await
+    {
+        Ok(Ok(done)) => run_handshaken(p, done, events, commands).await,
+        Ok(Err(reason)) => closed(&events, id, format!("{over_tcp}; over uTP: {reason}")).await,
+        Err(_) => {
+            closed(
+                &events,
+                id,
+                format!("{over_tcp}; over uTP: handshake timed out"),
+            )
+            .await
         }
-        Ok(Err(reason)) => closed(&events, id, reason).await,
-        Err(_) => closed(&events, id, "handshake timed out".into()).await,
     }
+}
+
+/// A dialed connection after both handshakes: the two halves, theirs, bytes read past it.
+type Handshaken = (BoxRead, BoxWrite, Handshake, BytesMut);
+
+/// Sets up the transport (MSE when `encrypt`) and exchanges handshakes.
+async fn handshake(
+    p: &ConnParams,
+    stream: Box<dyn Transport>,
+    encrypt: bool,
+) -> Result<Handshaken, String> {
+    let (mut rd, mut wr): (BoxRead, BoxWrite) = if encrypt {
+        let mse = super::mse::initiate(stream, &p.info_hash.0)
+            .await
+            .map_err(|e| format!("encrypted handshake: {e}"))?;
+        tracing::debug!(
+            "MSE handshake done, {}",
+            if mse.encrypted() { "RC4" } else { "plaintext" }
+        );
+        let (r, w) = tokio::io::split(mse);
+        (Box::new(r), Box::new(w))
+    } else {
+        let (r, w) = tokio::io::split(stream);
+        (Box::new(r), Box::new(w))
+    };
+    write_flush(&mut wr, &our_handshake(p))
+        .await
+        .map_err(|e| format!("handshake write: {e}"))?;
+    let (theirs, leftover) = read_handshake(&mut rd, BytesMut::new()).await?;
+    if theirs.info_hash != p.info_hash {
+        return Err(format!(
+            "handshake for another torrent ({})",
+            theirs.info_hash
+        ));
+    }
+    Ok((rd, wr, theirs, leftover))
+}
+
+async fn run_handshaken(
+    p: ConnParams,
+    (rd, wr, theirs, leftover): Handshaken,
+    events: mpsc::Sender<FromConn>,
+    commands: ConnRx,
+) {
+    run(p, rd, wr, theirs, leftover, events, commands).await
 }
 
 /// Answers an accepted connection with our handshake and runs it to its end.

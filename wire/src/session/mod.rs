@@ -68,6 +68,19 @@ pub struct SessionConfig {
     /// The rest of the torrent core's settings (dial policy, per-IP limit, metadata
     /// timeouts); its peer id, port, engine, resume interval and seed come from above.
     pub core: CoreConfig,
+    /// uTP (set by [`Session::accept_utp`]): peers that TCP cannot reach are dialed over
+    /// it too.
+    pub utp: Option<UtpHandle>,
+}
+
+/// The session's uTP socket, shared by its torrents.
+#[derive(Clone)]
+pub struct UtpHandle(pub Arc<utp::UtpSocket>);
+
+impl std::fmt::Debug for UtpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UtpHandle({})", self.0.local_addr())
+    }
 }
 
 impl Default for SessionConfig {
@@ -91,6 +104,7 @@ impl Default for SessionConfig {
             resume_interval: Duration::from_secs(30),
             dht_port: None,
             core: CoreConfig::default(),
+            utp: None,
         }
     }
 }
@@ -245,11 +259,13 @@ impl Session {
     }
 
     /// Also accepts peers over uTP on `socket` (the DHT's UDP port, usually), routed to
-    /// the torrents by their handshakes like TCP peers.
+    /// the torrents by their handshakes like TCP peers; torrents added from now on also
+    /// dial over it peers TCP cannot reach.
     pub fn accept_utp(&mut self, socket: Arc<utp::UtpSocket>) {
         if let Some(old) = self.utp_acceptor.take() {
             old.abort();
         }
+        self.cfg.utp = Some(UtpHandle(socket.clone()));
         let task = accept_utp_loop(socket, self.routes.clone(), self.cfg.handshake_timeout);
         self.utp_acceptor = Some(tokio::spawn(task));
     }

@@ -471,6 +471,7 @@ impl Task {
             local,
             addr,
             self.cfg.connect_timeout,
+            self.cfg.utp.as_ref().map(|u| u.0.clone()),
             encrypt,
             self.events_tx.clone(),
             rx,
