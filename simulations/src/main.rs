@@ -111,7 +111,7 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         readers: usize,
         /// Comma-separated seconds after the update at which gets start.
-        #[arg(long, default_value = "0,0.5,1,2,5,10,30,60,120,300")]
+        #[arg(long, default_value = "0,0.25,0.5,1,2,5,10,30,60,120,300")]
         delays: String,
     },
     /// Forged replies with guessed transaction ids: random vs sequential ids.
@@ -770,6 +770,7 @@ fn dht_mutable_main(
         "v2_since_update_p50_s",
         "v2_since_update_p90_s",
         "v2_latency_p50_s",
+        "done_p50_s",
         "queries_mean",
     ]);
     let rows = r.rows();
@@ -785,18 +786,24 @@ fn dht_mutable_main(
             secs(row.v2_since_update_p50),
             secs(row.v2_since_update_p90),
             secs(row.v2_latency_p50),
+            secs(row.done_p50),
             format!("{:.1}", row.queries_mean),
         ]);
     }
     print!("{t}");
     for put in &r.puts {
-        let took = match (put.start, put.done) {
+        let after = |end: Option<SimTime>| match (put.start, end) {
             (Some(a), Some(b)) => format!("{:.2} s", b.saturating_since(a).as_secs_f64()),
             _ => "-".into(),
         };
         println!(
-            "put seq {}: acked {} of {} sent, {} queries, done after {took}",
-            put.seq, put.acked, put.sent, put.queries
+            "put seq {}: acked {} of {} sent, {} queries, traversal done after {}, puts done after {}",
+            put.seq,
+            put.acked,
+            put.sent,
+            put.queries,
+            after(put.traversal_done),
+            after(put.done)
         );
     }
     for share in [0.9, 0.99, 1.0] {
@@ -882,6 +889,7 @@ fn dht_spoof_main(
         "asked_spoofer",
         "accepted_forged",
         "steered",
+        "steered_found",
         "success",
         "queries_mean",
         "forged_for",
@@ -903,6 +911,11 @@ fn dht_spoof_main(
             format!("{:.4}", pt.exposed_share()),
             format!("{:.4}", pt.accepted_share()),
             format!("{:.4}", pt.steered_share()),
+            if pt.steered == 0 {
+                "-".into()
+            } else {
+                format!("{:.3}", pt.steered_found as f64 / pt.steered as f64)
+            },
             format!("{:.4}", pt.report.success_rate()),
             format!("{:.1}", pt.report.queries().mean()),
             pt.forged_for.to_string(),

@@ -38,7 +38,9 @@ impl MutableParams {
             warmup: Duration::from_secs(300),
             update_after: Duration::from_secs(60),
             readers: 1_000,
-            delays: vec![0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
+            delays: vec![
+                0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            ],
             salt: Vec::new(),
         }
     }
@@ -69,6 +71,8 @@ pub struct GetRecord {
 pub struct PutRecord {
     pub seq: i64,
     pub start: Option<SimTime>,
+    /// The get traversal ended (the puts leave then).
+    pub traversal_done: Option<SimTime>,
     pub done: Option<SimTime>,
     pub sent: usize,
     pub acked: usize,
@@ -101,6 +105,8 @@ pub struct DelayRow {
     pub v2_since_update_p90: f64,
     /// Seconds from the get's start to version 2, p50.
     pub v2_latency_p50: f64,
+    /// Seconds from the get's start to the end of its traversal, p50.
+    pub done_p50: f64,
     pub queries_mean: f64,
 }
 
@@ -135,6 +141,10 @@ impl MutableReport {
                     .iter()
                     .filter_map(|g| Some(g.v2_at?.saturating_since(g.start?).as_secs_f64()))
                     .collect();
+                let mut done: Samples = gets
+                    .iter()
+                    .filter_map(|g| Some(g.done?.saturating_since(g.start?).as_secs_f64()))
+                    .collect();
                 let queries: Samples = gets.iter().map(|g| f64::from(g.queries)).collect();
                 DelayRow {
                     delay: d,
@@ -144,6 +154,7 @@ impl MutableReport {
                     v2_since_update_p50: since.percentile(50.0),
                     v2_since_update_p90: since.percentile(90.0),
                     v2_latency_p50: latency.percentile(50.0),
+                    done_p50: done.percentile(50.0),
                     queries_mean: queries.mean(),
                 }
             })
@@ -292,7 +303,10 @@ pub fn run(p: &MutableParams) -> MutableReport {
                         gets[idx].done = Some(now);
                         gets[idx].queries = queries;
                     }
-                    Some(&Pending::Put(idx)) => puts[idx].queries = queries,
+                    Some(&Pending::Put(idx)) => {
+                        puts[idx].queries = queries;
+                        puts[idx].traversal_done = Some(now);
+                    }
                     None => {}
                 },
                 Event::PutDone {

@@ -57,6 +57,8 @@ pub struct SpoofPoint {
     pub exposed: usize,
     /// Searches that ended with a sink among their closest nodes.
     pub steered: usize,
+    /// Of those, the ones that still found the announcer.
+    pub steered_found: usize,
     pub forged_sent: u64,
     /// get_peers queries the spoofers answered (and forged for).
     pub forged_for: u64,
@@ -115,14 +117,18 @@ pub fn run(p: &SpoofParams) -> Vec<SpoofPoint> {
             let asked: HashSet<(SocketAddr, Id)> = log.sink_queries.iter().copied().collect();
             let met: HashSet<(SocketAddr, Id)> = log.spoofer_queries.iter().copied().collect();
             let sinks: HashSet<SocketAddr> = log.sinks.iter().copied().collect();
-            let (mut searches, mut exposed, mut accepted, mut steered) = (0, 0, 0, 0);
+            let (mut searches, mut exposed, mut accepted, mut steered, mut steered_found) =
+                (0, 0, 0, 0, 0);
             for r in report.measured().filter(|r| r.done.is_some()) {
                 searches += 1;
                 if let Some(a) = r.searcher_addr {
                     exposed += usize::from(met.contains(&(a, r.info_hash)));
                     accepted += usize::from(asked.contains(&(a, r.info_hash)));
                 }
-                steered += usize::from(r.closest.iter().any(|c| sinks.contains(c)));
+                if r.closest.iter().any(|c| sinks.contains(c)) {
+                    steered += 1;
+                    steered_found += usize::from(r.found.is_some());
+                }
             }
             points.push(SpoofPoint {
                 sequential,
@@ -131,6 +137,7 @@ pub fn run(p: &SpoofParams) -> Vec<SpoofPoint> {
                 exposed,
                 accepted,
                 steered,
+                steered_found,
                 forged_sent: log.forged_sent,
                 forged_for: log.forged_for,
                 report,
