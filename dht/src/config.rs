@@ -122,6 +122,10 @@ pub struct Config {
     /// A saved pool younger than this may fill up replies until its nodes are checked;
     /// an older one is only a list of nodes to ping.
     pub pool_saved_usable_for: Duration,
+    /// Simulation only: the old sequential 2-byte transaction ids (from a random start),
+    /// to measure what random 4-byte ids buy against forged replies (`dht-spoof`).
+    #[doc(hidden)]
+    pub sequential_tids: bool,
 }
 
 impl Default for Config {
@@ -171,6 +175,7 @@ impl Default for Config {
             pool_checks_per_tick: 500,
             pool_saved_checks_per_tick: 5_000,
             pool_saved_usable_for: Duration::from_secs(3 * 3600),
+            sequential_tids: false,
         }
     }
 }

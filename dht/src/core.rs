@@ -296,6 +296,9 @@ pub struct Dht {
     item_lookups: HashMap<LookupId, ItemLookup>,
     next_lookup: u64,
     transactions: HashMap<u32, Tx>,
+    /// `Config::sequential_tids` only (simulation): the next 2-byte id, drawn on first use
+    /// so that the RNG stream of ordinary cores is unchanged.
+    next_tid: Option<u16>,
     /// Round trips of replies, for the short timeout.
     rtt: RttEstimator,
     /// Send times in order, for the short and the long timeout.
@@ -391,6 +394,7 @@ impl Dht {
             item_lookups: HashMap::new(),
             next_lookup: 1,
             transactions: HashMap::new(),
+            next_tid: None,
             rtt: RttEstimator::new(config.short_timeout_min, config.short_timeout),
             slow_checks: VecDeque::new(),
             deadlines: VecDeque::new(),
@@ -1145,7 +1149,11 @@ impl Dht {
     // internals: client side
 
     fn take_tx(&mut self, from: SocketAddr, t: &[u8]) -> Option<Tx> {
-        let tid = u32::from_be_bytes(<[u8; 4]>::try_from(t).ok()?);
+        let tid = match <[u8; 2]>::try_from(t) {
+            // The old 2-byte ids, only when the simulation switch asks for them.
+            Ok(short) if self.config.sequential_tids => u32::from(u16::from_be_bytes(short)),
+            _ => u32::from_be_bytes(<[u8; 4]>::try_from(t).ok()?),
+        };
         let tx = match self.transactions.get(&tid) {
             Some(tx) if tx.addr == from => self.transactions.remove(&tid),
             _ => None,
@@ -1758,6 +1766,18 @@ impl Dht {
     /// of our ids) cannot guess the ids of our queries to others and forge their replies.
     /// A reply must also come from the address queried (see `take_tx`).
     fn alloc_tid(&mut self) -> u32 {
+        if self.config.sequential_tids {
+            // Simulation only: sequential u16 ids from a random start (sent as 2 bytes).
+            let rng = &mut self.rng;
+            let next = self.next_tid.get_or_insert_with(|| rng.next_u32() as u16);
+            loop {
+                let tid = u32::from(*next);
+                *next = next.wrapping_add(1);
+                if !self.transactions.contains_key(&tid) {
+                    return tid;
+                }
+            }
+        }
         loop {
             let tid = self.rng.next_u32();
             if !self.transactions.contains_key(&tid) {
@@ -1774,8 +1794,13 @@ impl Dht {
             }
             _ => Want::default(),
         };
+        let t = if self.config.sequential_tids {
+            (tid as u16).to_be_bytes().to_vec()
+        } else {
+            tid.to_be_bytes().to_vec()
+        };
         let msg = Message {
-            t: tid.to_be_bytes().to_vec(),
+            t,
             v: self.config.client_version.map(|v| v.to_vec()),
             ip: None,
             ro: self.config.read_only,

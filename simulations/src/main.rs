@@ -11,7 +11,9 @@ use simulations::dht_sim::WorldConfig;
 use simulations::net::churn::ChurnConfig;
 use simulations::net::NetConfig;
 use simulations::plot::{line_chart, Chart, Series};
-use simulations::scenarios::{dht_attack, dht_bootstrap, dht_lookup, swarm};
+use simulations::scenarios::{
+    dht_attack, dht_bootstrap, dht_lookup, dht_mutable, dht_spoof, swarm,
+};
 use simulations::stats::{Samples, Table};
 use simulations::{HostId, SimTime, Simulator};
 use std::path::{Path, PathBuf};
@@ -93,6 +95,41 @@ enum Scenario {
         /// Target info-hashes the attackers surround.
         #[arg(long, default_value_t = 10)]
         targets: usize,
+    },
+    /// BEP 46 mutable-torrent update: share of readers' gets returning the new version
+    /// by time since the update.
+    DhtMutable {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds before version 1 is put.
+        #[arg(long, default_value_t = 300)]
+        warmup: u64,
+        /// Seconds between version 1 and version 2 (the update).
+        #[arg(long, default_value_t = 60)]
+        update_after: u64,
+        /// Reader gets, spread over the delays.
+        #[arg(long, default_value_t = 1000)]
+        readers: usize,
+        /// Comma-separated seconds after the update at which gets start.
+        #[arg(long, default_value = "0,0.25,0.5,1,2,5,10,30,60,120,300")]
+        delays: String,
+    },
+    /// Forged replies with guessed transaction ids: random vs sequential ids.
+    DhtSpoof {
+        #[command(flatten)]
+        lookup: LookupArgs,
+        /// Comma-separated spoofer shares.
+        #[arg(long, default_value = "0.01,0.05")]
+        shares: String,
+        /// Transaction ids guessed after the one seen, per forged source.
+        #[arg(long, default_value_t = 32)]
+        window: u32,
+        /// Milliseconds between the spoofer's reply and its forgeries.
+        #[arg(long, default_value_t = 10)]
+        delay_ms: u64,
+        /// Random ids only (skip the sequential comparison).
+        #[arg(long)]
+        random_only: bool,
     },
     /// One seeder, N leechers on the real wire engine: completion vs the fluid bound.
     Swarm {
@@ -352,6 +389,20 @@ fn main() {
                 )],
             );
         }
+        Scenario::DhtMutable {
+            common,
+            warmup,
+            update_after,
+            readers,
+            delays,
+        } => dht_mutable_main(&common, warmup, update_after, readers, &delays, wall),
+        Scenario::DhtSpoof {
+            lookup,
+            shares,
+            window,
+            delay_ms,
+            random_only,
+        } => dht_spoof_main(&lookup, &shares, window, delay_ms, random_only, wall),
         Scenario::EngineBench { common, interval } => engine_bench(&common, interval, wall),
         Scenario::Swarm {
             leechers,
@@ -665,4 +716,255 @@ fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn parse_list(s: &str, what: &str) -> Vec<f64> {
+    s.split(',')
+        .map(|x| {
+            x.trim().parse().unwrap_or_else(|_| {
+                eprintln!("simulations: error: bad {what} {x:?}");
+                std::process::exit(2)
+            })
+        })
+        .collect()
+}
+
+fn pct(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.3}", x)
+    }
+}
+
+fn secs(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn dht_mutable_main(
+    c: &Common,
+    warmup: u64,
+    update_after: u64,
+    readers: usize,
+    delays: &str,
+    wall: Instant,
+) {
+    let mut p = dht_mutable::MutableParams::new(world(c));
+    p.warmup = Duration::from_secs(warmup);
+    p.update_after = Duration::from_secs(update_after);
+    p.readers = readers;
+    p.delays = parse_list(delays, "delay");
+    let r = dht_mutable::run(&p);
+    let mut t = Table::new(&[
+        "delay_s",
+        "nodes",
+        "loss",
+        "churn",
+        "gets",
+        "v2_share",
+        "any_share",
+        "v2_since_update_p50_s",
+        "v2_since_update_p90_s",
+        "v2_latency_p50_s",
+        "done_p50_s",
+        "queries_mean",
+    ]);
+    let rows = r.rows();
+    for row in &rows {
+        t.row(vec![
+            format!("{}", row.delay),
+            c.nodes.to_string(),
+            format!("{}", c.loss),
+            c.churn.to_string(),
+            row.gets.to_string(),
+            pct(row.v2),
+            pct(row.any),
+            secs(row.v2_since_update_p50),
+            secs(row.v2_since_update_p90),
+            secs(row.v2_latency_p50),
+            secs(row.done_p50),
+            format!("{:.1}", row.queries_mean),
+        ]);
+    }
+    print!("{t}");
+    for put in &r.puts {
+        let after = |end: Option<SimTime>| match (put.start, end) {
+            (Some(a), Some(b)) => format!("{:.2} s", b.saturating_since(a).as_secs_f64()),
+            _ => "-".into(),
+        };
+        println!(
+            "put seq {}: acked {} of {} sent, {} queries, traversal done after {}, puts done after {}",
+            put.seq,
+            put.acked,
+            put.sent,
+            put.queries,
+            after(put.traversal_done),
+            after(put.done)
+        );
+    }
+    for share in [0.9, 0.99, 1.0] {
+        match r.reached_by(share) {
+            Some(d) => println!(
+                "update in >= {:.0}% of {} nodes' gets started {d} s or more after it",
+                share * 100.0,
+                c.nodes
+            ),
+            None => println!(
+                "update never in >= {:.0}% of gets at the last delay",
+                share * 100.0
+            ),
+        }
+    }
+    println!(
+        "datagrams {}  events {}  joins {}  leaves {}  rtt p50 {:.0} ms  wall {:.1}s\nlookups/queries by kind: {}",
+        r.datagrams,
+        r.events,
+        r.joins,
+        r.leaves,
+        r.median_rtt.as_secs_f64() * 1e3,
+        wall.elapsed().as_secs_f64(),
+        r.lookup_costs.summary()
+    );
+    save(&c.out, "dht-mutable", &t);
+    plot(
+        &c.out,
+        "dht-mutable",
+        &Chart {
+            title: &format!(
+                "Mutable item update, {} nodes{}{}",
+                c.nodes,
+                if c.churn { ", churn" } else { "" },
+                if c.loss > 0.0 {
+                    format!(", {}% loss", c.loss * 100.0)
+                } else {
+                    String::new()
+                }
+            ),
+            x_label: "get started, seconds after the update (log10(1 + s))",
+            y_label: "share of gets",
+            references: vec![],
+        },
+        &[
+            Series::new(
+                "returned version 2",
+                rows.iter()
+                    .map(|r| ((1.0 + r.delay).log10(), r.v2))
+                    .collect(),
+            ),
+            Series::new(
+                "returned any version",
+                rows.iter()
+                    .map(|r| ((1.0 + r.delay).log10(), r.any))
+                    .collect(),
+            ),
+        ],
+    );
+}
+
+fn dht_spoof_main(
+    a: &LookupArgs,
+    shares: &str,
+    window: u32,
+    delay_ms: u64,
+    random_only: bool,
+    wall: Instant,
+) {
+    let mut p = dht_spoof::SpoofParams::new(lookup_params(a));
+    p.shares = parse_list(shares, "share");
+    p.window = window;
+    p.delay = Duration::from_millis(delay_ms);
+    p.compare_sequential = !random_only;
+    let points = dht_spoof::run(&p);
+    let mut t = Table::new(&[
+        "tids",
+        "spoofers",
+        "nodes",
+        "loss",
+        "churn",
+        "searches",
+        "asked_spoofer",
+        "accepted_forged",
+        "steered",
+        "steered_found",
+        "success",
+        "queries_mean",
+        "forged_for",
+        "forged_sent",
+    ]);
+    for pt in &points {
+        t.row(vec![
+            if pt.sequential {
+                "sequential-2B"
+            } else {
+                "random-4B"
+            }
+            .into(),
+            format!("{}", pt.share),
+            a.common.nodes.to_string(),
+            format!("{}", a.common.loss),
+            a.common.churn.to_string(),
+            pt.searches.to_string(),
+            format!("{:.4}", pt.exposed_share()),
+            format!("{:.4}", pt.accepted_share()),
+            format!("{:.4}", pt.steered_share()),
+            if pt.steered == 0 {
+                "-".into()
+            } else {
+                format!("{:.3}", pt.steered_found as f64 / pt.steered as f64)
+            },
+            format!("{:.4}", pt.report.success_rate()),
+            format!("{:.1}", pt.report.queries().mean()),
+            pt.forged_for.to_string(),
+            pt.forged_sent.to_string(),
+        ]);
+    }
+    print!("{t}");
+    println!("wall {:.1}s", wall.elapsed().as_secs_f64());
+    save(&a.common.out, "dht-spoof", &t);
+    let series = |seq: bool, f: fn(&dht_spoof::SpoofPoint) -> f64| {
+        points
+            .iter()
+            .filter(|pt| pt.sequential == seq)
+            .map(|pt| (pt.share, f(pt)))
+            .collect()
+    };
+    plot(
+        &a.common.out,
+        "dht-spoof",
+        &Chart {
+            title: &format!(
+                "Forged replies with guessed transaction ids, {} nodes",
+                a.common.nodes
+            ),
+            x_label: "share of spoofing nodes",
+            y_label: "share of searches",
+            references: vec![],
+        },
+        &[
+            Series::new(
+                "accepted a forgery, sequential ids",
+                series(true, |pt| pt.accepted_share()),
+            ),
+            Series::new(
+                "accepted a forgery, random ids",
+                series(false, |pt| pt.accepted_share()),
+            ),
+            Series::new(
+                "sink among closest, sequential ids",
+                series(true, |pt| pt.steered_share()),
+            ),
+            Series::new(
+                "found the announcer, sequential ids",
+                series(true, |pt| pt.report.success_rate()),
+            ),
+            Series::new(
+                "found the announcer, random ids",
+                series(false, |pt| pt.report.success_rate()),
+            ),
+        ],
+    );
 }

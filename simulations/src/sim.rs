@@ -37,6 +37,12 @@ pub trait App {
     fn recycle(&mut self, buf: Vec<u8>) {
         drop(buf);
     }
+    /// A datagram sent with a forged source address (attackers in DHT scenarios): it
+    /// leaves the real host (its uplink and path delay) and arrives as if from `.0`; a NAT
+    /// in front of the receiver judges it by the forged address. The default: none.
+    fn poll_spoofed(&mut self, _now: Instant) -> Option<(SocketAddrV4, Transmit)> {
+        None
+    }
 }
 
 enum Event<C> {
@@ -315,6 +321,27 @@ impl<A: App, C> Simulator<A, C> {
             }
             let from = self.net.addr(h);
             if let Ok((dest, at)) = self.net.send_datagram(now, h, to, t.data.len()) {
+                self.queue.push(
+                    at,
+                    Event::Arrive {
+                        to: dest,
+                        from,
+                        data: t.data,
+                    },
+                );
+            }
+        }
+        while let Some((from, t)) = app.poll_spoofed(now_i) {
+            let SocketAddr::V4(to) = t.to else {
+                continue;
+            };
+            if let Some(tr) = &mut self.trace {
+                tr.event(now.as_nanos(), KIND_SEND, h.0, &t.data);
+            }
+            if let Ok((dest, at)) = self
+                .net
+                .send_datagram_as(now, h, *from.ip(), to, t.data.len())
+            {
                 self.queue.push(
                     at,
                     Event::Arrive {

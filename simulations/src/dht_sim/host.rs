@@ -1,7 +1,7 @@
 //! The one type the simulator runs for DHT scenarios: an honest node (the real core, boxed
 //! because it is large) or one of the misbehaving kinds from [`super::adversary`].
 
-use super::adversary::{GarbageNode, SybilNode};
+use super::adversary::{GarbageNode, SpoofNode, SybilNode};
 use crate::sim::{App, Transmit};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -10,6 +10,7 @@ pub enum DhtHost {
     Honest(Box<dht::Dht>),
     Garbage(Box<GarbageNode>),
     Sybil(SybilNode),
+    Spoof(Box<SpoofNode>),
 }
 
 impl DhtHost {
@@ -36,12 +37,15 @@ impl App for DhtHost {
             DhtHost::Honest(d) => d.handle_datagram(now, from, data),
             DhtHost::Garbage(g) => g.handle_datagram(from, data),
             DhtHost::Sybil(s) => s.handle_datagram(from, data),
+            DhtHost::Spoof(s) => s.handle_datagram(now, from, data),
         }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if let DhtHost::Honest(d) = self {
-            d.handle_timeout(now);
+        match self {
+            DhtHost::Honest(d) => d.handle_timeout(now),
+            DhtHost::Spoof(s) => s.handle_timeout(now),
+            _ => {}
         }
     }
 
@@ -53,12 +57,21 @@ impl App for DhtHost {
             }),
             DhtHost::Garbage(g) => g.outbox.pop(),
             DhtHost::Sybil(s) => s.outbox.pop(),
+            DhtHost::Spoof(s) => s.outbox.pop(),
+        }
+    }
+
+    fn poll_spoofed(&mut self, _now: Instant) -> Option<(std::net::SocketAddrV4, Transmit)> {
+        match self {
+            DhtHost::Spoof(s) => s.poll_spoofed(),
+            _ => None,
         }
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
         match self {
             DhtHost::Honest(d) => d.poll_timeout(),
+            DhtHost::Spoof(s) => s.poll_timeout(),
             _ => None,
         }
     }

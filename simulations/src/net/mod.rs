@@ -214,6 +214,20 @@ impl Network {
         to: SocketAddrV4,
         bytes: usize,
     ) -> Result<(HostId, SimTime), Drop> {
+        let src_ip = *self.hosts[from.index()].addr.ip();
+        self.send_datagram_as(now, from, src_ip, to, bytes)
+    }
+
+    /// [`Network::send_datagram`] with a forged source IP (`src_ip`): the datagram leaves
+    /// `from`'s uplink, and a NAT at the receiver judges it by `src_ip`.
+    pub fn send_datagram_as(
+        &mut self,
+        now: SimTime,
+        from: HostId,
+        src_ip: std::net::Ipv4Addr,
+        to: SocketAddrV4,
+        bytes: usize,
+    ) -> Result<(HostId, SimTime), Drop> {
         self.stats.sent += 1;
         self.stats.bytes_sent += bytes as u64;
         let sender = &mut self.hosts[from.index()];
@@ -221,7 +235,7 @@ impl Network {
             p.insert(*to.ip(), now);
         }
         let left = sender.link.send(now, bytes);
-        let result = self.route(now, left, from, to);
+        let result = self.route(now, left, from, src_ip, to);
         if let Err(d) = result {
             self.stats.count(d);
         }
@@ -233,13 +247,13 @@ impl Network {
         now: SimTime,
         left: SimTime,
         from: HostId,
+        src_ip: std::net::Ipv4Addr,
         to: SocketAddrV4,
     ) -> Result<(HostId, SimTime), Drop> {
         let dest = self.host_at(to).ok_or(Drop::NoSuchHost)?;
         if self.config.loss > 0.0 && self.rng.gen_bool(self.config.loss.min(1.0)) {
             return Err(Drop::Lost);
         }
-        let src_ip = *self.hosts[from.index()].addr.ip();
         if let Some(p) = &self.hosts[dest.index()].pinholes {
             let open = p
                 .get(&src_ip)

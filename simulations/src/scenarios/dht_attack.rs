@@ -40,6 +40,7 @@ pub fn run(p: &AttackParams) -> Vec<AttackPoint> {
                 share,
                 introductions: p.introductions,
                 hosts: Default::default(),
+                spoof: Default::default(),
             });
             AttackPoint {
                 share,

@@ -39,6 +39,7 @@ pub struct LookupRecord {
     pub announcer: HostId,
     pub announcer_addr: SocketAddr,
     pub searcher: Option<HostId>,
+    pub searcher_addr: Option<SocketAddr>,
     pub announce_acked: usize,
     pub search_start: Option<SimTime>,
     pub first_peer: Option<SimTime>,
@@ -48,6 +49,8 @@ pub struct LookupRecord {
     pub queries: u32,
     /// Referral rounds to the closest node that answered (from `LookupDone`).
     pub hops: u32,
+    /// The closest nodes the search ended with (`LookupDone`), in an attack run only.
+    pub closest: Vec<SocketAddr>,
     /// The searcher left before its lookup finished: excluded from the success rate.
     pub aborted: bool,
 }
@@ -213,6 +216,7 @@ pub fn run(p: &LookupParams) -> LookupReport {
                     announcer,
                     announcer_addr: world.addr(announcer),
                     searcher: None,
+                    searcher_addr: None,
                     announce_acked: 0,
                     search_start: None,
                     first_peer: None,
@@ -220,6 +224,7 @@ pub fn run(p: &LookupParams) -> LookupReport {
                     done: None,
                     queries: 0,
                     hops: 0,
+                    closest: Vec::new(),
                     aborted: false,
                 });
             }
@@ -239,6 +244,7 @@ pub fn run(p: &LookupParams) -> LookupReport {
                 let Some(lid) = lid else { continue };
                 let r = &mut records[idx];
                 r.searcher = Some(searcher);
+                r.searcher_addr = Some(world.addr(searcher));
                 r.search_start = Some(now);
                 pending.insert((searcher, lid), Pending::Search(idx));
             }
@@ -265,6 +271,7 @@ pub fn run(p: &LookupParams) -> LookupReport {
                     lookup,
                     queries,
                     hops,
+                    closest,
                     ..
                 } => {
                     // An announce also ends its traversal with LookupDone: leave it pending.
@@ -274,6 +281,9 @@ pub fn run(p: &LookupParams) -> LookupReport {
                         r.done = Some(now);
                         r.queries = queries;
                         r.hops = hops;
+                        if p.attack.is_some() {
+                            r.closest = closest.iter().map(|n| n.addr).collect();
+                        }
                     }
                 }
                 _ => {}

@@ -5,4 +5,6 @@
 pub mod dht_attack;
 pub mod dht_bootstrap;
 pub mod dht_lookup;
+pub mod dht_mutable;
+pub mod dht_spoof;
 pub mod swarm;
