@@ -126,6 +126,31 @@ fn sha1_hex(bytes: &[u8]) -> String {
     hex::encode(Sha1::digest(bytes))
 }
 
+/// `(acked, sent)` from the "stored on N of M nodes" line of `swarm dht put`.
+fn stored_on(stderr: &str) -> (usize, usize) {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("stored on "))
+        .unwrap_or_else(|| panic!("no \"stored on\" line in {stderr:?}"));
+    let mut words = line.split(' ');
+    let acked = words.next().and_then(|w| w.parse().ok());
+    let sent = words.nth(1).and_then(|w| w.parse().ok());
+    match (acked, sent) {
+        (Some(a), Some(s)) => (a, s),
+        _ => panic!("bad line {line:?}"),
+    }
+}
+
+/// Asserts that every node that gave a token stored the put, libtorrent among them (the
+/// bootstrap node and the libtorrent session are the only live nodes).
+fn assert_libtorrent_stored_it(stderr: &str) {
+    let (acked, sent) = stored_on(stderr);
+    assert!(
+        acked == sent && sent >= 2,
+        "stored on {acked} of {sent}: libtorrent refused or was not asked: {stderr}"
+    );
+}
+
 /// An lt_items.py process (one libtorrent session), fed commands on stdin; killed when
 /// dropped.
 struct LtItems {
@@ -271,7 +296,7 @@ fn swarm_dht_put_immutable_item_is_found_by_libtorrent() {
     let mut lt = LtItems::start(python, boot.addr);
     let (target, stderr) = swarm_dht_ok(&["put", "hello"], boot.addr);
     assert_eq!(target, sha1_hex(b"5:hello"), "swarm's target");
-    assert!(stderr.contains("stored on "), "{stderr}");
+    assert_libtorrent_stored_it(&stderr);
 
     let got = lt.command(&format!("get-immutable {target}"));
     assert_eq!(json_str(&got, "target"), target);
@@ -308,7 +333,8 @@ fn mutable_item_versions_pass_between_swarm_and_libtorrent() {
     // Ours, seq 1: libtorrent reports it only after checking our signature.
     let (target, stderr) = swarm_dht_ok(&["put", "v1", "--key", key, "--salt", salt], boot.addr);
     assert!(is_hex(&target, 40), "{target:?}");
-    assert!(stderr.contains("stored on "), "{stderr}");
+    // Libtorrent's put handler accepted our signature (and stored seq 1).
+    assert_libtorrent_stored_it(&stderr);
     let got = lt.command(&format!("get-mutable {pk} {salt}"));
     assert_eq!(bencoded(&got), bstr("v1"), "{got}");
     assert_eq!(json_int(&got, "seq"), 1, "{got}");
@@ -332,11 +358,32 @@ fn mutable_item_versions_pass_between_swarm_and_libtorrent() {
     assert!(stderr.contains("seq 2"), "{stderr}");
 
     // And ours continues from libtorrent's seq: 3, which libtorrent then finds.
-    let (again, _) = swarm_dht_ok(&["put", "v3", "--key", key, "--salt", salt], boot.addr);
+    let (again, stderr) = swarm_dht_ok(&["put", "v3", "--key", key, "--salt", salt], boot.addr);
     assert_eq!(again, target, "same key and salt, same target");
+    // With cas 2: libtorrent, holding seq 2, accepted the replacement.
+    assert_libtorrent_stored_it(&stderr);
     let got = lt.command(&format!("get-mutable {pk} {salt}"));
     assert_eq!(bencoded(&got), bstr("v3"), "{got}");
     assert_eq!(json_int(&got, "seq"), 3, "{got}");
+
+    // An older seq is refused by every node, libtorrent included (BEP 44 error 302), and
+    // `swarm dht put` says so.
+    let out = swarm_dht(
+        &["put", "stale", "--key", key, "--salt", salt, "--seq", "1"],
+        boot.addr,
+    );
+    let (stdout, stderr) = texts(&out);
+    assert!(
+        !out.status.success(),
+        "a stale seq was stored: {stdout} {stderr}"
+    );
+    let asked: usize = stderr
+        .split_once("no node stored the item (asked ")
+        .and_then(|(_, rest)| rest.split(')').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(asked >= 2, "libtorrent was not asked: {stderr}");
+    let (stdout, _) = swarm_dht_ok(&["get", "--pubkey", &pk, "--salt", salt], boot.addr);
+    assert_eq!(stdout, bstr("v3"));
 }
 
 // ---------------------------------------------------------------------------------------
