@@ -10,12 +10,17 @@ a line on stdin:
   put-mutable KEYFILE SALT VALUE store the string VALUE as the mutable item of the key in
                                  KEYFILE (a `swarm dht keygen` file: the 32-byte ed25519 seed
                                  as 64 hex digits) under SALT; libtorrent picks the sequence
-                                 number (one above the newest it finds)
-  get-mutable PUBKEY SALT        fetch the newest mutable item of PUBKEY (64 hex) under SALT
+                                 number (one above the newest it finds); the public key
+                                 comes from the `cryptography` package, independently of
+                                 swarm's
+  get-mutable PUBKEY SALT        fetch the mutable item of PUBKEY (64 hex) under SALT: the
+                                 first version libtorrent reports (it checks the signature
+                                 first), often before its lookup ends (authoritative false)
   quit
 
-(SALT "-" means the empty salt.) Each command is retried until it succeeds or its
---op-timeout passes, and prints one JSON object on stdout:
+(SALT "-" means the empty salt.) A command that fails (a put stored nowhere, a get that
+found nothing) is repeated, at most every --retry-every seconds, until it succeeds or its
+--op-timeout passes; then it prints one JSON object on stdout:
 
   {"event": "listening", "port": P, "bootstrapped": B, ...}
                                                     once, after the DHT's first bootstrap
@@ -28,6 +33,11 @@ a line on stdin:
   {"event": "error", "message": M}                  the command failed (the process goes on)
 
 Exits when stdin closes, on quit, or when --timeout passes.
+
+libtorrent 2.0.8's binding, as observed: an item alert's `item` is a dict ({"key", "value",
+...}, the value decoded, and only string values convert); `salt` is a str, keys and
+signatures bytes; a mutable put's dht_put_alert has an all-zero `target` and the new `seq`;
+a get or put issued before the DHT has started is dropped without any alert.
 """
 
 import argparse
