@@ -7,8 +7,12 @@
 //! the CLI tests at the end need only the swarm binary.
 //!
 //! Each finished `swarm dht` command leaves its node id in the other nodes' tables, dead:
-//! lookups that run to the end (a mutable get, any put) wait for its query timeout (5 s
-//! here, 15 s in libtorrent), so the limits below allow for that.
+//! lookups that run to their end (a mutable get, any put) wait for its query timeout (5 s
+//! ours, 15 s libtorrent's). Most tests run their commands from one address (see [`Cli`]),
+//! where our bootstrap node replaces the old id; libtorrent keeps it and refers it to the
+//! next command, which then queries its own address and waits 5 s too (measured: a
+//! mutable `swarm dht put` 0.36 s before libtorrent knows the old id, 5.4 s after). The
+//! limits below allow for all that.
 
 #[path = "bootstrap_proc.rs"]
 mod bootstrap_proc;
@@ -42,13 +46,43 @@ fn bootstrap(dir: &Path) -> BootstrapProc {
     )
 }
 
-/// `swarm dht ARGS --bind FRESH_IP --port 0 --bootstrap BOOT --timeout 30`, run to its end.
-fn swarm_dht(args: &[&str], boot: SocketAddr) -> Output {
+/// Where `swarm dht` commands run: their bootstrap node, and either one address for all
+/// (as with SWARM_PORT set: each command's node takes the place of the one before) or a
+/// fresh loopback IP and port for each (each finished command leaves a dead node in the
+/// others' tables, which lookups that run to their end wait for).
+#[derive(Clone, Copy)]
+struct Cli {
+    boot: SocketAddr,
+    from: Option<SocketAddr>,
+}
+
+impl Cli {
+    /// Every command from one address.
+    fn fixed(boot: &BootstrapProc) -> Cli {
+        let ip = next_loopback_ip();
+        Cli {
+            boot: boot.addr,
+            from: Some(SocketAddr::from((ip, free_port(ip)))),
+        }
+    }
+
+    /// Each command from a fresh address.
+    fn fresh(boot: SocketAddr) -> Cli {
+        Cli { boot, from: None }
+    }
+}
+
+/// `swarm dht ARGS --bind IP --port P --bootstrap BOOT --timeout 30`, run to its end.
+fn swarm_dht(args: &[&str], cli: Cli) -> Output {
+    let from = cli
+        .from
+        .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(next_loopback_ip()), 0));
     let child = tests::swarm_command(swarm_bin!())
         .arg("dht")
         .args(args)
-        .args(["--bind", &next_loopback_ip().to_string(), "--port", "0"])
-        .args(["--bootstrap", &boot.to_string(), "--timeout", "30"])
+        .args(["--bind", &from.ip().to_string()])
+        .args(["--port", &from.port().to_string()])
+        .args(["--bootstrap", &cli.boot.to_string(), "--timeout", "30"])
         .env_remove("SWARM_BOOTSTRAP")
         .env_remove("SWARM_PORT")
         .env_remove("SWARM_BIND")
@@ -60,9 +94,9 @@ fn swarm_dht(args: &[&str], boot: SocketAddr) -> Output {
 }
 
 /// [`swarm_dht`] that must succeed; returns its stdout (trimmed) and stderr.
-fn swarm_dht_ok(args: &[&str], boot: SocketAddr) -> (String, String) {
+fn swarm_dht_ok(args: &[&str], cli: Cli) -> (String, String) {
     let started = Instant::now();
-    let out = swarm_dht(args, boot);
+    let out = swarm_dht(args, cli);
     let (stdout, stderr) = texts(&out);
     assert!(
         out.status.success(),
@@ -274,7 +308,8 @@ fn libtorrent_immutable_item_is_found_by_swarm_dht_get() {
     let python = require_libtorrent!();
     let dir = tempfile::tempdir().unwrap();
     let boot = bootstrap(dir.path());
-    let mut lt = LtItems::start(python, boot.addr);
+    let cli = Cli::fixed(&boot);
+    let mut lt = LtItems::start(python, cli.boot);
     let value = "stored-by-libtorrent";
     let put = lt.command(&format!("put-immutable {value}"));
     let target = json_str(&put, "target").to_string();
@@ -285,7 +320,7 @@ fn libtorrent_immutable_item_is_found_by_swarm_dht_get() {
     );
     assert!(json_int(&put, "num_success") >= 1, "{put}");
 
-    let (stdout, _) = swarm_dht_ok(&["get", &target], boot.addr);
+    let (stdout, _) = swarm_dht_ok(&["get", &target], cli);
     assert_eq!(stdout, bstr(value));
 }
 
@@ -294,8 +329,10 @@ fn swarm_dht_put_immutable_item_is_found_by_libtorrent() {
     let python = require_libtorrent!();
     let dir = tempfile::tempdir().unwrap();
     let boot = bootstrap(dir.path());
-    let mut lt = LtItems::start(python, boot.addr);
-    let (target, stderr) = swarm_dht_ok(&["put", "hello"], boot.addr);
+    // Fresh addresses: the tables fill with dead `swarm dht` nodes.
+    let cli = Cli::fresh(boot.addr);
+    let mut lt = LtItems::start(python, cli.boot);
+    let (target, stderr) = swarm_dht_ok(&["put", "hello"], cli);
     assert_eq!(target, sha1_hex(b"5:hello"), "swarm's target");
     assert_libtorrent_stored_it(&stderr);
 
@@ -307,7 +344,7 @@ fn swarm_dht_put_immutable_item_is_found_by_libtorrent() {
     // SHA-1 of its bencoding is the target; its Python binding cannot convert a list to
     // Python, so the value is checked in the alert's message.
     let list = "l5:helloi42ed1:ai-1eee";
-    let (target, _) = swarm_dht_ok(&["put", "--bencoded", list], boot.addr);
+    let (target, _) = swarm_dht_ok(&["put", "--bencoded", list], cli);
     assert_eq!(target, sha1_hex(list.as_bytes()));
     let got = lt.command(&format!("get-immutable {target}"));
     assert_eq!(json_str(&got, "target"), target);
@@ -326,13 +363,14 @@ fn mutable_item_versions_pass_between_swarm_and_libtorrent() {
     let python = require_libtorrent!();
     let dir = tempfile::tempdir().unwrap();
     let boot = bootstrap(dir.path());
-    let mut lt = LtItems::start(python, boot.addr);
+    let cli = Cli::fixed(&boot);
+    let mut lt = LtItems::start(python, cli.boot);
     let (pk, key) = keygen(dir.path(), "item.key");
     let key = key.to_str().unwrap();
     let salt = "interop-salt";
 
     // Ours, seq 1: libtorrent reports it only after checking our signature.
-    let (target, stderr) = swarm_dht_ok(&["put", "v1", "--key", key, "--salt", salt], boot.addr);
+    let (target, stderr) = swarm_dht_ok(&["put", "v1", "--key", key, "--salt", salt], cli);
     assert!(is_hex(&target, 40), "{target:?}");
     // Libtorrent's put handler accepted our signature (and stored seq 1).
     assert_libtorrent_stored_it(&stderr);
@@ -354,12 +392,12 @@ fn mutable_item_versions_pass_between_swarm_and_libtorrent() {
     assert!(json_int(&put, "num_success") >= 1, "{put}");
 
     // We verify libtorrent's signature and take the newer version.
-    let (stdout, stderr) = swarm_dht_ok(&["get", "--pubkey", &pk, "--salt", salt], boot.addr);
+    let (stdout, stderr) = swarm_dht_ok(&["get", "--pubkey", &pk, "--salt", salt], cli);
     assert_eq!(stdout, bstr("v2-from-libtorrent"));
     assert!(stderr.contains("seq 2"), "{stderr}");
 
     // And ours continues from libtorrent's seq: 3, which libtorrent then finds.
-    let (again, stderr) = swarm_dht_ok(&["put", "v3", "--key", key, "--salt", salt], boot.addr);
+    let (again, stderr) = swarm_dht_ok(&["put", "v3", "--key", key, "--salt", salt], cli);
     assert_eq!(again, target, "same key and salt, same target");
     // With cas 2: libtorrent, holding seq 2, accepted the replacement.
     assert_libtorrent_stored_it(&stderr);
@@ -371,7 +409,7 @@ fn mutable_item_versions_pass_between_swarm_and_libtorrent() {
     // `swarm dht put` says so.
     let out = swarm_dht(
         &["put", "stale", "--key", key, "--salt", salt, "--seq", "1"],
-        boot.addr,
+        cli,
     );
     let (stdout, stderr) = texts(&out);
     assert!(
@@ -383,7 +421,7 @@ fn mutable_item_versions_pass_between_swarm_and_libtorrent() {
         .and_then(|(_, rest)| rest.split(')').next()?.parse().ok())
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(asked >= 2, "libtorrent was not asked: {stderr}");
-    let (stdout, _) = swarm_dht_ok(&["get", "--pubkey", &pk, "--salt", salt], boot.addr);
+    let (stdout, _) = swarm_dht_ok(&["get", "--pubkey", &pk, "--salt", salt], cli);
     assert_eq!(stdout, bstr("v3"));
 }
 
@@ -394,30 +432,31 @@ fn mutable_item_versions_pass_between_swarm_and_libtorrent() {
 fn swarm_dht_put_and_get_round_trip_through_a_bootstrap_node() {
     let dir = tempfile::tempdir().unwrap();
     let boot = bootstrap(dir.path());
+    let cli = Cli::fixed(&boot);
 
     // Immutable, a string and a bencoded value.
-    let (target, _) = swarm_dht_ok(&["put", "round-trip"], boot.addr);
+    let (target, _) = swarm_dht_ok(&["put", "round-trip"], cli);
     assert_eq!(target, sha1_hex(bstr("round-trip").as_bytes()));
-    let (stdout, _) = swarm_dht_ok(&["get", &target], boot.addr);
+    let (stdout, _) = swarm_dht_ok(&["get", &target], cli);
     assert_eq!(stdout, bstr("round-trip"));
     let dict = "d1:ai1e1:bl1:xee";
-    let (target, _) = swarm_dht_ok(&["put", "--bencoded", dict], boot.addr);
-    let (stdout, _) = swarm_dht_ok(&["get", &target], boot.addr);
+    let (target, _) = swarm_dht_ok(&["put", "--bencoded", dict], cli);
+    let (stdout, _) = swarm_dht_ok(&["get", &target], cli);
     assert_eq!(stdout, dict);
 
     // Mutable, empty salt: seq 1, then one above the newest found, then an explicit --seq.
     let (pk, key) = keygen(dir.path(), "k");
     let key = key.to_str().unwrap();
-    swarm_dht_ok(&["put", "first", "--key", key], boot.addr);
-    let (stdout, stderr) = swarm_dht_ok(&["get", "--pubkey", &pk], boot.addr);
+    swarm_dht_ok(&["put", "first", "--key", key], cli);
+    let (stdout, stderr) = swarm_dht_ok(&["get", "--pubkey", &pk], cli);
     assert_eq!(stdout, bstr("first"));
     assert!(stderr.contains("seq 1"), "{stderr}");
-    swarm_dht_ok(&["put", "second", "--key", key, "--seq", "7"], boot.addr);
-    let (stdout, stderr) = swarm_dht_ok(&["get", "--pubkey", &pk], boot.addr);
+    swarm_dht_ok(&["put", "second", "--key", key, "--seq", "7"], cli);
+    let (stdout, stderr) = swarm_dht_ok(&["get", "--pubkey", &pk], cli);
     assert_eq!(stdout, bstr("second"));
     assert!(stderr.contains("seq 7"), "{stderr}");
     // The same key under another salt is another item.
-    let out = swarm_dht(&["get", "--pubkey", &pk, "--salt", "other"], boot.addr);
+    let out = swarm_dht(&["get", "--pubkey", &pk, "--salt", "other"], cli);
     assert!(!out.status.success(), "{:?}", texts(&out));
 }
 
@@ -425,9 +464,10 @@ fn swarm_dht_put_and_get_round_trip_through_a_bootstrap_node() {
 fn swarm_dht_get_of_an_unknown_target_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let boot = bootstrap(dir.path());
+    let cli = Cli::fixed(&boot);
     let unknown = "00112233445566778899aabbccddeeff00112233";
     let started = Instant::now();
-    let out = swarm_dht(&["get", unknown], boot.addr);
+    let out = swarm_dht(&["get", unknown], cli);
     let (stdout, stderr) = texts(&out);
     assert!(!out.status.success(), "exit {}: {stdout}", out.status);
     assert!(stdout.is_empty(), "{stdout:?}");
@@ -449,7 +489,7 @@ fn swarm_dht_bad_keys_and_targets_are_clear_errors() {
     let ip = next_loopback_ip();
     let nobody = SocketAddr::from((ip, free_port(ip)));
     let fails = |args: &[&str], want: &str| {
-        let out = swarm_dht(args, nobody);
+        let out = swarm_dht(args, Cli::fresh(nobody));
         let (stdout, stderr) = texts(&out);
         assert!(!out.status.success(), "{args:?} succeeded: {stdout}");
         assert!(stdout.is_empty(), "{args:?}: {stdout:?}");
