@@ -7,12 +7,13 @@ a line on stdin:
 
   put-immutable VALUE            store the string VALUE (a bencoded string) as an immutable item
   get-immutable TARGET           fetch the immutable item under TARGET (40 hex)
-  put-mutable KEYFILE SALT VALUE store the string VALUE as the mutable item of the key in
+  put-mutable KEYFILE SALT VALUE [PUBKEY]
+                                 store the string VALUE as the mutable item of the key in
                                  KEYFILE (a `swarm dht keygen` file: the 32-byte ed25519 seed
                                  as 64 hex digits) under SALT; libtorrent picks the sequence
                                  number (one above the newest it finds); the public key
-                                 comes from the `cryptography` package, independently of
-                                 swarm's
+                                 comes from the `cryptography` package where it is installed
+                                 (and must equal PUBKEY), else from PUBKEY
   get-mutable PUBKEY SALT        fetch the mutable item of PUBKEY (64 hex) under SALT: the
                                  first version libtorrent reports (it checks the signature
                                  first), often before its lookup ends (authoritative false)
@@ -24,7 +25,7 @@ found nothing) is repeated, at most every --retry-every seconds, until it succee
 
   {"event": "listening", "port": P, "bootstrapped": B, ...}
                                                     once, after the DHT's first bootstrap
-  {"event": "put", "target": HEX, "num_success": N, "seq": S, "public_key": HEX}
+  {"event": "put", "target": HEX, "num_success": N, "seq": S, "public_key": HEX, ...}
   {"event": "immutable", "target": HEX, "bencoded": HEX, "message": M}
                                                     (bencoded: null for a value that is not
                                                     a string: the binding cannot convert it)
@@ -207,13 +208,18 @@ class Items:
 
         self.run(start, match)
 
-    def put_mutable(self, keyfile, salt, value):
+    def put_mutable(self, keyfile, salt, value, given_pk=None):
         seed = read_seed(keyfile)
         sk = expanded_secret(seed)
         pk = public_key(seed)
-        if pk is None:
-            emit(event="error", message="put-mutable needs the cryptography package for the public key")
+        if pk is None and given_pk is None:
+            emit(event="error", message="put-mutable needs PUBKEY or the cryptography package")
             return
+        if pk is not None and given_pk is not None and pk != given_pk:
+            emit(event="error", message="the seed's public key is %s, not %s" % (pk.hex(), given_pk.hex()))
+            return
+        checked = pk is not None
+        pk = pk or given_pk
 
         def start():
             self.ses.dht_put_mutable_item(sk, pk, value.encode(), salt)
@@ -223,7 +229,7 @@ class Items:
                 if a.num_success == 0:
                     return RETRY
                 return dict(event="put", target=str(a.target), num_success=a.num_success, seq=a.seq,
-                            public_key=pk.hex())
+                            public_key=pk.hex(), public_key_checked=checked)
             return None
 
         self.run(start, match)
@@ -290,8 +296,9 @@ def main():
                 items.put_immutable(words[1])
             elif words[0] == "get-immutable" and len(words) == 2:
                 items.get_immutable(words[1])
-            elif words[0] == "put-mutable" and len(words) == 4:
-                items.put_mutable(words[1], salt_arg(words[2]), words[3])
+            elif words[0] == "put-mutable" and len(words) in (4, 5):
+                pk = bytes.fromhex(words[4]) if len(words) == 5 else None
+                items.put_mutable(words[1], salt_arg(words[2]), words[3], pk)
             elif words[0] == "get-mutable" and len(words) == 3:
                 items.get_mutable(words[1], salt_arg(words[2]))
             else:
