@@ -294,6 +294,8 @@ pub struct Dht {
     lookups: BTreeMap<LookupId, Lookup>,
     /// BEP 44 lookups' own state (salt, best version, the item to put).
     item_lookups: HashMap<LookupId, ItemLookup>,
+    /// Our socket's address, when the driver says (see [`Dht::set_local_addr`]).
+    local_addr: Option<SocketAddr>,
     next_lookup: u64,
     transactions: HashMap<u32, Tx>,
     /// `Config::sequential_tids` only (simulation): the next 2-byte id, drawn on first use
@@ -392,6 +394,7 @@ impl Dht {
             seed_nodes: Vec::new(),
             lookups: BTreeMap::new(),
             item_lookups: HashMap::new(),
+            local_addr: None,
             next_lookup: 1,
             transactions: HashMap::new(),
             next_tid: None,
@@ -431,6 +434,25 @@ impl Dht {
 
     pub fn id(&self) -> Id {
         self.id
+    }
+
+    /// Tells the core the address its socket is bound to. Referrals naming it (a node
+    /// that still knows an earlier run of ours there, under another id) are then not
+    /// queried: we would only ask ourselves and wait out the timeout.
+    pub fn set_local_addr(&mut self, addr: SocketAddr) {
+        self.local_addr = Some(canonical_addr(addr));
+    }
+
+    /// Whether `addr` is us: our bound address, or our voted external IP on our port.
+    fn is_own_addr(&self, addr: &SocketAddr) -> bool {
+        let Some(local) = self.local_addr else {
+            return false;
+        };
+        let addr = canonical_addr(*addr);
+        addr == local
+            || (addr.port() == local.port()
+                && (local.ip().is_unspecified() && addr.ip().is_loopback()
+                    || self.voter.external_ip() == Some(addr.ip())))
     }
 
     pub fn config(&self) -> &Config {
@@ -1301,9 +1323,6 @@ impl Dht {
             self.events
                 .push_back(Event::ItemFound { lookup: lid, item });
         }
-        let Some(l) = self.lookups.get_mut(&lid) else {
-            return;
-        };
         let nodes = r
             .nodes
             .iter()
@@ -1313,6 +1332,17 @@ impl Dht {
                 n.id != own && !n.addr.ip().is_unspecified() && !n.addr.ip().is_multicast()
             });
         let nodes: Vec<NodeInfo> = nodes.copied().collect();
+        let nodes: Vec<NodeInfo> = if self.local_addr.is_some() {
+            nodes
+                .into_iter()
+                .filter(|n| !self.is_own_addr(&n.addr))
+                .collect()
+        } else {
+            nodes
+        };
+        let Some(l) = self.lookups.get_mut(&lid) else {
+            return;
+        };
         l.add_nodes(&nodes);
         if l.kind.wants_peers() && !r.values.is_empty() {
             let peers = l.new_peers(&r.values);

@@ -209,6 +209,7 @@ impl Node {
             Some(state) => Dht::with_saved_state(cfg.core.clone(), now, seed, state),
             None => Dht::new(cfg.core.clone(), now, seed),
         };
+        dht.set_local_addr(local_addr);
         if let Some(path) = &cfg.pool_file {
             load_pool(&mut dht, now, path);
         }

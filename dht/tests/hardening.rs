@@ -198,3 +198,36 @@ fn referrals_from_private_nodes_keep_private_addresses() {
     let next: Vec<SocketAddr> = drain(&mut d).into_iter().map(|(a, _)| a).collect();
     assert!(next.contains(&addr("127.0.0.3:6881")), "{next:?}");
 }
+
+/// A node that still knows an earlier run of ours at our address (under another id)
+/// refers us to ourselves: that referral is not queried (we would wait out the timeout).
+#[test]
+fn referrals_to_our_own_address_are_not_queried() {
+    let router = addr("127.0.0.2:6881");
+    let mut c = Config::loopback(vec![router]);
+    c.id = Some(Id([0x11; 20]));
+    let now = Instant::now();
+    let mut d = Dht::new(c, now, 3);
+    let me = addr("127.0.0.9:7000");
+    d.set_local_addr(me);
+    d.get_peers(now, Id([0x55; 20]));
+    let sent = drain(&mut d);
+    let nodes = vec![
+        NodeInfo {
+            id: Id([0x56; 20]),
+            addr: me,
+        },
+        NodeInfo {
+            id: Id([0x57; 20]),
+            addr: addr("127.0.0.3:6881"),
+        },
+    ];
+    d.handle_datagram(
+        now,
+        router,
+        &peers_response(&sent[0].1.t, Id([0x60; 20]), nodes, vec![]),
+    );
+    let next: Vec<SocketAddr> = drain(&mut d).into_iter().map(|(a, _)| a).collect();
+    assert!(next.contains(&addr("127.0.0.3:6881")), "{next:?}");
+    assert!(!next.contains(&me), "queried itself: {next:?}");
+}

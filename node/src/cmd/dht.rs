@@ -162,12 +162,15 @@ async fn join(net: &DhtNetArgs) -> anyhow::Result<dht::Node> {
     join_node(&cfg, Duration::from_secs(net.timeout.min(20))).await
 }
 
-/// A DHT node for `cfg`'s address and bootstrap nodes, once at least one node answered.
+/// A one-shot DHT node for `cfg`'s address and bootstrap nodes, once at least one node
+/// answered. It is read-only (BEP 43): it asks but answers nothing, so that the nodes it
+/// asks do not keep it in their tables and hand it out after it is gone.
 pub async fn join_node(cfg: &NetConfig, limit: Duration) -> anyhow::Result<dht::Node> {
-    let mut ncfg = dht::NodeConfig::new(
-        SocketAddr::new(cfg.bind_ip, cfg.port),
-        cfg.dht_core_config(),
-    );
+    let core = dht::Config {
+        read_only: true,
+        ..cfg.dht_core_config()
+    };
+    let mut ncfg = dht::NodeConfig::new(SocketAddr::new(cfg.bind_ip, cfg.port), core);
     ncfg.state_file = cfg.dht_state.clone();
     let node = dht::Node::bind(ncfg)
         .await
