@@ -140,18 +140,20 @@ fn referrals_and_peers_into_private_ranges_from_public_nodes_are_dropped() {
         .iter()
         .find(|(a, _)| *a == router)
         .expect("queried the router");
-    let node = |i: u8, a: &str| NodeInfo {
+    // Addresses as data only (nothing is sent anywhere: the core is sans-IO).
+    let node = |i: u8, ip: [u8; 4]| NodeInfo {
         id: Id([0x50 + i; 20]),
-        addr: addr(a),
+        addr: SocketAddr::from((ip, 6881)),
     };
     let nodes = vec![
-        node(1, "127.0.0.1:6881"),
-        node(2, "192.168.1.20:6881"),
-        node(3, "172.16.5.5:6881"),
-        node(4, "0.0.0.0:6881"),
-        node(5, "45.0.0.1:6881"),
+        node(1, [127, 0, 0, 1]),
+        node(2, [192, 168, 1, 20]),
+        node(3, [172, 16, 5, 5]),
+        node(4, [0, 0, 0, 0]),
+        node(5, [45, 0, 0, 1]),
     ];
-    let values = vec![addr("192.168.1.30:51413"), addr("46.0.0.1:51413")];
+    let lan_peer = SocketAddr::from(([192, 168, 1, 30], 51413));
+    let values = vec![lan_peer, addr("46.0.0.1:51413")];
     d.handle_datagram(
         now,
         router,

@@ -36,16 +36,17 @@ fn a_hung_save_does_not_stop_answering() {
     let node = rt.block_on(Node::bind(cfg)).unwrap();
     let addr = node.local_addr();
 
-    // Let a periodic save start and hang on the FIFO.
-    std::thread::sleep(Duration::from_millis(200));
+    // Saves start every 20 ms and hang on the FIFO; pings keep being answered for a
+    // whole second meanwhile (with saves on the receive path, they stop within 20 ms).
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut answered = 0;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut sent, mut answered) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(1);
     let mut buf = [0u8; 1500];
-    while answered < 3 && Instant::now() < deadline {
+    while Instant::now() < until {
         sock.send_to(PING, addr).unwrap();
+        sent += 1;
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
             answered += usize::from(buf[..n].windows(4).any(|w| w == b"pp00"));
         }
@@ -71,7 +72,13 @@ fn a_hung_save_does_not_stop_answering() {
             }
         })
     };
-    assert_eq!(answered, 3, "the node stopped answering while a save hung");
+    // A few may meet the per-IP inbound limit (thousands of pings a second from one
+    // address); a node stuck in a save answers none after the first 20 ms.
+    assert!(sent >= 10, "only {sent} pings in a second");
+    assert!(
+        answered * 10 >= sent * 9,
+        "the node stopped answering while a save hung: {answered} of {sent}"
+    );
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(10), node.shutdown())
             .await

@@ -632,7 +632,7 @@ mod tests {
         assert!(is_loopback_host("127.3.4.5"));
         assert!(is_loopback_host("::1"));
         assert!(!is_loopback_host("evil.example"));
-        assert!(!is_loopback_host("10.0.0.1"));
+        assert!(!is_loopback_host("203.0.113.7"));
         assert!(!is_loopback_host(""));
         let mut h = HeaderMap::new();
         assert_eq!(
