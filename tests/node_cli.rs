@@ -162,6 +162,55 @@ fn get_without_dht_from_a_peer_hint() {
     assert_eq!(std::fs::read(out_dir.join("hinted.bin")).unwrap(), data);
 }
 
+/// `--transport utp` on both sides, without the DHT: the seed refuses TCP, so the whole
+/// exchange (dial, handshake, metadata, pieces) runs over uTP on the UDP port.
+#[test]
+fn get_over_utp_only_from_a_seed_that_refuses_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = test_payload(2_500_000, 13);
+    let file = write_file(&dir.path().join("seed"), "over_utp.bin", &data);
+    let seed_ip = next_loopback_ip();
+    let seed_port = free_port(seed_ip);
+    let mut args = without_dht(seed_ip, seed_port).to_vec();
+    args.extend([s("--transport"), s("utp")]);
+    let (_seeder, magnet) = start_seeder(&file, &args, &dir.path().join("state-seed"));
+    // TCP connects (the listener holds the port) but is dropped at once.
+    let mut tcp = std::net::TcpStream::connect((seed_ip, seed_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut tcp, &mut byte).unwrap_or(0),
+        0,
+        "TCP served"
+    );
+    let with_hint = format!("{magnet}&x.pe={seed_ip}:{seed_port}");
+    let out_dir = dir.path().join("out");
+    let leech_ip = next_loopback_ip();
+    let out = run_get(
+        &[
+            with_hint,
+            s("-o"),
+            out_dir.display().to_string(),
+            s("--bind"),
+            s(leech_ip),
+            s("--port"),
+            s(0),
+            s("--no-dht"),
+            s("--transport"),
+            s("utp"),
+            s("--state-dir"),
+            dir.path().join("state-leech").display().to_string(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "swarm get over uTP failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(out_dir.join("over_utp.bin")).unwrap(), data);
+}
+
 /// `swarm seed A B` serves both on one port; `swarm get M1 M2` fetches both at once from
 /// it and ends with who sent what (address, client, bytes, share).
 #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use dht::node::PeerPoll;
 use wire::infohash::InfoHash;
-use wire::session::{Session, SessionConfig, Source, Torrent, TorrentStats};
+use wire::session::{Session, SessionConfig, Source, Torrent, TorrentStats, TransportPolicy};
 
 use crate::addr::is_private;
 use crate::progress::{Progress, Snapshot};
@@ -39,6 +39,8 @@ pub struct NetConfig {
     /// Bytes per second, 0 = unlimited.
     pub limit_down: u64,
     pub limit_up: u64,
+    /// TCP, uTP or both with peers.
+    pub transport: TransportPolicy,
 }
 
 impl NetConfig {
@@ -143,25 +145,42 @@ impl Tracked {
     }
 }
 
-/// The DHT node on `port` (UDP, the number of the session's TCP port), with uTP peers
-/// (BEP 29) accepted on the same socket, as libtorrent does: the socket hands uTP
-/// datagrams to a uTP driver, whose connections the session routes like TCP ones.
+/// The UDP side of a node on `port` (the number of the session's TCP port): the DHT
+/// node (unless `--no-dht`), and uTP peers (BEP 29) accepted and dialed on the same socket
+/// (unless `--transport tcp`), as libtorrent does: the DHT's socket hands uTP datagrams to
+/// a uTP driver, whose connections the session routes like TCP ones. Without the DHT, uTP
+/// gets the UDP port to itself.
 pub async fn start_udp(
     net: &NetConfig,
     session: &mut Session,
     port: u16,
-) -> anyhow::Result<dht::Node> {
+) -> anyhow::Result<Option<dht::Node>> {
+    let with_utp = net.transport != TransportPolicy::Tcp;
+    let addr = SocketAddr::new(net.bind_ip, port);
+    if net.no_dht {
+        if with_utp {
+            let utp = utp::UtpSocket::bind(addr, utp::Config::default(), rand::random())
+                .await
+                .with_context(|| format!("cannot bind the uTP socket to {addr}"))?;
+            session.accept_utp(std::sync::Arc::new(utp));
+        }
+        return Ok(None);
+    }
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    let mut dcfg = dht::NodeConfig::new(SocketAddr::new(net.bind_ip, port), net.dht_core_config());
+    let mut dcfg = dht::NodeConfig::new(addr, net.dht_core_config());
     dcfg.state_file = net.dht_state.clone();
-    dcfg.other_datagrams = Some(tx);
+    if with_utp {
+        dcfg.other_datagrams = Some(tx);
+    }
     let node = dht::Node::bind(dcfg)
         .await
         .context("cannot start the DHT node")?;
-    let utp =
-        utp::UtpSocket::with_socket(node.socket(), rx, utp::Config::default(), rand::random());
-    session.accept_utp(std::sync::Arc::new(utp));
-    Ok(node)
+    if with_utp {
+        let utp =
+            utp::UtpSocket::with_socket(node.socket(), rx, utp::Config::default(), rand::random());
+        session.accept_utp(std::sync::Arc::new(utp));
+    }
+    Ok(Some(node))
 }
 
 /// Torrents in one session (one port for all of them) with one DHT node.
@@ -209,6 +228,7 @@ impl Client {
             listen: Some(SocketAddr::new(net.bind_ip, net.port)),
             resume_dir: net.resume_dir.clone(),
             full_recheck: net.full_recheck,
+            transport: net.transport,
             ..SessionConfig::default()
         };
         cfg.engine.max_peers = net.max_peers;
@@ -225,11 +245,7 @@ impl Client {
             session.set_dht_port(Some(listen.port()));
         }
         // Before the torrents: they dial over the uTP socket it brings.
-        let dht = if net.no_dht {
-            None
-        } else {
-            Some(start_udp(net, &mut session, listen.port()).await?)
-        };
+        let dht = start_udp(net, &mut session, listen.port()).await?;
         let mut torrents = Vec::new();
         for (source, out_dir, hints) in items {
             let torrent = session
@@ -473,6 +489,7 @@ mod tests {
             full_recheck: false,
             limit_down: 0,
             limit_up: 0,
+            transport: TransportPolicy::Both,
         }
     }
 

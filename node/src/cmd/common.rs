@@ -4,6 +4,15 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::client::NetConfig;
+use wire::session::TransportPolicy;
+
+/// `--transport`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Utp,
+    Both,
+}
 
 /// Network flags of `swarm get` and `swarm seed`.
 #[derive(clap::Args, Debug, Clone)]
@@ -41,6 +50,10 @@ pub struct NetArgs {
     /// Where state (DHT routing table, resume data) is kept; default: $XDG_DATA_HOME/swarm.
     #[arg(long, env = "SWARM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Transports to use with peers: tcp, utp (BEP 29, on the UDP port of the same
+    /// number) or both (TCP first, uTP when TCP fails; both accepted).
+    #[arg(long, env = "SWARM_TRANSPORT", value_enum, default_value_t = Transport::Both)]
+    pub transport: Transport,
     /// Hash every piece on start, even those the resume data vouches for.
     #[arg(long)]
     pub recheck: bool,
@@ -92,6 +105,11 @@ impl NetArgs {
             full_recheck: self.recheck,
             limit_down: self.limit_down,
             limit_up: self.limit_up,
+            transport: match self.transport {
+                Transport::Tcp => TransportPolicy::Tcp,
+                Transport::Utp => TransportPolicy::Utp,
+                Transport::Both => TransportPolicy::Both,
+            },
         };
         Ok((net, peers))
     }

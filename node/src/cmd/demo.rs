@@ -101,6 +101,7 @@ fn net(ip: IpAddr, bootstrap: SocketAddr, limit_up: u64) -> NetConfig {
         full_recheck: false,
         limit_down: 0,
         limit_up,
+        transport: wire::session::TransportPolicy::Both,
     }
 }
 

@@ -158,6 +158,7 @@ async fn join(net: &DhtNetArgs) -> anyhow::Result<dht::Node> {
         full_recheck: false,
         limit_down: 0,
         limit_up: 0,
+        transport: wire::session::TransportPolicy::Both,
     };
     join_node(&cfg, Duration::from_secs(net.timeout.min(20))).await
 }

@@ -376,6 +376,7 @@ impl Daemon {
             listen: Some(SocketAddr::new(net.bind_ip, net.port)),
             resume_dir: net.resume_dir.clone(),
             full_recheck: net.full_recheck,
+            transport: net.transport,
             ..SessionConfig::default()
         };
         scfg.engine.max_peers = net.max_peers;
@@ -390,12 +391,10 @@ impl Daemon {
         let listen = session
             .listen_addr()
             .context("the session has no listening address")?;
-        let dht = if net.no_dht {
-            None
-        } else {
+        if !net.no_dht {
             session.set_dht_port(Some(listen.port()));
-            Some(crate::client::start_udp(net, &mut session, listen.port()).await?)
-        };
+        }
+        let dht = crate::client::start_udp(net, &mut session, listen.port()).await?;
         let saved = load_list(&cfg.state_dir.join(LIST_FILE))?;
         let daemon = Arc::new(Daemon {
             session,

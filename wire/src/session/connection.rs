@@ -242,19 +242,24 @@ pub async fn dial(
     local: Option<IpAddr>,
     addr: SocketAddr,
     connect_timeout: Duration,
+    tcp: bool,
     utp: Option<Arc<utp::UtpSocket>>,
     encrypt: bool,
     events: mpsc::Sender<FromConn>,
     commands: ConnRx,
 ) {
     let id = p.id;
-    let tcp = match tokio::time::timeout(connect_timeout, connect(local, addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
+    let tcp = if !tcp {
+        Err("TCP is off".to_string())
+    } else {
+        match tokio::time::timeout(connect_timeout, connect(local, addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(format!("connect failed: {e}")),
+            Err(_) => Err("connect timed out".to_string()),
         }
-        Ok(Err(e)) => Err(format!("connect failed: {e}")),
-        Err(_) => Err("connect timed out".to_string()),
     };
     let over_tcp = match tcp {
         Ok(s) => {

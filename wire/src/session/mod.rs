@@ -71,6 +71,20 @@ pub struct SessionConfig {
     /// uTP (set by [`Session::accept_utp`]): peers that TCP cannot reach are dialed over
     /// it too.
     pub utp: Option<UtpHandle>,
+    /// Which transports peers are dialed and accepted over.
+    pub transport: TransportPolicy,
+}
+
+/// Which transports a session uses with peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransportPolicy {
+    /// TCP only: no uTP either way.
+    Tcp,
+    /// uTP only: TCP connections are refused and peers dialed over uTP alone.
+    Utp,
+    /// Both (the default): TCP first, uTP when TCP fails; both accepted.
+    #[default]
+    Both,
 }
 
 /// The session's uTP socket, shared by its torrents.
@@ -105,6 +119,7 @@ impl Default for SessionConfig {
             dht_port: None,
             core: CoreConfig::default(),
             utp: None,
+            transport: TransportPolicy::Both,
         }
     }
 }
@@ -244,7 +259,12 @@ impl Session {
                         error: source,
                     })?;
                 let local = l.local_addr().ok();
-                let task = tokio::spawn(accept_loop(l, routes.clone(), cfg.handshake_timeout));
+                let task = tokio::spawn(accept_loop(
+                    l,
+                    routes.clone(),
+                    cfg.handshake_timeout,
+                    cfg.transport == TransportPolicy::Utp,
+                ));
                 (local, Some(task))
             }
             None => (None, None),
@@ -372,7 +392,7 @@ const MAX_HANDSHAKES: usize = 256;
 
 /// Accepts TCP connections and hands each, once its handshake is read, to the torrent it
 /// names; connections for torrents we do not have are dropped.
-async fn accept_loop(l: TcpListener, routes: Routes, handshake_timeout: Duration) {
+async fn accept_loop(l: TcpListener, routes: Routes, handshake_timeout: Duration, refuse: bool) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, addr) = match l.accept().await {
@@ -384,6 +404,10 @@ async fn accept_loop(l: TcpListener, routes: Routes, handshake_timeout: Duration
                 continue;
             }
         };
+        if refuse {
+            // uTP only: the listener holds the port number, and TCP peers are turned away.
+            continue;
+        }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             continue; // dropping the stream closes it
         };

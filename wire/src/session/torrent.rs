@@ -471,7 +471,12 @@ impl Task {
             local,
             addr,
             self.cfg.connect_timeout,
-            self.cfg.utp.as_ref().map(|u| u.0.clone()),
+            self.cfg.transport != super::TransportPolicy::Utp,
+            self.cfg
+                .utp
+                .as_ref()
+                .filter(|_| self.cfg.transport != super::TransportPolicy::Tcp)
+                .map(|u| u.0.clone()),
             encrypt,
             self.events_tx.clone(),
             rx,
