@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use dht::krpc::{Body, Message, NodeInfo, Query, QueryKind, Response, Want};
+use dht::krpc::{Body, Message, NodeInfo, Response};
 use dht::{Config, Dht, Id};
 
 fn drain(d: &mut Dht) -> Vec<(SocketAddr, Message)> {
@@ -32,22 +32,6 @@ fn response(t: &[u8], id: Id, nodes: Vec<NodeInfo>) -> Vec<u8> {
             id,
             nodes,
             ..Response::default()
-        }),
-    }
-    .to_bytes()
-}
-
-#[allow(dead_code)]
-fn query(t: &[u8], id: Id, kind: QueryKind) -> Vec<u8> {
-    Message {
-        t: t.to_vec(),
-        v: None,
-        ip: None,
-        ro: false,
-        body: Body::Query(Query {
-            id,
-            want: Want::default(),
-            kind,
         }),
     }
     .to_bytes()

@@ -47,6 +47,22 @@ impl NetConfig {
     /// The DHT core settings for this node: private networks (loopback or private
     /// addresses, as in `swarm demo` and tests) lift the one-node-per-IP restrictions that
     /// protect a node on the public DHT.
+    /// The session settings for this node: its address, resume data, peer and rate
+    /// limits, transports.
+    pub fn session_config(&self) -> SessionConfig {
+        let mut cfg = SessionConfig {
+            listen: Some(SocketAddr::new(self.bind_ip, self.port)),
+            resume_dir: self.resume_dir.clone(),
+            full_recheck: self.full_recheck,
+            transport: self.transport,
+            ..SessionConfig::default()
+        };
+        cfg.engine.max_peers = self.max_peers;
+        cfg.engine.download_rate_limit = self.limit_down;
+        cfg.engine.upload_rate_limit = self.limit_up;
+        cfg
+    }
+
     /// An empty bootstrap list says nothing about the network: a node on a public address
     /// whose routers did not resolve keeps the public rules.
     pub fn dht_core_config(&self) -> dht::Config {
@@ -224,17 +240,7 @@ impl Client {
         items: Vec<(Source, PathBuf, Vec<SocketAddr>)>,
         net: &NetConfig,
     ) -> anyhow::Result<Client> {
-        let mut cfg = SessionConfig {
-            listen: Some(SocketAddr::new(net.bind_ip, net.port)),
-            resume_dir: net.resume_dir.clone(),
-            full_recheck: net.full_recheck,
-            transport: net.transport,
-            ..SessionConfig::default()
-        };
-        cfg.engine.max_peers = net.max_peers;
-        cfg.engine.download_rate_limit = net.limit_down;
-        cfg.engine.upload_rate_limit = net.limit_up;
-        let mut session = Session::bind(cfg)
+        let mut session = Session::bind(net.session_config())
             .await
             .context("cannot start the session")?;
         let listen = session

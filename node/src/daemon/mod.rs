@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use wire::infohash::InfoHash;
 use wire::magnet::Magnet;
 use wire::metainfo::Metainfo;
-use wire::session::{Session, SessionConfig, Source, TorrentStats};
+use wire::session::{Session, Source, TorrentStats};
 
 use crate::client::{NetConfig, Tracked};
 
@@ -372,16 +372,7 @@ impl Daemon {
         let out_dir = std::fs::canonicalize(&cfg.out_dir)
             .with_context(|| format!("cannot resolve {}", cfg.out_dir.display()))?;
         let net = &cfg.net;
-        let mut scfg = SessionConfig {
-            listen: Some(SocketAddr::new(net.bind_ip, net.port)),
-            resume_dir: net.resume_dir.clone(),
-            full_recheck: net.full_recheck,
-            transport: net.transport,
-            ..SessionConfig::default()
-        };
-        scfg.engine.max_peers = net.max_peers;
-        scfg.engine.download_rate_limit = net.limit_down;
-        scfg.engine.upload_rate_limit = net.limit_up;
+        let mut scfg = net.session_config();
         // Stats are read when someone asks (the web page polls once a second): refreshing
         // them less often than `get`'s progress bar does saves CPU with many torrents.
         scfg.stats_interval = STATS_INTERVAL;
