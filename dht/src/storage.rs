@@ -88,13 +88,13 @@ impl PeerStore {
             swarm.peers.push((peer, now));
             return;
         }
-        let same_ip = swarm.peers.iter().filter(|(a, _)| a.ip() == peer.ip());
-        if same_ip.count() >= self.max_ports_per_ip {
-            let oldest = swarm
-                .peers
-                .iter()
-                .position(|(a, _)| a.ip() == peer.ip())
-                .expect("counted above");
+        let same_ip = swarm
+            .peers
+            .iter()
+            .filter(|(a, _)| a.ip() == peer.ip())
+            .count();
+        let oldest_same_ip = swarm.peers.iter().position(|(a, _)| a.ip() == peer.ip());
+        if let Some(oldest) = oldest_same_ip.filter(|_| same_ip >= self.max_ports_per_ip) {
             swarm.peers.remove(oldest);
             swarm.peers.push((peer, now));
             return;

@@ -162,26 +162,32 @@ fn referrals_and_peers_into_private_ranges_from_public_nodes_are_dropped() {
     assert_eq!(found, vec![addr("46.0.0.1:51413")]);
 }
 
-/// On a private network (our tests, a LAN) private referrals are the normal case.
-#[test]
-fn referrals_from_private_nodes_keep_private_addresses() {
+/// A loopback core (bound at `local`, if given) starts a get_peers through `router`,
+/// whose reply names `nodes`; returns where the core sends its next queries.
+fn queried_after_referrals(local: Option<SocketAddr>, nodes: Vec<NodeInfo>) -> Vec<SocketAddr> {
     let router = addr("127.0.0.2:6881");
     let mut c = Config::loopback(vec![router]);
     c.id = Some(Id([0x11; 20]));
     let now = Instant::now();
     let mut d = Dht::new(c, now, 3);
+    if let Some(me) = local {
+        d.set_local_addr(me);
+    }
     d.get_peers(now, Id([0x55; 20]));
     let sent = drain(&mut d);
+    let reply = peers_response(&sent[0].1.t, Id([0x60; 20]), nodes, vec![]);
+    d.handle_datagram(now, router, &reply);
+    drain(&mut d).into_iter().map(|(a, _)| a).collect()
+}
+
+/// On a private network (our tests, a LAN) private referrals are the normal case.
+#[test]
+fn referrals_from_private_nodes_keep_private_addresses() {
     let nodes = vec![NodeInfo {
         id: Id([0x51; 20]),
         addr: addr("127.0.0.3:6881"),
     }];
-    d.handle_datagram(
-        now,
-        router,
-        &peers_response(&sent[0].1.t, Id([0x60; 20]), nodes, vec![]),
-    );
-    let next: Vec<SocketAddr> = drain(&mut d).into_iter().map(|(a, _)| a).collect();
+    let next = queried_after_referrals(None, nodes);
     assert!(next.contains(&addr("127.0.0.3:6881")), "{next:?}");
 }
 
@@ -189,15 +195,7 @@ fn referrals_from_private_nodes_keep_private_addresses() {
 /// refers us to ourselves: that referral is not queried (we would wait out the timeout).
 #[test]
 fn referrals_to_our_own_address_are_not_queried() {
-    let router = addr("127.0.0.2:6881");
-    let mut c = Config::loopback(vec![router]);
-    c.id = Some(Id([0x11; 20]));
-    let now = Instant::now();
-    let mut d = Dht::new(c, now, 3);
     let me = addr("127.0.0.9:7000");
-    d.set_local_addr(me);
-    d.get_peers(now, Id([0x55; 20]));
-    let sent = drain(&mut d);
     let nodes = vec![
         NodeInfo {
             id: Id([0x56; 20]),
@@ -208,12 +206,7 @@ fn referrals_to_our_own_address_are_not_queried() {
             addr: addr("127.0.0.3:6881"),
         },
     ];
-    d.handle_datagram(
-        now,
-        router,
-        &peers_response(&sent[0].1.t, Id([0x60; 20]), nodes, vec![]),
-    );
-    let next: Vec<SocketAddr> = drain(&mut d).into_iter().map(|(a, _)| a).collect();
+    let next = queried_after_referrals(Some(me), nodes);
     assert!(next.contains(&addr("127.0.0.3:6881")), "{next:?}");
     assert!(!next.contains(&me), "queried itself: {next:?}");
 }

@@ -330,8 +330,7 @@ impl Client {
             return;
         };
         let now = Instant::now();
-        if self.resolving.as_ref().is_some_and(|h| h.is_finished()) {
-            let handle = self.resolving.take().expect("checked");
+        if let Some(handle) = self.resolving.take_if(|h| h.is_finished()) {
             // Finished: this does not wait.
             if let Ok(result) = handle.await {
                 rejoin.resolved(now, &result);

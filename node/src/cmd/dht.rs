@@ -180,8 +180,16 @@ pub async fn join_node(cfg: &NetConfig, limit: Duration) -> anyhow::Result<dht::
     loop {
         let s = node.stats().await;
         if s.nodes4 + s.nodes6 > 0 {
-            // A moment more for the first replies' referrals to land in the table.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The first replies' referrals land in the table next: until it holds k nodes,
+            // or 300 ms.
+            let settle = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < settle {
+                let s = node.stats().await;
+                if s.nodes4 + s.nodes6 >= 8 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             return Ok(node);
         }
         if Instant::now() >= deadline {
